@@ -1,0 +1,50 @@
+"""The ``minicnn`` command. Each subcommand is a module in this package with a
+``register(subparsers)`` function; they are found by listing the package, so adding a command
+means adding a file. Errors on bad input print one line and exit non-zero, without a traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from ..errors import MinicnnError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="minicnn",
+        description="A CNN engine written from scratch: train small convnets, run ResNet-18, benchmark kernels.",
+    )
+    parser.add_argument("--version", action="version", version=f"minicnn {__version__}")
+    parser.add_argument("--backend", choices=["numpy", "numba", "cupy"], help="compute backend (default: numba on CPU)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(mod, "register"):
+            mod.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.backend:
+            from .. import set_backend
+
+            set_backend(args.backend)
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("minicnn: interrupted", file=sys.stderr)
+        return 130
+    except (MinicnnError, ValueError, KeyError, OSError, RuntimeError) as e:
+        msg = str(e).strip() or type(e).__name__
+        if isinstance(e, KeyError) and len(e.args) == 1:
+            msg = str(e.args[0])
+        print(f"minicnn {args.command}: error: {msg}", file=sys.stderr)
+        return 1

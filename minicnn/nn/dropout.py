@@ -1,0 +1,33 @@
+"""Dropout (inverted): identity in eval mode."""
+from .. import ops
+from ..random import get_rng
+from .module import Module
+
+
+class Dropout(Module):
+    """Zero each element with probability ``p`` in training and scale the rest by 1/(1-p)."""
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p = float(p)
+        self._cache = None
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def forward(self, x):
+        x = self._prepare_input(x)
+        if not self.training or self.p == 0.0:
+            self._cache = "identity"
+            return x
+        y, mask = ops.dropout_forward(x, self.p, get_rng())
+        self._cache = mask
+        return y
+
+    def backward(self, dy):
+        mask = self._need_forward()
+        if isinstance(mask, str):
+            return dy
+        return ops.dropout_backward(dy, mask)

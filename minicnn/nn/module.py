@@ -1,0 +1,370 @@
+"""Parameter, Module and Sequential: the tree every model is built from.
+
+A Module keeps its parameters, buffers and child modules in insertion order, so ``state_dict()``
+keys come out in the same order and with the same dotted names as PyTorch's (``layer1.0.bn1.weight``).
+``forward(x)`` stores exactly what ``backward(dy)`` needs; ``backward`` returns dL/dx and *adds*
+each parameter's gradient into ``param.grad``.
+
+Input dtype, the one documented rule: every module has a compute dtype (float32 unless
+``module.to(np.float64)`` was called, which gradient checks do). Input arrays of any real dtype
+(float16/64, integers, bool) are converted to that dtype on entry; complex input raises TypeError.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+
+from .. import backends
+
+
+class Parameter:
+    """A trainable array: ``.data`` (ndarray), ``.grad`` (ndarray or None), ``.requires_grad``.
+
+    A parameter with ``requires_grad=False`` is frozen: layers compute no gradient for it and
+    optimizers skip it, while the gradient with respect to the layer input still flows.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad")
+
+    def __init__(self, data, requires_grad: bool = True):
+        self.data = np.array(data, dtype=np.float32) if not hasattr(data, "dtype") else data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    def accumulate(self, g) -> None:
+        """Add ``g`` into ``.grad`` (PyTorch accumulates until ``zero_grad``)."""
+        if g is None or not self.requires_grad:
+            return
+        if self.grad is None:
+            self.grad = g.astype(self.data.dtype, copy=True)
+        else:
+            self.grad += g
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={tuple(self.shape)}, dtype={self.dtype}, requires_grad={self.requires_grad})"
+
+
+class Module:
+    """Base class of every layer and model.
+
+    Subclasses set parameters, buffers and children as attributes (``self.weight = Parameter(...)``,
+    ``self.register_buffer("running_mean", ...)``, ``self.conv1 = Conv2d(...)``) and implement
+    ``forward(x)`` and ``backward(dy)``.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_non_persistent", set())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "dtype", np.dtype(np.float32))
+
+    # -- attribute bookkeeping -------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
+        for store in (self._parameters, self._buffers, self._modules):
+            store.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        for store in (self._parameters, self._buffers, self._modules):
+            store.pop(name, None)
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, value, persistent: bool = True) -> None:
+        """A non-trainable array that belongs to the state (e.g. batchnorm running stats)."""
+        self.__setattr__(name, value)
+        self._buffers[name] = value
+        if not persistent:
+            self._non_persistent.add(name)
+
+    def _set_buffer(self, name: str, value) -> None:
+        """Replace a buffer's array (used by layers that update running statistics)."""
+        self._buffers[name] = value
+        object.__setattr__(self, name, value)
+
+    def add_module(self, name: str, module: "Module") -> None:
+        self.__setattr__(name, module)
+
+    # -- calling -----------------------------------------------------------------------------
+    def __call__(self, x, *args, **kwargs):
+        self._move_to_backend()
+        return self.forward(x, *args, **kwargs)
+
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def backward(self, dy):
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward")
+
+    def _move_to_backend(self) -> None:
+        """Keep this module's own arrays in the memory of the backend in force (moves at most once)."""
+        be = backends.current()
+        for p in self._parameters.values():
+            if not be.is_native(p.data):
+                p.data = be.asarray(p.data)
+                if p.grad is not None:
+                    p.grad = be.asarray(p.grad)
+        for name, b in list(self._buffers.items()):
+            if b is not None and not be.is_native(b):
+                self._set_buffer(name, be.asarray(b))
+
+    def _prepare_input(self, x):
+        """Convert input to this module's dtype and the backend's array type (see module doc)."""
+        be = backends.current()
+        if not be.is_native(x):
+            x = be.asarray(x)
+        if x.dtype.kind == "c":
+            raise TypeError(f"{self._short()}: complex input is not supported (got {x.dtype})")
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        return x
+
+    def _need_forward(self, attr: str = "_cache"):
+        cache = getattr(self, attr, None)
+        if cache is None:
+            raise RuntimeError(f"{self._short()}: backward() called before forward()")
+        return cache
+
+    def _short(self) -> str:
+        extra = self.extra_repr()
+        return f"{type(self).__name__}({extra})"
+
+    # -- modes ---------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Module":
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.parameters():
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad[...] = 0
+
+    def requires_grad_(self, flag: bool = True) -> "Module":
+        for p in self.parameters():
+            p.requires_grad = bool(flag)
+        return self
+
+    def freeze(self) -> "Module":
+        """Mark every parameter frozen (no grad, no optimizer step); dx still flows through."""
+        return self.requires_grad_(False)
+
+    def unfreeze(self) -> "Module":
+        return self.requires_grad_(True)
+
+    def to(self, dtype) -> "Module":
+        """Cast parameters, grads and floating buffers to ``dtype`` and compute in it."""
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"modules compute in a floating dtype, got {dtype}")
+        for m in self.modules():
+            object.__setattr__(m, "dtype", dtype)
+            for p in m._parameters.values():
+                p.data = p.data.astype(dtype)
+                if p.grad is not None:
+                    p.grad = p.grad.astype(dtype)
+            for name, b in list(m._buffers.items()):
+                if b is not None and b.dtype.kind == "f":
+                    m._set_buffer(name, b.astype(dtype))
+        return self
+
+    def double(self) -> "Module":
+        return self.to(np.float64)
+
+    def float(self) -> "Module":
+        return self.to(np.float32)
+
+    # -- traversal -----------------------------------------------------------------------------
+    def children(self) -> Iterator["Module"]:
+        return iter(self._modules.values())
+
+    def named_children(self):
+        return iter(self._modules.items())
+
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        seen = set()
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mprefix, m in mods:
+            for name, p in m._parameters.items():
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mprefix}.{name}" if mprefix else name), p
+
+    def parameters(self, recurse: bool = True):
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix: str = ""):
+        for mprefix, m in self.named_modules(prefix):
+            for name, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{mprefix}.{name}" if mprefix else name), b
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Parameters and persistent buffers by dotted name, as numpy arrays (copies)."""
+        out = OrderedDict()
+        for mprefix, m in self.named_modules():
+            def key(n):
+                return f"{mprefix}.{n}" if mprefix else n
+
+            for name, p in m._parameters.items():
+                out[key(name)] = np.array(backends.to_numpy(p.data), copy=True)
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent:
+                    out[key(name)] = np.array(backends.to_numpy(b), copy=True)
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Copy arrays from ``state_dict`` into this module.
+
+        Every target key must be present with the same shape. With ``strict=True`` any missing,
+        unexpected or mis-shaped key raises one ``KeyError``/``ValueError`` that lists them all (and
+        nothing is modified). Keys ending in ``num_batches_tracked`` are ignored. With
+        ``strict=False`` missing and unexpected keys are returned as ``(missing, unexpected)``;
+        shape mismatches always raise. Values are cast to each slot's dtype.
+        """
+        targets = OrderedDict()
+        for mprefix, m in self.named_modules():
+            for name in m._parameters:
+                targets[f"{mprefix}.{name}" if mprefix else name] = (m, name, "param")
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent and name != "num_batches_tracked":
+                    targets[f"{mprefix}.{name}" if mprefix else name] = (m, name, "buffer")
+        given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+        missing = [k for k in targets if k not in given]
+        unexpected = [k for k in given if k not in targets]
+        mismatched = []
+        for k, (m, name, kind) in targets.items():
+            if k in given:
+                cur = m._parameters[name].data if kind == "param" else m._buffers[name]
+                shape = tuple(np.shape(given[k]))
+                if shape != tuple(cur.shape):
+                    mismatched.append(f"{k}: checkpoint has shape {shape}, model expects {tuple(cur.shape)}")
+        problems = []
+        if mismatched:
+            problems.append("size mismatch for " + "; ".join(mismatched))
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if problems:
+            raise ValueError(f"load_state_dict into {type(self).__name__} failed: " + " | ".join(problems))
+        for k, (m, name, kind) in targets.items():
+            if k not in given:
+                continue
+            val = np.asarray(backends.to_numpy(given[k]))
+            if kind == "param":
+                p = m._parameters[name]
+                p.data = np.array(val, dtype=p.data.dtype, copy=True)
+            else:
+                cur = m._buffers[name]
+                m._set_buffer(name, np.array(val, dtype=cur.dtype, copy=True))
+        return missing, unexpected
+
+    # -- printing ------------------------------------------------------------------------------
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        if self._modules:
+            lines[0] = f"{type(self).__name__}("
+            for name, child in self._modules.items():
+                child_repr = repr(child).replace("\n", "\n  ")
+                lines.append(f"  ({name}): {child_repr}")
+            lines.append(")")
+            return "\n".join(lines)
+        return lines[0] + ")"
+
+    def summary(self, input_shape, file=None) -> str:
+        """Print (and return) a Keras-style table: layer, output shape, parameter count.
+
+        ``input_shape`` is one sample's shape (C, H, W) or a full (N, C, H, W). The table is made
+        by running a forward pass on zeros in eval mode and recording each leaf module's output.
+        """
+        from .summary import summarize
+
+        text = summarize(self, input_shape)
+        print(text, file=file)
+        return text
+
+
+class Sequential(Module):
+    """Modules applied in order; backward runs them in reverse."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            for name, m in modules[0].items():
+                self.add_module(str(name), m)
+        else:
+            for i, m in enumerate(modules):
+                if not isinstance(m, Module):
+                    raise TypeError(f"Sequential takes Modules, got {type(m).__name__} at position {i}")
+                self.add_module(str(i), m)
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def backward(self, dy):
+        for m in reversed(self._modules.values()):
+            dy = m.backward(dy)
+        return dy
+
+    def append(self, module: Module) -> "Sequential":
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx):
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            return Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return mods[idx]

@@ -1,0 +1,113 @@
+"""Pooling layers: MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d."""
+from .. import ops
+from ..grad_mode import is_grad_enabled
+from ._utils import check_input, pair
+from .module import Module
+
+
+class _Pool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride") if stride is not None else self.kernel_size
+        self.padding = pair(padding, "padding")
+        self.dilation = pair(dilation, "dilation")
+        if ceil_mode:
+            raise ValueError(f"{type(self).__name__}: ceil_mode=True is not supported (output sizes use floor)")
+        if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding) < 0:
+            raise ValueError(f"{type(self).__name__}: kernel_size, stride, dilation must be >= 1, padding >= 0")
+        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(
+                f"{type(self).__name__}: padding {self.padding} must be at most half of kernel_size {self.kernel_size}"
+            )
+        self._cache = None
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+    def _check(self, x):
+        check_input(self, x, 4)
+        h, w = x.shape[2:]
+        p = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
+        q = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
+        if p < 1 or q < 1:
+            raise ValueError(f"{self._short()}: input of shape {tuple(x.shape)} is smaller than the pooling window")
+
+
+class MaxPool2d(_Pool2d):
+    """Max over each window; padding counts as -inf. ``MaxPool2d(kernel_size, stride=None, padding=0, dilation=1)``."""
+
+    def forward(self, x):
+        x = self._prepare_input(x)
+        self._check(x)
+        y, argmax = ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding, self.dilation)
+        self._cache = (argmax, x.shape) if is_grad_enabled() else None
+        return y
+
+    def backward(self, dy):
+        argmax, shape = self._need_forward()
+        return ops.maxpool2d_backward(dy, argmax, shape)
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each window. ``count_include_pad=True`` (PyTorch's default) divides by the full window."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+        super().__init__(kernel_size, stride, padding, 1, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def forward(self, x):
+        x = self._prepare_input(x)
+        self._check(x)
+        y = ops.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+        self._cache = x.shape if is_grad_enabled() else None
+        return y
+
+    def backward(self, dy):
+        shape = self._need_forward()
+        return ops.avgpool2d_backward(dy, shape, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+
+
+class _AdaptivePool2d(Module):
+    def __init__(self, output_size):
+        super().__init__()
+        if isinstance(output_size, int) or output_size is None:
+            output_size = (output_size, output_size)
+        self.output_size = tuple(output_size)
+        if len(self.output_size) != 2 or any(o is not None and (not isinstance(o, int) or o < 1) for o in self.output_size):
+            raise ValueError(f"{type(self).__name__}: output_size must be a positive int or pair, got {output_size!r}")
+        self._cache = None
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+    def _out(self, x):
+        check_input(self, x, 4)
+        return tuple(x.shape[2 + i] if o is None else o for i, o in enumerate(self.output_size))
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """Average into a fixed output grid; bin i spans [floor(iL/O), ceil((i+1)L/O)) as in PyTorch."""
+
+    def forward(self, x):
+        x = self._prepare_input(x)
+        y = ops.adaptive_avgpool2d_forward(x, self._out(x))
+        self._cache = x.shape if is_grad_enabled() else None
+        return y
+
+    def backward(self, dy):
+        return ops.adaptive_avgpool2d_backward(dy, self._need_forward())
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """Max into a fixed output grid, same bins as AdaptiveAvgPool2d."""
+
+    def forward(self, x):
+        x = self._prepare_input(x)
+        y, argmax = ops.adaptive_maxpool2d_forward(x, self._out(x))
+        self._cache = (argmax, x.shape) if is_grad_enabled() else None
+        return y
+
+    def backward(self, dy):
+        argmax, shape = self._need_forward()
+        return ops.maxpool2d_backward(dy, argmax, shape)
