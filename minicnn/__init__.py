@@ -16,13 +16,14 @@ def __getattr__(name):
     # heavier subpackages load on first use so ``import minicnn`` stays fast
     import importlib
 
-    if name in ("optim", "models", "io", "data", "train", "viz"):
+    if name in ("optim", "models", "io", "data", "train", "metrics", "viz", "augment", "transfer", "gradcam",
+                "inference", "embeddings"):
         return importlib.import_module(f"{__name__}.{name}")
     if name in ("save", "load"):
         from . import serialization
 
         return getattr(serialization, name)
-    if name in ("fit", "evaluate", "DataLoader"):
+    if name in ("fit", "evaluate", "predict", "DataLoader", "History"):
         from . import train
 
         return getattr(train, name)
@@ -30,4 +31,4 @@ def __getattr__(name):
 
 
 __all__ = ["nn", "ops", "optim", "models", "backend", "get_backend", "set_backend", "to_numpy", "no_grad",
-           "is_grad_enabled", "manual_seed", "save", "load", "fit", "evaluate", "DataLoader"]
+           "is_grad_enabled", "manual_seed", "save", "load", "fit", "evaluate", "predict", "DataLoader", "History"]

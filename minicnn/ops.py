@@ -14,7 +14,10 @@ conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx, need_dw, n
 conv2d_fused_forward(x, w, b, stride, padding, dilation, groups, residual, relu) -> y
     inference epilogue: y = conv(x) + b (+ residual) (then ReLU if relu)
 maxpool2d_forward(x, kernel_size, stride, padding, dilation) -> (y, argmax)
-    argmax: int64 array shaped like y, flat index h*W+w of the winner in its (n, c) plane
+    argmax: int64 array shaped like y, flat index h*W+w of the winner in its (n, c) plane.
+    As PyTorch: the first maximum in scan order wins, a NaN wins (and propagates), and the first
+    real (non-padding) input is taken even if it is -inf. MaxPool2d refuses windows that see only
+    padding; called directly on one, the op returns -inf with argmax -1, which backward ignores.
 maxpool2d_backward(dy, argmax, x_shape) -> dx      (also the backward of adaptive max pooling)
 avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad) -> y
 avgpool2d_backward(dy, x_shape, kernel_size, stride, padding, count_include_pad) -> dx

@@ -35,7 +35,10 @@ def load(name: str):
             mod = importlib.import_module(f"{__name__}.{name}")
         except ImportError as e:  # cupy without a GPU, numba missing, ...
             raise RuntimeError(f"backend {name!r} is not usable here: {e}") from e
-        missing = [op for op in OP_NAMES if op not in mod.OPS]
+        table = getattr(mod, "OPS", None)
+        if table is None:
+            raise RuntimeError(f"backend {name!r} is not implemented in this version")
+        missing = [op for op in OP_NAMES if op not in table]
         if missing:
             raise RuntimeError(f"backend {name!r} lacks ops: {', '.join(missing)}")
         _loaded[name] = mod

@@ -26,9 +26,9 @@ class Conv2d(Module):
                 f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"
             )
         self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride, "stride")
-        self.dilation = pair(dilation, "dilation")
+        self.kernel_size = pair(kernel_size, "Conv2d: kernel_size")
+        self.stride = pair(stride, "Conv2d: stride")
+        self.dilation = pair(dilation, "Conv2d: dilation")
         if isinstance(padding, str):
             if padding == "valid":
                 padding = 0
@@ -39,7 +39,7 @@ class Conv2d(Module):
                 padding = (tot[0] // 2, tot[1] // 2)
             else:
                 raise ValueError(f"Conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-        self.padding = pair(padding, "padding")
+        self.padding = pair(padding, "Conv2d: padding")
         if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding) < 0:
             raise ValueError("Conv2d: kernel_size, stride and dilation must be >= 1 and padding >= 0")
         fan_in = (in_channels // groups) * self.kernel_size[0] * self.kernel_size[1]

@@ -1,5 +1,6 @@
 """Dropout (inverted): identity in eval mode."""
 from .. import ops
+from ..grad_mode import is_grad_enabled
 from ..random import get_rng
 from .module import Module
 
@@ -19,11 +20,12 @@ class Dropout(Module):
 
     def forward(self, x):
         x = self._prepare_input(x)
+        keep = is_grad_enabled()
         if not self.training or self.p == 0.0:
-            self._cache = "identity"
+            self._cache = "identity" if keep else None
             return x
         y, mask = ops.dropout_forward(x, self.p, get_rng())
-        self._cache = mask
+        self._cache = mask if keep else None
         return y
 
     def backward(self, dy):

@@ -57,7 +57,7 @@ class Flatten(Module):
         shape = x.shape
         s = self.start_dim % x.ndim
         e = self.end_dim % x.ndim
-        self._cache = shape
+        self._cache = shape if is_grad_enabled() else None
         return x.reshape(shape[:s] + (-1,) + shape[e + 1:])
 
     def backward(self, dy):

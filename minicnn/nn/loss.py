@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import backends, ops
+from ..grad_mode import is_grad_enabled
 from .module import Module
 
 
@@ -57,7 +58,7 @@ class CrossEntropyLoss(_Loss):
             raise ValueError(f"CrossEntropyLoss: targets must lie in [0, {logits.shape[1]}), got min {t.min()} max {t.max()}")
         t = backends.current().asarray(t.astype(np.int64))
         loss, probs = ops.softmax_cross_entropy_forward(logits, t)
-        self._cache = (probs, t)
+        self._cache = (probs, t) if is_grad_enabled() else None
         return float(loss) * self._scale(logits.shape[0])
 
     def backward(self, dloss=1.0):
@@ -70,7 +71,7 @@ class BCEWithLogitsLoss(_Loss):
 
     def forward(self, logits, targets):
         logits, targets = self._float_pair(logits, targets)
-        self._cache = (logits, targets)
+        self._cache = (logits, targets) if is_grad_enabled() else None
         return float(ops.bce_with_logits_forward(logits, targets)) * self._scale(logits.size)
 
     def backward(self, dloss=1.0):
@@ -83,7 +84,7 @@ class MSELoss(_Loss):
 
     def forward(self, pred, target):
         pred, target = self._float_pair(pred, target)
-        self._cache = (pred, target)
+        self._cache = (pred, target) if is_grad_enabled() else None
         return float(ops.mse_forward(pred, target)) * self._scale(pred.size)
 
     def backward(self, dloss=1.0):

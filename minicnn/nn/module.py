@@ -134,6 +134,8 @@ class Module:
         be = backends.current()
         if not be.is_native(x):
             x = be.asarray(x)
+        if x.dtype.kind not in "biuf" + "c":
+            raise TypeError(f"{self._short()}: input must be a real numeric array, got dtype {x.dtype}")
         if x.dtype.kind == "c":
             raise TypeError(f"{self._short()}: complex input is not supported (got {x.dtype})")
         if x.dtype != self.dtype:
@@ -143,7 +145,10 @@ class Module:
     def _need_forward(self, attr: str = "_cache"):
         cache = getattr(self, attr, None)
         if cache is None:
-            raise RuntimeError(f"{self._short()}: backward() called before forward()")
+            raise RuntimeError(
+                f"{self._short()}: backward() called before forward() "
+                "(or the forward pass ran under minicnn.no_grad(), which keeps nothing for backward)"
+            )
         return cache
 
     def _short(self) -> str:

@@ -1,4 +1,6 @@
 """Pooling layers: MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d."""
+import numpy as np
+
 from .. import ops
 from ..grad_mode import is_grad_enabled
 from ._utils import check_input, pair
@@ -8,10 +10,10 @@ from .module import Module
 class _Pool2d(Module):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride, "stride") if stride is not None else self.kernel_size
-        self.padding = pair(padding, "padding")
-        self.dilation = pair(dilation, "dilation")
+        self.kernel_size = pair(kernel_size, f"{type(self).__name__}: kernel_size")
+        self.stride = pair(stride, f"{type(self).__name__}: stride") if stride is not None else self.kernel_size
+        self.padding = pair(padding, f"{type(self).__name__}: padding")
+        self.dilation = pair(dilation, f"{type(self).__name__}: dilation")
         if ceil_mode:
             raise ValueError(f"{type(self).__name__}: ceil_mode=True is not supported (output sizes use floor)")
         if min(self.kernel_size + self.stride + self.dilation) < 1 or min(self.padding) < 0:
@@ -23,7 +25,8 @@ class _Pool2d(Module):
         self._cache = None
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return s + (f", dilation={self.dilation}" if self.dilation != (1, 1) else "")
 
     def _check(self, x):
         check_input(self, x, 4)
@@ -32,6 +35,19 @@ class _Pool2d(Module):
         q = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
         if p < 1 or q < 1:
             raise ValueError(f"{self._short()}: input of shape {tuple(x.shape)} is smaller than the pooling window")
+        if self.dilation != (1, 1):
+            # a dilated window can step over every real row/column and see only padding; PyTorch
+            # then outputs -inf with an out-of-range argmax (its backward writes out of bounds),
+            # so refuse instead of inventing a winner
+            for axis, (size, n) in enumerate(zip((h, w), (p, q))):
+                taps = (np.arange(n)[:, None] * self.stride[axis] - self.padding[axis]
+                        + np.arange(self.kernel_size[axis])[None, :] * self.dilation[axis])
+                empty = ~((taps >= 0) & (taps < size)).any(axis=1)
+                if empty.any():
+                    raise ValueError(
+                        f"{self._short()}: with input of shape {tuple(x.shape)}, the window at output "
+                        f"{'row' if axis == 0 else 'column'} {int(np.argmax(empty))} covers only padding"
+                    )
 
 
 class MaxPool2d(_Pool2d):

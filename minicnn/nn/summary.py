@@ -5,11 +5,13 @@ from ..grad_mode import no_grad
 
 
 def summarize(model, input_shape) -> str:
+    """The table ``Module.summary`` prints: one row per leaf module (or the model itself if bare)."""
     shape = tuple(int(s) for s in input_shape)
     if len(shape) == 3:
         shape = (1,) + shape
     rows = []
-    leaves = [(name, m) for name, m in model.named_modules() if not m._modules and name]
+    # a bare layer (no children) is its own single row
+    leaves = [(name, m) for name, m in model.named_modules() if not m._modules and (name or m is model)]
     originals = {}
 
     def wrap(name, m):
@@ -39,14 +41,15 @@ def summarize(model, input_shape) -> str:
                 object.__setattr__(m, "forward", originals[name])
     total = model.num_parameters()
     trainable = model.num_parameters(trainable_only=True)
-    w_name = max([len("Layer (type)")] + [len(f"{n} ({t})") for n, t, _, _ in rows]) + 2
-    w_shape = max([len("Output Shape")] + [len(str((None,) + s[1:])) for _, _, s, _ in rows]) + 2
+    rows = [(f"{n} ({t})" if n else t, s, p) for n, t, s, p in rows]
+    w_name = max([len("Layer (type)")] + [len(label) for label, _, _ in rows]) + 2
+    w_shape = max([len("Output Shape")] + [len(str((None,) + s[1:])) for _, s, _ in rows]) + 2
     w_par = 12
     line = "=" * (w_name + w_shape + w_par)
     out = [f"Model: {type(model).__name__}", line,
            f"{'Layer (type)':<{w_name}}{'Output Shape':<{w_shape}}{'Param #':>{w_par}}", line]
-    for n, t, s, p in rows:
-        out.append(f"{f'{n} ({t})':<{w_name}}{str((None,) + s[1:]):<{w_shape}}{p:>{w_par},}")
+    for label, s, p in rows:
+        out.append(f"{label:<{w_name}}{str((None,) + s[1:]):<{w_shape}}{p:>{w_par},}")
     out += [line, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
             f"Non-trainable params: {total - trainable:,}", line]
     return "\n".join(out)

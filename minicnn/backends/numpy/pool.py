@@ -32,7 +32,9 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1)):
     ph, pw = padding
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
     y = np.full((N, C, P, Q), -np.inf, dtype=x.dtype)
-    argmax = np.zeros((N, C, P, Q), dtype=np.int64)
+    # -1 until the window's first real (non-padding) tap; MaxPool2d refuses configurations where a
+    # dilated window sees only padding, so every entry ends as a real index
+    argmax = np.full((N, C, P, Q), -1, dtype=np.int64)
     # input coordinates (unpadded) of every output's top-left tap
     hbase = (np.arange(P) * stride[0] - ph)[:, None]
     wbase = (np.arange(Q) * stride[1] - pw)[None, :]
@@ -40,18 +42,25 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1)):
         for s in range(S):
             hs, ws = _window(r, s, stride, dilation, P, Q)
             v = xp[:, :, hs, ws]
-            better = v > y  # strict: the first maximum in scan order is kept
+            hh, ww = hbase + r * dilation[0], wbase + s * dilation[1]
+            real = (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+            # strict '>' keeps the first maximum in scan order; the first real tap is taken even if
+            # it is -inf, and NaN wins so it propagates (all as PyTorch)
+            better = (v > y) | np.isnan(v) | ((argmax < 0) & real)
             y = np.where(better, v, y)
-            idx = (hbase + r * dilation[0]) * W + (wbase + s * dilation[1])
-            argmax = np.where(better, idx, argmax)
+            argmax = np.where(better, hh * W + ww, argmax)
     return y, argmax
 
 
 def maxpool2d_backward(dy, argmax, x_shape):
+    """Route each gradient to its window's winner. An argmax of -1 (only if the op was called
+    directly on a window of only padding, output -inf) came from no input: its gradient is dropped."""
     N, C, H, W = x_shape
     dx = np.zeros((N * C, H * W), dtype=dy.dtype)
-    rows = np.arange(N * C)[:, None]
-    np.add.at(dx, (rows, argmax.reshape(N * C, -1)), dy.reshape(N * C, -1))
+    idx = argmax.reshape(N * C, -1)
+    rows = np.broadcast_to(np.arange(N * C)[:, None], idx.shape)
+    hit = idx >= 0
+    np.add.at(dx, (rows[hit], idx[hit]), dy.reshape(N * C, -1)[hit])
     return dx.reshape(x_shape)
 
 

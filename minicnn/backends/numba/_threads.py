@@ -1,0 +1,110 @@
+"""Thread safety for the numba backend: which threading layer runs ``prange``, a lock when that
+layer cannot take two callers at once, and per-thread scratch buffers.
+
+numba runs every ``parallel=True`` region on one of three threading layers. ``tbb`` and ``omp``
+accept parallel regions launched from several Python threads at the same time; ``workqueue``
+does not (concurrent launches abort the process). So, unless the user picked a layer through
+``NUMBA_THREADING_LAYER``, we ask numba for a thread-safe one (``tbb``, else ``omp``) and only
+fall back to ``workqueue`` when neither can load. Under ``workqueue`` every parallel region runs
+under one process-wide lock: two model threads then take turns inside kernels (each kernel already
+uses every core) while the rest of their work (BLAS, Python) still overlaps.
+
+Scratch buffers (im2col columns, Winograd transforms, packed gradients) are reused between calls
+because first-touching tens of megabytes costs as much as a small convolution. They live in a
+``threading.local``, so two threads never share one, and nothing the ops return ever aliases them.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+# A buffer larger than this is allocated per call instead of being kept around.
+MAX_CACHED_BYTES = 96 * 1024 * 1024
+
+_region_lock = threading.Lock()
+_local = threading.local()
+
+
+def _launch() -> str:
+    """Start numba's thread pool on a thread-safe layer when one exists; return the layer's name.
+
+    Runs when this module is imported, before any kernel compiles: compiling a parallel kernel
+    starts the pool too, and after that neither the layer nor OpenMP's wait policy can change.
+    """
+    import numba
+    from numba.np.ufunc import parallel
+
+    # GNU OpenMP spins idle workers for a while after each region; with as many threads as cores
+    # the spinners compete with the thread that goes on (Python, BLAS) and a 1M-element kernel
+    # measured 10-50x slower. The policy is read when libgomp starts, so it is set first (unless
+    # the user chose one).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if not parallel._is_initialized and not os.environ.get("NUMBA_THREADING_LAYER"):
+        previous = numba.config.THREADING_LAYER
+        numba.config.THREADING_LAYER = "threadsafe"
+        try:
+            parallel._launch_threads()
+        except ValueError:  # neither tbb nor omp can load here: workqueue plus our lock
+            numba.config.THREADING_LAYER = previous
+            parallel._launch_threads()
+    else:
+        parallel._launch_threads()
+    return numba.threading_layer()
+
+
+def threading_layer() -> str:
+    """Name of numba's threading layer in use (``tbb``, ``omp`` or ``workqueue``)."""
+    return _layer
+
+
+def needs_lock() -> bool:
+    """True when parallel regions must be serialised (the layer is not safe for concurrent callers)."""
+    return _needs_lock
+
+
+def run(kernel, *args):
+    """Call a parallel numba kernel, serialised when the threading layer requires it."""
+    if _needs_lock:
+        with _region_lock:
+            return kernel(*args)
+    return kernel(*args)
+
+
+def workspace(tag: str, shape, dtype) -> np.ndarray:
+    """A C-contiguous scratch array of ``shape`` owned by the calling thread (contents undefined).
+
+    One growing buffer is kept per ``tag`` and thread; asking again with the same tag hands back
+    the same memory, so a caller must not hold two workspaces of one tag at once.
+    """
+    dtype = np.dtype(dtype)
+    n = 1
+    for d in shape:
+        n *= int(d)
+    nbytes = n * dtype.itemsize
+    if nbytes > MAX_CACHED_BYTES:
+        return np.empty(shape, dtype=dtype)
+    cache = getattr(_local, "buffers", None)
+    if cache is None:
+        cache = _local.buffers = {}
+    buf = cache.get(tag)
+    if buf is None or buf.nbytes < nbytes:
+        # grow geometrically so a slowly growing shape does not reallocate every call
+        size = max(nbytes, 0 if buf is None else min(2 * buf.nbytes, MAX_CACHED_BYTES))
+        buf = cache[tag] = np.empty(size, dtype=np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def clear_workspaces() -> None:
+    """Release the calling thread's scratch buffers (they are rebuilt on demand)."""
+    _local.buffers = {}
+
+
+def workspace_bytes() -> int:
+    """Bytes of scratch currently held by the calling thread."""
+    return sum(b.nbytes for b in getattr(_local, "buffers", {}).values())
+
+
+_layer: str = _launch()
+_needs_lock: bool = _layer not in ("tbb", "omp")

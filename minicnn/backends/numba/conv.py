@@ -1,0 +1,391 @@
+"""2-D convolution on the CPU: named forward variants, a selection rule, and the backward pass.
+
+Every variant has the ``conv2d_forward`` signature plus the fused epilogue's ``residual`` and
+``relu`` keywords, so the benchmark harness can time each one on the same input::
+
+    from minicnn.backends.numba.conv import VARIANTS
+    y = VARIANTS["winograd_f2x2_3x3"](x, w, b, (1, 1), (1, 1), (1, 1), 1)
+
+``im2col_gemm``        unfold a chunk of images into columns (C*R*S, n*P*Q), one BLAS GEMM per
+                       group, then one pass that writes y with bias/residual/ReLU applied.
+``pointwise_gemm``     1x1, no padding: the input already *is* the column matrix, so stride-1
+                       layers skip the unfold and the GEMM writes straight into y.
+``direct``             the seven loops, parallel over (image, out channel), epilogue fused; the
+                       plain baseline (never picked by the rule: im2col + GEMM measured faster
+                       even for depthwise layers, where each GEMM is a single row).
+``winograd_f2x2_3x3``  3x3 stride 1: 2x2 outputs per 4x4 tile with 16 instead of 36 multiplies.
+``winograd_f4x4_3x3``  3x3 stride 1: 4x4 outputs per 6x6 tile with 36 instead of 144 multiplies.
+
+``choose_variant`` holds the rule ``conv2d_forward`` follows; docs/kernels.md gives the why and the
+measurements behind it. Backward always uses im2col: dW = dY . cols^T summed over the batch (one
+GEMM per chunk), dX = col2im(W^T . dY), db a per-channel reduction.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import numpy as np
+from numba import njit, prange
+
+from . import _threads, winograd
+from .im2col import _q_range, col2im, im2col
+from ._util import check_conv, compute_dtype, empty_like_ndim, prepare, run_epilogue, sum_over_n_l
+
+__all__ = ["conv2d_forward", "conv2d_backward", "conv2d_fused_forward"]
+
+# Column budget per chunk: enough columns that BLAS runs near peak, few enough bytes that the
+# unfolded chunk stays a bounded, reusable workspace.
+TARGET_COLUMNS = 2048
+CHUNK_BYTES = 32 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+
+
+@njit(cache=True, parallel=True)
+def _direct(x, w, y3, b, has_b, res, has_res, relu, sh, sw, ph, pw, dh, dw, G, P, Q):  # pragma: no cover
+    """y[n, k] = b[k] + sum_{c,r,s} w[k,c,r,s] * shifted input plane, one task per (n, k).
+
+    The inner loop runs along an output row with a fixed weight (vectorised) while the whole
+    output plane stays in cache for all C/groups*R*S taps, and the epilogue runs on the plane
+    before the task ends (no second pass over y).
+    """
+    N = x.shape[0]
+    H = x.shape[2]
+    W = x.shape[3]
+    K = w.shape[0]
+    Cg = w.shape[1]
+    R = w.shape[2]
+    S = w.shape[3]
+    Kg = K // G
+    zero = y3.dtype.type(0)
+    for task in prange(N * K):
+        n = task // K
+        k = task - n * K
+        g = k // Kg
+        yk = y3[n, k]
+        init = b[k] if has_b else zero
+        for j in range(P * Q):
+            yk[j] = init
+        for c in range(Cg):
+            xc = x[n, g * Cg + c]
+            for r in range(R):
+                for s in range(S):
+                    wv = w[k, c, r, s]
+                    off_w = s * dw - pw
+                    q_lo, q_hi = _q_range(Q, W, sw, off_w)
+                    nq = q_hi - q_lo
+                    if nq <= 0:
+                        continue
+                    for p in range(P):
+                        hi = p * sh - ph + r * dh
+                        if hi < 0 or hi >= H:
+                            continue
+                        # 0-based loops over views: no wrap-around checks, so LLVM vectorises
+                        yr = yk[p * Q + q_lo:p * Q + q_hi]
+                        xr = xc[hi, q_lo * sw + off_w:(q_hi - 1) * sw + off_w + 1:sw]
+                        for j in range(nq):
+                            yr[j] += wv * xr[j]
+        if has_res or relu:
+            rk = res[n, k] if has_res else yk
+            for j in range(P * Q):
+                v = yk[j]
+                if has_res:
+                    v += rk[j]
+                if relu and v < 0:
+                    v = zero
+                yk[j] = v
+
+
+# --------------------------------------------------------------------------------------------
+# Forward variants
+
+
+def _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where):
+    """Check arguments, bring arrays to one float dtype and C order, allocate the fresh output."""
+    x, w = np.asarray(x), np.asarray(w)
+    b = None if b is None else np.asarray(b)
+    stride, padding, dilation, groups, P, Q = check_conv(x, w, b, stride, padding, dilation, groups, where)
+    dt = compute_dtype(x, w, b)
+    x, w, b = prepare(x, dt), prepare(w, dt), prepare(b, dt)
+    N, K = x.shape[0], w.shape[0]
+    res3 = None
+    if residual is not None:
+        residual = np.asarray(residual)
+        if tuple(residual.shape) != (N, K, P, Q):
+            raise ValueError(
+                f"{where}: residual shape {tuple(residual.shape)} does not match the output shape {(N, K, P, Q)}"
+            )
+        res3 = prepare(residual, dt).reshape(N, K, P * Q)
+    y = np.empty((N, K, P, Q), dtype=dt)
+    return x, w, b, res3, y, stride, padding, dilation, groups, P, Q
+
+
+def _chunk_images(N, per_image_bytes, columns_per_image):
+    """How many images one GEMM covers: enough for TARGET_COLUMNS columns, within CHUNK_BYTES."""
+    want = -(-TARGET_COLUMNS // max(columns_per_image, 1))
+    fit = CHUNK_BYTES // max(per_image_bytes, 1)
+    return max(1, min(N, want, fit))
+
+
+def _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, relu):
+    """The im2col + GEMM forward on prepared arrays (shared by im2col_gemm and pointwise_gemm)."""
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    G, Kg, CRSg, PQ = groups, K // groups, Cg * R * S, P * Q
+    dt = x.dtype
+    y3 = y.reshape(N, K, PQ)
+    yflat = y.reshape(-1)
+    res = None if res3 is None else res3.reshape(-1)
+    wg = w.reshape(G, Kg, CRSg)
+    direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
+    nc = _chunk_images(N, C * R * S * PQ * dt.itemsize, PQ)
+    needs_epilogue = b is not None or res3 is not None or relu
+    for n0 in range(0, N, nc):
+        m = min(nc, N - n0)
+        if m == 1 and direct_cols:
+            cols = x[n0].reshape(C, PQ)  # a 1x1 stride-1 layer reads its input as the column matrix
+        else:
+            cols = _threads.workspace("conv.cols", (C * R * S, m * PQ), dt)
+            im2col(x, n0, m, cols, R, S, stride, padding, dilation, P, Q)
+        if m == 1:
+            # a single image's (K, P*Q) result is already y's layout: GEMM straight into it
+            np.matmul(wg, cols.reshape(G, CRSg, PQ), out=y3[n0].reshape(G, Kg, PQ))
+            if needs_epilogue:
+                off = n0 * K * PQ
+                run_epilogue(yflat, off, K * PQ, PQ, yflat, off, K * PQ, PQ, 1, K, PQ, b=b, res=res, relu=relu)
+        else:
+            out = _threads.workspace("conv.gemm", (K, m * PQ), dt)
+            np.matmul(wg, cols.reshape(G, CRSg, m * PQ), out=out.reshape(G, Kg, m * PQ))
+            # the write-back from (K, m*P*Q) to y's (m, K, P*Q) carries the epilogue for free
+            run_epilogue(out.reshape(-1), 0, PQ, m * PQ, yflat, n0 * K * PQ, K * PQ, PQ, m, K, PQ,
+                         b=b, res=res, relu=relu)
+    return y
+
+
+def im2col_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=False):
+    """Convolution as GEMM over unfolded columns; any stride, padding, dilation and groups."""
+    x, w, b, res3, y, stride, padding, dilation, groups, P, Q = _prepare_forward(
+        x, w, b, stride, padding, dilation, groups, residual, "conv2d[im2col_gemm]")
+    return _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, relu)
+
+
+def pointwise_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=False):
+    """1x1 convolution without padding: y[n] = W . x[n] (strided layers read every s-th pixel)."""
+    x, w, b, res3, y, stride, padding, dilation, groups, P, Q = _prepare_forward(
+        x, w, b, stride, padding, dilation, groups, residual, "conv2d[pointwise_gemm]")
+    if w.shape[2:] != (1, 1) or padding != (0, 0):
+        raise ValueError(
+            f"conv2d[pointwise_gemm]: needs a 1x1 kernel without padding, got weight {tuple(w.shape)} padding {padding}"
+        )
+    N, C, H, W = x.shape
+    K, G = w.shape[0], groups
+    if stride == (1, 1) and H * W >= TARGET_COLUMNS // 4:
+        # big planes: one batched GEMM for the whole batch, written straight into y
+        HW = H * W
+        np.matmul(w.reshape(G, K // G, C // G), x.reshape(N, G, C // G, HW), out=y.reshape(N, G, K // G, HW))
+        if b is not None or res3 is not None or relu:
+            yflat = y.reshape(-1)
+            run_epilogue(yflat, 0, K * HW, HW, yflat, 0, K * HW, HW, N, K, HW,
+                         b=b, res=None if res3 is None else res3.reshape(-1), relu=relu)
+        return y
+    # small planes or a stride: gather a chunk of images into one wide GEMM instead
+    return _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, relu)
+
+
+def direct(x, w, b, stride, padding, dilation, groups, residual=None, relu=False):
+    """Direct convolution, one parallel task per (image, out channel); any shape."""
+    x, w, b, res3, y, stride, padding, dilation, groups, P, Q = _prepare_forward(
+        x, w, b, stride, padding, dilation, groups, residual, "conv2d[direct]")
+    N, K = y.shape[:2]
+    dt = x.dtype
+    _threads.run(
+        _direct, x, w, y.reshape(N, K, P * Q),
+        b if b is not None else empty_like_ndim(1, dt), b is not None,
+        res3 if res3 is not None else empty_like_ndim(3, dt), res3 is not None, bool(relu),
+        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], groups, P, Q,
+    )
+    return y
+
+
+def _winograd(tile):
+    def variant(x, w, b, stride, padding, dilation, groups, residual=None, relu=False):
+        where = f"conv2d[winograd_f{tile}x{tile}_3x3]"
+        x, w, b, res3, y, stride, padding, dilation, groups, P, Q = _prepare_forward(
+            x, w, b, stride, padding, dilation, groups, residual, where)
+        if w.shape[2:] != (3, 3) or stride != (1, 1) or dilation != (1, 1) or groups != 1:
+            raise ValueError(
+                f"{where}: needs a 3x3 kernel, stride 1, dilation 1, groups 1; got weight {tuple(w.shape)}, "
+                f"stride {stride}, dilation {dilation}, groups {groups}"
+            )
+        return winograd.conv3x3(x, w, b, res3, y, padding, tile, relu)
+
+    variant.__name__ = variant.__qualname__ = f"winograd_f{tile}x{tile}_3x3"
+    variant.__doc__ = (
+        f"Winograd F({tile}x{tile}, 3x3): 3x3, stride 1, dilation 1, groups 1 only (any padding). "
+        "See minicnn.backends.numba.winograd."
+    )
+    return variant
+
+
+winograd_f2x2_3x3 = _winograd(2)
+winograd_f4x4_3x3 = _winograd(4)
+
+VARIANTS = {
+    "im2col_gemm": im2col_gemm,
+    "pointwise_gemm": pointwise_gemm,
+    "direct": direct,
+    "winograd_f2x2_3x3": winograd_f2x2_3x3,
+    "winograd_f4x4_3x3": winograd_f4x4_3x3,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Selection
+
+# Winograd pays once a chunk has enough tiles to amortise transforming the filters (which grow
+# from 9 to 16 or 36 values per (k, c) pair and are rebuilt every call) and to keep its 16 or 36
+# GEMMs wide: at least this many output tiles over the batch. Measured on ResNet-18's layers,
+# see docs/kernels.md.
+WINOGRAD_MIN_TILES = 48
+# F(4x4) only up to this many input channels: its float32 error grows with the reduction over C
+# (measured max relative error 5e-6 at C=64, 1.4e-5 at C=256, against 4e-7 for GEMM and F(2x2)).
+WINOGRAD_F4_MAX_CHANNELS = 256
+
+_override = threading.local()
+
+
+def supports(name, x_shape, w_shape, stride, padding, dilation, groups) -> bool:
+    """Whether variant ``name`` can compute this convolution at all."""
+    R, S = w_shape[2], w_shape[3]
+    if name in ("im2col_gemm", "direct"):
+        return True
+    if name == "pointwise_gemm":
+        return (R, S) == (1, 1) and tuple(padding) == (0, 0)
+    if name.startswith("winograd"):
+        return (R, S) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+    raise ValueError(f"unknown conv2d variant {name!r}; choose one of {', '.join(VARIANTS)}")
+
+
+def choose_variant(x_shape, w_shape, stride, padding, dilation, groups) -> str:
+    """The variant ``conv2d_forward`` uses for this shape (see docs/kernels.md for the reasons).
+
+    3x3 stride-1 ungrouped layers go to Winograd F(4x4) when the batch has at least
+    ``WINOGRAD_MIN_TILES`` 4x4 output tiles and at most ``WINOGRAD_F4_MAX_CHANNELS`` input
+    channels, else to F(2x2) when it has that many 2x2 tiles; 1x1 unpadded layers go to
+    ``pointwise_gemm``; everything else, grouped and depthwise layers included, to ``im2col_gemm``
+    (``direct`` measured slower even for depthwise layers, see docs/kernels.md).
+    ``prefer_variant`` overrides it where the shape allows.
+    """
+    forced = getattr(_override, "name", None)
+    if forced is not None and supports(forced, x_shape, w_shape, stride, padding, dilation, groups):
+        return forced
+    N, C, H, W = x_shape
+    R, S = w_shape[2], w_shape[3]
+    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    if (R, S) == (1, 1) and padding == (0, 0):
+        return "pointwise_gemm"
+    if (R, S) == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1:
+        P, Q = H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
+        if C <= WINOGRAD_F4_MAX_CHANNELS and N * -(-P // 4) * -(-Q // 4) >= WINOGRAD_MIN_TILES:
+            return "winograd_f4x4_3x3"
+        if N * -(-P // 2) * -(-Q // 2) >= WINOGRAD_MIN_TILES:
+            return "winograd_f2x2_3x3"
+    return "im2col_gemm"
+
+
+@contextlib.contextmanager
+def prefer_variant(name):
+    """``with prefer_variant("direct"):`` makes this thread's convolutions use ``name`` wherever
+    it supports the shape (others keep the rule). For benchmarks and tests."""
+    if name is not None and name not in VARIANTS:
+        raise ValueError(f"unknown conv2d variant {name!r}; choose one of {', '.join(VARIANTS)}")
+    prev = getattr(_override, "name", None)
+    _override.name = name
+    try:
+        yield
+    finally:
+        _override.name = prev
+
+
+# --------------------------------------------------------------------------------------------
+# Ops
+
+
+def _pick(x, w, stride, padding, dilation, groups):
+    return VARIANTS[choose_variant(np.shape(x), np.shape(w), _pair(stride), _pair(padding), _pair(dilation),
+                                   int(groups))]
+
+
+def _pair(v):
+    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+
+
+def conv2d_forward(x, w, b, stride, padding, dilation, groups):
+    """y = conv(x, w) + b with the variant ``choose_variant`` picks. Shapes: see minicnn.ops."""
+    return _pick(x, w, stride, padding, dilation, groups)(x, w, b, stride, padding, dilation, groups)
+
+
+def conv2d_fused_forward(x, w, b, stride, padding, dilation, groups, residual=None, relu=False):
+    """y = conv(x, w) + b (+ residual) (then ReLU), the additions and ReLU applied in the variant's
+    write-back of y rather than as extra passes."""
+    return _pick(x, w, stride, padding, dilation, groups)(
+        x, w, b, stride, padding, dilation, groups, residual=residual, relu=relu)
+
+
+def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, need_dw=True, need_db=True):
+    """(dx, dw, db) of a convolution; entries not needed are None.
+
+    Per chunk of images: dY is packed once to (K, n*P*Q); dW += dY_g . cols_g^T (one GEMM per
+    group, the batch sum happening inside the GEMM); dcols = W_g^T . dY_g and col2im folds them
+    back, one task per (image, channel) plane. db is a float64-accumulated channel sum.
+    """
+    dy, x, w = np.asarray(dy), np.asarray(x), np.asarray(w)
+    stride, padding, dilation, groups, P, Q = check_conv(x, w, None, stride, padding, dilation, groups,
+                                                          "conv2d_backward")
+    N, C, H, W = x.shape
+    K, Cg, R, S = w.shape
+    if tuple(dy.shape) != (N, K, P, Q):
+        raise ValueError(f"conv2d_backward: dy shape {tuple(dy.shape)} does not match the output shape {(N, K, P, Q)}")
+    dt = compute_dtype(dy, x, w)
+    dy, x, w = prepare(dy, dt), prepare(x, dt), prepare(w, dt)
+    G, Kg, CRSg, PQ = groups, K // groups, Cg * R * S, P * Q
+    dy3 = dy.reshape(N, K, PQ)
+    db = sum_over_n_l(dy3).astype(dt) if need_db else None
+    if not (need_dx or need_dw):
+        return None, None, db
+    wg = w.reshape(G, Kg, CRSg)
+    dx = np.empty(x.shape, dtype=dt) if need_dx else None
+    dw = np.empty((G, Kg, CRSg), dtype=dt) if need_dw else None
+    direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
+    nc = _chunk_images(N, C * R * S * PQ * dt.itemsize, PQ)
+    for n0 in range(0, N, nc):
+        m = min(nc, N - n0)
+        if m == 1:
+            dyp = dy3[n0]
+        else:
+            dyp = _threads.workspace("conv.dy", (K, m * PQ), dt)
+            run_epilogue(dy.reshape(-1), n0 * K * PQ, K * PQ, PQ, dyp.reshape(-1), 0, PQ, m * PQ, m, K, PQ)
+        dyg = dyp.reshape(G, Kg, m * PQ)
+        if need_dw:
+            if m == 1 and direct_cols:
+                cols = x[n0].reshape(C, PQ)
+            else:
+                cols = _threads.workspace("conv.cols", (C * R * S, m * PQ), dt)
+                im2col(x, n0, m, cols, R, S, stride, padding, dilation, P, Q)
+            colsT = cols.reshape(G, CRSg, m * PQ).transpose(0, 2, 1)
+            if n0 == 0:
+                np.matmul(dyg, colsT, out=dw)
+            else:
+                dw += np.matmul(dyg, colsT, out=_threads.workspace("conv.dw", dw.shape, dt))
+        if need_dx:
+            if m == 1 and direct_cols:
+                np.matmul(wg.transpose(0, 2, 1), dyg, out=dx[n0].reshape(G, CRSg, PQ))
+                continue
+            # cols (if any) is consumed: its workspace now takes the column gradients
+            dcols = _threads.workspace("conv.cols", (C * R * S, m * PQ), dt)
+            np.matmul(wg.transpose(0, 2, 1), dyg, out=dcols.reshape(G, CRSg, m * PQ))
+            col2im(dcols, dx, n0, m, R, S, stride, padding, dilation, P, Q)
+    return dx, (dw.reshape(K, Cg, R, S) if need_dw else None), db

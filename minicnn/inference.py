@@ -1,0 +1,407 @@
+"""The inference fast path: BatchNorm folding and a compiled ResNet forward.
+
+In eval mode a BatchNorm2d is an affine map per channel with fixed statistics, so a Conv2d followed
+by one is a single convolution with a rescaled weight and a new bias::
+
+    scale = gamma / sqrt(running_var + eps)
+    w'    = w * scale[k]                      (per output channel k)
+    b'    = beta + (b - running_mean) * scale (b = 0 when the conv has no bias)
+
+``fold_batchnorm(model)`` returns a copy of ``model`` with every such pair merged (the BatchNorm
+becomes ``nn.Identity``). ``compile_inference(model)`` goes further for ResNets: every BasicBlock
+becomes two or three calls of ``ops.conv2d_fused_forward``, whose epilogue adds the folded bias,
+the residual and applies the ReLU while the output tile is still hot, instead of the five to
+seven full passes over the activations that conv, bn, relu, conv, bn, add, relu make::
+
+    fast = mc.inference.compile_inference(resnet18().eval())
+    logits = fast(x)                    # same numbers as model(x) in eval mode, to float32 rounding
+    fmap = fast.forward_features(x)     # what model.forward_features(x) returns (layer4's map)
+    emb = fast.embed(x)                 # what model.embed(x) returns (N, 512)
+
+The compiled object snapshots the weights when it is built: compile again after loading new ones.
+Any backend works; the fused op and, when a backend's kernels accept an ``out=`` array, output
+buffers kept per input shape (so a steady stream of same-sized batches allocates nothing big)
+come from the backend in force at call time.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+
+import numpy as np
+
+from . import backends, ops
+from .grad_mode import no_grad
+from .nn.activation import Identity
+from .nn.batchnorm import BatchNorm2d
+from .nn.conv import Conv2d
+from .nn.linear import Linear
+from .nn.module import Module, Parameter, Sequential
+from .nn.pooling import AdaptiveAvgPool2d, MaxPool2d
+
+__all__ = ["fold_conv_bn", "fold_batchnorm", "compile_inference", "CompiledModel"]
+
+
+def fold_conv_bn(conv: Conv2d, bn: BatchNorm2d):
+    """The (weight, bias) of one convolution equal to ``bn(conv(x))`` with ``bn`` in eval mode.
+
+    Computed in float64 and returned as numpy arrays in the conv's dtype. Raises ValueError when
+    the pair cannot be merged (channel counts differ, or the BatchNorm keeps no running statistics
+    and therefore normalises with batch statistics even in eval mode).
+    """
+    if conv.out_channels != bn.num_features:
+        raise ValueError(
+            f"cannot fold {bn._short()} into {conv._short()}: conv has {conv.out_channels} output channels, "
+            f"batchnorm normalises {bn.num_features}"
+        )
+    if not bn.track_running_stats:
+        raise ValueError(f"cannot fold {bn._short()}: it keeps no running statistics (track_running_stats=False)")
+    to64 = lambda a: np.asarray(backends.to_numpy(a), dtype=np.float64)  # noqa: E731
+    if bn.affine:
+        gamma, beta = to64(bn.weight.data), to64(bn.bias.data)
+    else:
+        gamma, beta = np.ones(bn.num_features), np.zeros(bn.num_features)
+    scale = gamma / np.sqrt(to64(bn.running_var) + bn.eps)
+    w = to64(conv.weight.data)
+    b = to64(conv.bias.data) if conv.bias is not None else np.zeros(conv.out_channels)
+    w_f = w * scale.reshape(-1, 1, 1, 1)
+    b_f = beta + (b - to64(bn.running_mean)) * scale
+    dtype = np.dtype(conv.dtype)
+    return w_f.astype(dtype), b_f.astype(dtype)
+
+
+def _bn_partner(conv_name: str) -> str | None:
+    """torchvision's naming: ``conv1`` is normalised by ``bn1``, ``conv`` by ``bn``."""
+    return "bn" + conv_name[4:] if conv_name.startswith("conv") else None
+
+
+def conv_bn_pairs(model: Module):
+    """Yield ``(parent, conv_name, bn_name)`` for every Conv2d whose output feeds a BatchNorm2d.
+
+    The rule is structural: inside a Sequential, a Conv2d immediately followed by a BatchNorm2d;
+    inside any other module, children named ``conv<suffix>`` and ``bn<suffix>`` (torchvision's
+    ResNet convention, which our models follow). Pairs whose channel counts differ or whose
+    BatchNorm keeps no running statistics are left alone.
+    """
+    for _, parent in model.named_modules():
+        kids = list(parent._modules.items())
+        if isinstance(parent, Sequential):
+            candidates = [(n1, n2) for (n1, _), (n2, _) in zip(kids, kids[1:])]
+        else:
+            candidates = [(n, _bn_partner(n)) for n, _ in kids if _bn_partner(n) in parent._modules]
+        for conv_name, bn_name in candidates:
+            conv, bn = parent._modules[conv_name], parent._modules[bn_name]
+            if (isinstance(conv, Conv2d) and isinstance(bn, BatchNorm2d) and bn.track_running_stats
+                    and conv.out_channels == bn.num_features):
+                yield parent, conv_name, bn_name
+
+
+def _copy_without_caches(model: Module) -> Module:
+    """deepcopy, minus whatever arrays the last forward pass left for backward."""
+    memo = {}
+    for m in model.modules():
+        cache = m.__dict__.get("_cache")
+        if cache is not None:
+            memo[id(cache)] = None
+    return copy.deepcopy(model, memo)
+
+
+def fold_batchnorm(model: Module) -> Module:
+    """A copy of ``model``, in eval mode, with every Conv2d -> BatchNorm2d pair merged into one Conv2d.
+
+    The conv takes the folded weight and bias (it gains a bias if it had none) and the BatchNorm is
+    replaced by ``nn.Identity``, so the copy's eval output equals the original's to float32 rounding
+    while doing one pass over each activation instead of two. ``model`` itself is not modified.
+    Which pairs count is described in ``conv_bn_pairs``. The copy is an inference model: training it
+    would train without normalisation.
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"fold_batchnorm takes a minicnn Module, got {type(model).__name__}")
+    folded = _copy_without_caches(model)
+    for parent, conv_name, bn_name in list(conv_bn_pairs(folded)):
+        conv, bn = parent._modules[conv_name], parent._modules[bn_name]
+        w, b = fold_conv_bn(conv, bn)
+        conv.weight.data = w
+        conv.bias = Parameter(b)
+        ident = Identity()
+        object.__setattr__(ident, "dtype", conv.dtype)
+        # in place, not setattr: a Sequential runs its children in insertion order
+        parent._modules[bn_name] = ident
+        object.__setattr__(parent, bn_name, ident)
+    return folded.eval()
+
+
+# -- the compiled forward -------------------------------------------------------------------------
+
+
+class _BufferPool:
+    """Output arrays kept across calls, keyed by (shape, dtype, backend); a call borrows and returns them.
+
+    Within one forward pass a borrowed buffer is never handed out twice until it is given back,
+    so a residual input can never be overwritten by the conv that adds it.
+    """
+
+    def __init__(self):
+        self._free: dict = {}
+        self._all: dict = {}
+
+    def take(self, shape, dtype, be):
+        key = (tuple(shape), np.dtype(dtype).str, be.NAME)
+        free = self._free.setdefault(key, [])
+        if free:
+            return free.pop()
+        xp = _array_module(be)
+        buf = xp.empty(shape, dtype=dtype)
+        self._all.setdefault(key, []).append(buf)
+        return buf
+
+    def give(self, buf, be):
+        if buf is None:
+            return
+        key = (tuple(buf.shape), np.dtype(buf.dtype).str, be.NAME)
+        if any(b is buf for b in self._all.get(key, ())):
+            self._free.setdefault(key, []).append(buf)
+
+    def reset(self):
+        """Every buffer free again (the start of a new forward pass)."""
+        self._free = {k: list(v) for k, v in self._all.items()}
+
+    def nbytes(self) -> int:
+        """Bytes held across calls."""
+        return sum(int(b.nbytes) for bufs in self._all.values() for b in bufs)
+
+
+def _array_module(be):
+    if be.NAME == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+_ACCEPTS_OUT: dict = {}
+
+
+def _accepts_out(fn) -> bool:
+    """Whether a backend's kernel takes an ``out=`` array to write into (checked once per function)."""
+    known = _ACCEPTS_OUT.get(fn)
+    if known is None:
+        try:
+            known = "out" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):  # builtins / jitted dispatchers without a Python signature
+            known = False
+        _ACCEPTS_OUT[fn] = known
+    return known
+
+
+class _FusedConv:
+    """One conv with folded bias and optional residual + ReLU epilogue (``ops.conv2d_fused_forward``)."""
+
+    def __init__(self, conv: Conv2d, bn: BatchNorm2d | None, relu: bool, name: str):
+        if bn is not None:
+            w, b = fold_conv_bn(conv, bn)
+        else:
+            w = np.array(backends.to_numpy(conv.weight.data), dtype=conv.dtype)
+            b = None if conv.bias is None else np.array(backends.to_numpy(conv.bias.data), dtype=conv.dtype)
+        self.name, self.relu = name, relu
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self._host = (w, b)
+        self._dev: dict = {}
+
+    def arrays(self, be):
+        """Weight and bias in the memory of backend ``be`` (converted once per backend)."""
+        if be.NAME not in self._dev:
+            w, b = self._host
+            self._dev[be.NAME] = (be.asarray(w), None if b is None else be.asarray(b))
+        return self._dev[be.NAME]
+
+    def __call__(self, x, ctx, residual=None):
+        w, b = self.arrays(ctx.be)
+        kwargs = {}
+        if ctx.use_out:
+            K, _, R, S = w.shape
+            N, _, H, W = x.shape
+            P = (H + 2 * self.padding[0] - self.dilation[0] * (R - 1) - 1) // self.stride[0] + 1
+            Q = (W + 2 * self.padding[1] - self.dilation[1] * (S - 1) - 1) // self.stride[1] + 1
+            kwargs["out"] = ctx.pool.take((N, K, P, Q), x.dtype, ctx.be)
+        return ctx.fused(x, w, b, self.stride, self.padding, self.dilation, self.groups, residual, self.relu, **kwargs)
+
+
+class _Ctx:
+    """What one forward pass needs from the backend in force."""
+
+    def __init__(self, pool: _BufferPool):
+        self.be = backends.current()
+        self.fused = self.be.OPS["conv2d_fused_forward"]
+        self.use_out = _accepts_out(self.fused)
+        self.pool = pool
+
+    def done_with(self, a):
+        if self.use_out:
+            self.pool.give(a, self.be)
+
+
+class _Block:
+    """A BasicBlock as fused convs: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+
+    def __init__(self, block, name):
+        self.name = name
+        self.conv1 = _FusedConv(block.conv1, block.bn1, True, f"{name}.conv1")
+        self.conv2 = _FusedConv(block.conv2, block.bn2, True, f"{name}.conv2")
+        ds = getattr(block, "downsample", None)
+        self.down = None
+        if ds is not None:
+            mods = list(ds) if isinstance(ds, Sequential) else [ds]
+            if not (len(mods) in (1, 2) and isinstance(mods[0], Conv2d)
+                    and (len(mods) == 1 or isinstance(mods[1], BatchNorm2d))):
+                raise ValueError(f"{name}.downsample: expected Conv2d or Conv2d + BatchNorm2d, got {ds!r}")
+            self.down = _FusedConv(mods[0], mods[1] if len(mods) == 2 else None, False, f"{name}.downsample")
+
+    def __call__(self, x, ctx):
+        h = self.conv1(x, ctx)
+        identity = x if self.down is None else self.down(x, ctx)
+        out = self.conv2(h, ctx, residual=identity)
+        ctx.done_with(h)
+        if identity is not x:
+            ctx.done_with(identity)
+        return out
+
+
+def _is_basic_block(m) -> bool:
+    return all(isinstance(getattr(m, a, None), c) for a, c in
+               (("conv1", Conv2d), ("bn1", BatchNorm2d), ("conv2", Conv2d), ("bn2", BatchNorm2d))) \
+        and not hasattr(m, "conv3")
+
+
+def _is_resnet(m) -> bool:
+    needed = ("conv1", "bn1", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
+    if not all(hasattr(m, a) for a in needed):
+        return False
+    return all(isinstance(getattr(m, f"layer{i}"), Sequential) and all(_is_basic_block(b) for b in getattr(m, f"layer{i}"))
+               for i in range(1, 5))
+
+
+class CompiledModel:
+    """A ResNet (BasicBlock) compiled for inference; call it like the model: ``fast(x)`` -> logits.
+
+    Built by ``compile_inference``. Holds BatchNorm-folded copies of the weights, runs every conv
+    through ``ops.conv2d_fused_forward`` and never keeps anything for backward. ``forward_features``
+    and ``embed`` return what the model's methods of those names return (layer4's feature map; the
+    pooled (N, 512) features that feed ``fc``). Input of any real dtype is converted to the model's
+    dtype, as ``Module`` does. Not thread-safe: calls share the kept output buffers.
+    """
+
+    def __init__(self, model: Module):
+        if not _is_resnet(model):
+            raise ValueError(
+                f"compile_inference: {type(model).__name__} is not a BasicBlock ResNet (needs conv1, bn1, "
+                "maxpool, layer1..layer4 of BasicBlocks, avgpool, fc); use fold_batchnorm(model) for other models"
+            )
+        self.dtype = np.dtype(model.dtype)
+        self.model_name = type(model).__name__
+        # what callers of the model read besides calling it (the classify CLI shows these)
+        self.arch = getattr(model, "arch", self.model_name)
+        self.num_classes = getattr(model, "num_classes", None)
+        self.training = False
+        self.stem = _FusedConv(model.conv1, model.bn1, True, "conv1")
+        mp = model.maxpool
+        if not isinstance(mp, MaxPool2d):
+            raise ValueError(f"compile_inference: expected maxpool to be MaxPool2d, got {type(mp).__name__}")
+        self.pool_args = (mp.kernel_size, mp.stride, mp.padding, mp.dilation)
+        self.blocks = [_Block(b, f"layer{i}.{j}") for i in range(1, 5) for j, b in enumerate(getattr(model, f"layer{i}"))]
+        if not isinstance(model.avgpool, AdaptiveAvgPool2d):
+            raise ValueError(f"compile_inference: expected avgpool to be AdaptiveAvgPool2d, got {type(model.avgpool).__name__}")
+        self.avg_size = model.avgpool.output_size
+        self.fc = self._head(model.fc)
+        self._pool = _BufferPool()
+
+    @staticmethod
+    def _head(fc):
+        """fc as (weight, bias) numpy arrays, or the module itself when it is not a plain Linear."""
+        if isinstance(fc, Linear):
+            w = np.array(backends.to_numpy(fc.weight.data))
+            b = None if fc.bias is None else np.array(backends.to_numpy(fc.bias.data))
+            return ("linear", w, b)
+        if isinstance(fc, Identity):
+            return ("identity",)
+        return ("module", _copy_without_caches(fc).eval())
+
+    def _check(self, x):
+        be = backends.current()
+        if not be.is_native(x):
+            x = be.asarray(x)
+        if x.dtype.kind == "c":
+            raise TypeError(f"compiled {self.model_name}: complex input is not supported (got {x.dtype})")
+        if x.ndim != 4 or x.shape[1] != self.stem.in_channels:
+            raise ValueError(
+                f"compiled {self.model_name}: expected input of shape (N, {self.stem.in_channels}, H, W), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        return x
+
+    def _features_map(self, x, ctx):
+        x = self.stem(x, ctx)
+        y, _ = ops.maxpool2d_forward(x, *self.pool_args)
+        ctx.done_with(x)
+        x = y
+        for blk in self.blocks:
+            out = blk(x, ctx)
+            ctx.done_with(x)  # a no-op for arrays the pool did not hand out (the maxpool output)
+            x = out
+        return x
+
+    def forward_features(self, x):
+        """The last feature map, layer4's output (N, 512, ceil(H/32), ceil(W/32)), as ``model.forward_features``."""
+        ctx = _Ctx(self._pool)
+        self._pool.reset()
+        fmap = self._features_map(self._check(x), ctx)
+        if ctx.use_out:  # the caller keeps this array, so it must not be a pool buffer the next call overwrites
+            fmap = fmap.copy()
+        return fmap
+
+    def embed(self, x):
+        """The globally average-pooled features (N, 512) the classifier reads, as ``model.embed``."""
+        ctx = _Ctx(self._pool)
+        self._pool.reset()
+        fmap = self._features_map(self._check(x), ctx)
+        y = ops.adaptive_avgpool2d_forward(fmap, self.avg_size)
+        return y.reshape(y.shape[0], -1)
+
+    def forward(self, x):
+        """Logits for a batch ``x`` of shape (N, C, H, W)."""
+        feats = self.embed(x)
+        kind = self.fc[0]
+        if kind == "identity":
+            return feats
+        if kind == "module":
+            with no_grad():
+                return self.fc[1](feats)
+        be = backends.current()
+        w, b = self.fc[1], self.fc[2]
+        if not be.is_native(w):
+            self.fc = ("linear", be.asarray(w), None if b is None else be.asarray(b))
+            w, b = self.fc[1], self.fc[2]
+        return ops.linear_forward(feats, w, b)
+
+    __call__ = forward
+
+    def buffer_bytes(self) -> int:
+        """Bytes of activation buffers kept between calls (0 when the backend allocates per call)."""
+        return self._pool.nbytes()
+
+    def __repr__(self):
+        return f"CompiledModel({self.model_name}, {1 + len(self.blocks) * 2 + sum(b.down is not None for b in self.blocks)} fused convs)"
+
+
+def compile_inference(model: Module) -> CompiledModel:
+    """Compile a BasicBlock ResNet (``resnet18``, ``resnet34``) for fast eval-mode inference.
+
+    Returns a ``CompiledModel``: ``fast(x)`` gives the logits ``model.eval()(x)`` gives (to float32
+    rounding), ``fast.forward_features(x)`` and ``fast.embed(x)`` the features. BatchNorm is folded into the convs and each
+    BasicBlock becomes fused conv + bias (+ residual) + ReLU calls. ``model`` is not modified; the
+    weights are copied, so compile again after changing them. Other models: ``fold_batchnorm``.
+    """
+    return CompiledModel(model)

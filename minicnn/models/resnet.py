@@ -1,0 +1,447 @@
+"""ResNet-18 and ResNet-34 (He et al., 2015) with torchvision's exact architecture and key names.
+
+    from minicnn.models import resnet18
+    model = resnet18(weights="resnet18.safetensors").eval()   # or a .pth file, or a state dict
+    logits = model(x)                 # x: float32 (N, 3, H, W), ImageNet-normalised
+    feats = model.forward_features(x) # (N, 512, H/32, W/32)
+    emb = model.embed(x)              # (N, 512), the pooled features the classifier reads
+
+Every layer keeps what its backward needs, so ``model.backward(dlogits)`` returns dL/dx and
+accumulates every parameter's gradient, in training and in eval mode. ``backward_from(stage, grad)``
+starts the backward pass at any named stage (``stem``, ``layer1``..``layer4``, ``avgpool``, ``fc``),
+which is what Grad-CAM and gradient ascent on the input need.
+
+``seeded_state_dict`` makes deterministic weights (numpy only) with non-trivial batchnorm
+statistics; with them the shipped reference outputs in ``weights/reference/`` can be checked
+offline (``minicnn verify``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import numpy as np
+
+from .. import ops
+from ..grad_mode import is_grad_enabled
+from ..nn._utils import check_input
+from ..nn.activation import ReLU
+from ..nn.batchnorm import BatchNorm2d
+from ..nn.conv import Conv2d
+from ..nn.linear import Linear
+from ..nn.module import Module, Sequential
+from ..nn.pooling import AdaptiveAvgPool2d, MaxPool2d
+from ..random import get_rng
+
+__all__ = [
+    "BasicBlock", "ResNet", "resnet18", "resnet34", "ARCHS", "STAGES", "seeded_state_dict",
+    "state_dict_shapes", "infer_arch", "resnet_from_state_dict",
+]
+
+# blocks per stage, as in the paper's Table 1
+ARCHS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+# the named stage outputs ``activations`` returns, in forward order
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
+
+
+def _kaiming_normal_fan_out(rng, shape, dtype=np.float32):
+    """torchvision's ResNet init: N(0, 2 / fan_out), fan_out = out_channels * kh * kw."""
+    fan_out = shape[0] * shape[2] * shape[3]
+    return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_out)).astype(dtype)
+
+
+class BasicBlock(Module):
+    """Two 3x3 convolutions with batchnorm, plus the shortcut: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + identity)``.
+
+    ``identity`` is ``x`` itself, or ``downsample(x)`` (1x1 strided conv + batchnorm) where the
+    block changes resolution or width. Children and their order match torchvision's BasicBlock,
+    so ``state_dict()`` keys do too.
+    """
+
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = BatchNorm2d(planes)
+        # torchvision reuses one ReLU for both places; here it serves only the inner one, because a
+        # layer keeps one forward's cache and the join has its own fused op
+        self.relu = ReLU(inplace=True)
+        self.conv2 = Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = BatchNorm2d(planes)
+        self.downsample = downsample
+        self.stride = stride
+        self._cache = None
+
+    def extra_repr(self):
+        return f"{self.conv1.in_channels}, {self.conv2.out_channels}, stride={self.stride}"
+
+    def forward(self, x):
+        """The block's output; keeps it (and each child keeps its own cache) for backward."""
+        x = self._prepare_input(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        identity = self.downsample(x) if self.downsample is not None else x
+        if identity.shape != out.shape:
+            raise ValueError(
+                f"{self._short()}: residual branch gives shape {tuple(out.shape)} but the shortcut gives "
+                f"{tuple(identity.shape)}; a block that changes stride or width needs a downsample"
+            )
+        y = ops.add_relu_forward(out, identity)
+        self._cache = y if is_grad_enabled() else None
+        return y
+
+    def backward(self, dy):
+        """dL/dx: the gradient splits at the residual join and the two paths' gradients add up."""
+        y = self._need_forward()
+        # the ReLU after the join routes dy to both summands unchanged where the sum was positive
+        g = ops.relu_backward(dy, y)
+        d_main = self.conv1.backward(self.bn1.backward(self.relu.backward(self.conv2.backward(self.bn2.backward(g)))))
+        d_short = self.downsample.backward(g) if self.downsample is not None else g
+        return d_main + d_short
+
+
+class ResNet(Module):
+    """torchvision's ResNet built from BasicBlocks: stem (7x7/2 conv, bn, relu, 3x3/2 maxpool),
+    layer1..layer4 (64, 128, 256, 512 channels; strides 1, 2, 2, 2), global average pool, fc.
+
+    ``ResNet(layers=(2, 2, 2, 2), num_classes=1000, zero_init_residual=False, arch=None, width=64)``.
+    ``width`` is the first stage's channel count (the stages use width, 2, 4 and 8 times it); only
+    64 is torchvision's architecture, narrower nets are for quick experiments and gradient checks.
+    Convolutions start Kaiming-normal (fan_out, ReLU gain), batchnorms at gamma=1, beta=0, and the
+    fc layer as ``nn.Linear``, all drawn from the library RNG (``minicnn.manual_seed``).
+
+    Input: (N, 3, H, W) of any real dtype (cast to the model's dtype), any H, W >= 1 in eval mode;
+    training mode also needs more than one value per channel at layer4 (N * ceil(H/32) * ceil(W/32) >= 2).
+    """
+
+    def __init__(self, layers=(2, 2, 2, 2), num_classes=1000, zero_init_residual=False, arch=None, width=64):
+        super().__init__()
+        layers = tuple(int(n) for n in layers)
+        if len(layers) != 4 or min(layers) < 1:
+            raise ValueError(f"ResNet: layers must be four positive block counts, got {layers!r}")
+        if int(num_classes) < 1:
+            raise ValueError(f"ResNet: num_classes must be >= 1, got {num_classes!r}")
+        width = int(width)
+        if width < 1:
+            raise ValueError(f"ResNet: width must be >= 1, got {width!r}")
+        standard = next((k for k, v in ARCHS.items() if v == layers), f"resnet{layers}")
+        self.arch = arch or (standard if width == 64 else f"{standard}-width{width}")
+        self.num_classes = int(num_classes)
+        self.num_features = 8 * width * BasicBlock.expansion
+        self.inplanes = width
+        self.conv1 = Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = BatchNorm2d(width)
+        self.relu = ReLU(inplace=True)
+        self.maxpool = MaxPool2d(3, stride=2, padding=1)
+        self.layer1 = self._make_layer(width, layers[0], 1)
+        self.layer2 = self._make_layer(2 * width, layers[1], 2)
+        self.layer3 = self._make_layer(4 * width, layers[2], 2)
+        self.layer4 = self._make_layer(8 * width, layers[3], 2)
+        self.avgpool = AdaptiveAvgPool2d((1, 1))
+        self.fc = Linear(self.num_features, num_classes)
+        rng = get_rng()
+        for m in self.modules():
+            if isinstance(m, Conv2d):
+                m.weight.data = _kaiming_normal_fan_out(rng, m.weight.shape)
+        if zero_init_residual:
+            # each block then starts as the identity, which helps very deep nets train (Goyal et al.)
+            for m in self.modules():
+                if isinstance(m, BasicBlock):
+                    m.bn2.weight.data[...] = 0
+        self._reached = None
+        self._pooled_shape = None
+
+    def _make_layer(self, planes, blocks, stride):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
+            downsample = Sequential(
+                Conv2d(self.inplanes, planes * BasicBlock.expansion, 1, stride=stride, bias=False),
+                BatchNorm2d(planes * BasicBlock.expansion),
+            )
+        mods = [BasicBlock(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * BasicBlock.expansion
+        mods += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
+        return Sequential(*mods)
+
+    def extra_repr(self):
+        return f"arch={self.arch}, num_classes={self.num_classes}"
+
+    def _short(self):
+        return self.arch
+
+    # -- input checks --------------------------------------------------------------------------
+    def _check(self, x):
+        check_input(self, x, 4, 1, 3, "RGB channels")
+        n, _, h, w = x.shape
+        if min(n, h, w) < 1:
+            raise ValueError(f"{self.arch}: input of shape {tuple(x.shape)} is empty")
+        if self.training:
+            # every stride-2 step maps a side of length L to ceil(L / 2); five of them reach layer4
+            h4, w4 = -(-h // 32), -(-w // 32)
+            if n * h4 * w4 < 2:
+                raise ValueError(
+                    f"{self.arch}: in training mode batchnorm needs more than one value per channel, but input of "
+                    f"shape {tuple(x.shape)} reaches layer4 as ({n}, {self.num_features}, {h4}, {w4}); use a batch of at least 2, "
+                    f"an input larger than 32x32, or model.eval()"
+                )
+
+    # -- forward -------------------------------------------------------------------------------
+    def _forward_stage(self, name, x):
+        if name == "stem":
+            return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        if name == "avgpool":
+            y = self.avgpool(x)
+            self._pooled_shape = y.shape
+            return y.reshape(y.shape[0], -1)
+        return getattr(self, name)(x)
+
+    def _backward_stage(self, name, dy):
+        if name == "stem":
+            return self.conv1.backward(self.bn1.backward(self.relu.backward(self.maxpool.backward(dy))))
+        if name == "avgpool":
+            return self.avgpool.backward(dy.reshape(self._pooled_shape))
+        return getattr(self, name).backward(dy)
+
+    def _run(self, x, upto="fc", record=False):
+        if upto not in STAGES:
+            raise ValueError(f"{self.arch}: unknown stage {upto!r}; stages are {', '.join(STAGES)}")
+        x = self._prepare_input(x)
+        self._check(x)
+        outs = OrderedDict()
+        for name in STAGES:
+            x = self._forward_stage(name, x)
+            if record:
+                outs[name] = x
+            if name == upto:
+                break
+        self._reached = upto if is_grad_enabled() else None
+        return x, outs
+
+    def forward(self, x):
+        """Logits (N, num_classes)."""
+        return self._run(x, "fc")[0]
+
+    def forward_features(self, x):
+        """The last feature map, layer4's output: (N, 512, ceil(H/32), ceil(W/32))."""
+        self._move_to_backend()
+        return self._run(x, "layer4")[0]
+
+    def embed(self, x):
+        """Globally average-pooled features (N, 512): what the classifier reads, a common image embedding."""
+        self._move_to_backend()
+        return self._run(x, "avgpool")[0]
+
+    def activations(self, x, upto="fc"):
+        """Every stage's output in forward order, up to ``upto``: an OrderedDict with
+        ``stem`` (after the maxpool), ``layer1``..``layer4``, ``avgpool`` (N, 512) and ``fc`` (logits).
+
+        With gradients enabled, ``backward_from(stage, grad)`` may then start from any returned stage.
+        """
+        self._move_to_backend()
+        return self._run(x, upto, record=True)[1]
+
+    # -- backward ------------------------------------------------------------------------------
+    def backward(self, dy):
+        """dL/dx from dL/dlogits; accumulates every trainable parameter's ``.grad``."""
+        return self.backward_from("fc", dy)
+
+    def backward_from(self, name, grad, to=None):
+        """Backpropagate ``grad`` (dL/d output of stage ``name``) through the stages before it.
+
+        Returns dL/dx for the network input, or, when ``to`` names an earlier stage, dL/d that
+        stage's output (Grad-CAM takes ``to="layer4"``). Parameter gradients of every stage passed
+        through accumulate into ``.grad``. The last forward pass (``forward``, ``forward_features``,
+        ``embed`` or ``activations``) must have reached ``name`` with gradients enabled.
+        """
+        if name not in STAGES:
+            raise ValueError(f"{self.arch}: unknown stage {name!r}; stages are {', '.join(STAGES)}")
+        if self._reached is None:
+            raise RuntimeError(f"{self.arch}: backward called before a forward pass with gradients enabled")
+        hi = STAGES.index(name)
+        if hi > STAGES.index(self._reached):
+            raise RuntimeError(
+                f"{self.arch}: the last forward pass stopped at {self._reached!r}, so there is nothing to "
+                f"backpropagate from {name!r}"
+            )
+        lo = -1
+        if to is not None:
+            if to not in STAGES:
+                raise ValueError(f"{self.arch}: unknown stage {to!r}; stages are {', '.join(STAGES)}")
+            lo = STAGES.index(to)
+            if lo > hi:
+                raise ValueError(f"{self.arch}: stage {to!r} comes after {name!r}; backward runs toward the input")
+        for stage in reversed(STAGES[lo + 1:hi + 1]):
+            grad = self._backward_stage(stage, grad)
+        return grad
+
+
+# -- weights --------------------------------------------------------------------------------------
+def state_dict_shapes(arch="resnet18", num_classes=1000):
+    """Every ``state_dict`` key of ``arch`` with its shape, in torchvision's order (no model is built)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown ResNet architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    out = OrderedDict()
+
+    def conv(prefix, cout, cin, k):
+        out[f"{prefix}.weight"] = (cout, cin, k, k)
+
+    def bn(prefix, c):
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            out[f"{prefix}.{name}"] = (c,)
+        out[f"{prefix}.num_batches_tracked"] = ()
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    inplanes = 64
+    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), ARCHS[arch]), start=1):
+        for b in range(blocks):
+            p = f"layer{i}.{b}"
+            stride = 2 if (b == 0 and i > 1) else 1
+            conv(f"{p}.conv1", planes, inplanes, 3)
+            bn(f"{p}.bn1", planes)
+            conv(f"{p}.conv2", planes, planes, 3)
+            bn(f"{p}.bn2", planes)
+            if b == 0 and (stride != 1 or inplanes != planes):
+                conv(f"{p}.downsample.0", planes, inplanes, 1)
+                bn(f"{p}.downsample.1", planes)
+            inplanes = planes
+    out["fc.weight"] = (int(num_classes), 512)
+    out["fc.bias"] = (int(num_classes),)
+    return out
+
+
+# gains on the He (fan_in) standard deviation of each seeded convolution; chosen so that, with the
+# seeded batchnorm statistics below, every stage's activations stay O(1) on natural and on random
+# input (the second conv of a block is damped so the residual sums do not grow with depth)
+_SEED_GAIN = {"conv1": 0.7, "block.conv1": 1.0, "block.conv2": 0.35, "downsample": 0.7}
+_SEED_FC_STD = 2.0 / math.sqrt(512)
+
+
+def seeded_state_dict(arch="resnet18", seed=0, num_classes=1000):
+    """Deterministic weights for ``arch`` generated with numpy alone (``numpy.random.default_rng(seed)``).
+
+    Convolutions: N(0, gain^2 * 2 / fan_in), gain 0.7 for the stem and the downsample convs, 1 for a
+    block's first conv, 0.35 for its second (so stage outputs keep a standard deviation near 1
+    instead of growing with every residual sum). Batchnorm: gamma ~ U(0.5, 1.5), beta ~ N(0, 0.1),
+    running_mean ~ N(0, 0.1), running_var ~ U(0.5, 1.5), num_batches_tracked = 0. fc: weight
+    N(0, (2/sqrt(512))^2), bias N(0, 0.01^2). Arrays are float32 (num_batches_tracked int64), keys and
+    order as torchvision's. The numbers depend only on (arch, seed, num_classes), so a reference
+    computed once with PyTorch from these weights checks any machine's forward pass offline.
+    """
+    rng = np.random.default_rng(int(seed))
+    out = OrderedDict()
+    for key, shape in state_dict_shapes(arch, num_classes).items():
+        name = key.rsplit(".", 1)[1]
+        if name == "num_batches_tracked":
+            out[key] = np.array(0, dtype=np.int64)
+        elif key == "fc.weight":
+            out[key] = (rng.standard_normal(shape) * _SEED_FC_STD).astype(np.float32)
+        elif key == "fc.bias":
+            out[key] = (rng.standard_normal(shape) * 0.01).astype(np.float32)
+        elif len(shape) == 4:
+            if key == "conv1.weight":
+                gain = _SEED_GAIN["conv1"]
+            elif ".downsample." in key:
+                gain = _SEED_GAIN["downsample"]
+            elif key.endswith("conv2.weight"):
+                gain = _SEED_GAIN["block.conv2"]
+            else:
+                gain = _SEED_GAIN["block.conv1"]
+            fan_in = shape[1] * shape[2] * shape[3]
+            out[key] = (rng.standard_normal(shape) * (gain * math.sqrt(2.0 / fan_in))).astype(np.float32)
+        elif name == "weight":
+            out[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        elif name == "bias":
+            out[key] = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        elif name == "running_mean":
+            out[key] = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        elif name == "running_var":
+            out[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        else:  # pragma: no cover - state_dict_shapes names nothing else
+            raise AssertionError(key)
+    return out
+
+
+def infer_arch(state_dict):
+    """``"resnet18"`` or ``"resnet34"`` from the block counts in a torchvision-named state dict."""
+    counts = []
+    for i in range(1, 5):
+        idx = {int(k.split(".")[1]) for k in state_dict if k.startswith(f"layer{i}.") and k.split(".")[1].isdigit()}
+        counts.append(max(idx) + 1 if idx else 0)
+    if any(k.endswith("conv3.weight") for k in state_dict):
+        raise ValueError(
+            f"these weights are a Bottleneck ResNet (blocks per stage {tuple(counts)}, e.g. ResNet-50); "
+            f"only the BasicBlock ResNets {', '.join(ARCHS)} are built here"
+        )
+    for name, layers in ARCHS.items():
+        if tuple(counts) == layers:
+            return name
+    raise ValueError(
+        f"cannot tell the architecture from these weights: blocks per stage {tuple(counts)} match none of "
+        + ", ".join(f"{k} {v}" for k, v in ARCHS.items())
+    )
+
+
+def _read_weights(weights):
+    """A state dict from a path (anything ``minicnn.io.weights.read_state_dict`` reads) or a mapping."""
+    if isinstance(weights, (str, os.PathLike)):
+        from ..io.weights import read_state_dict
+
+        return os.fspath(weights), read_state_dict(weights)
+    if isinstance(weights, Mapping):
+        return "state dict", weights
+    raise TypeError(f"weights must be a path or a state dict (a mapping of name -> array), got {type(weights).__name__}")
+
+
+def _build(arch, num_classes, weights):
+    source, sd = (None, None) if weights is None else _read_weights(weights)
+    return _build_from(arch, num_classes, source, sd)
+
+
+def _build_from(arch, num_classes, source, sd):
+    if num_classes is None:
+        num_classes = int(np.shape(sd["fc.weight"])[0]) if sd is not None and "fc.weight" in sd else 1000
+    if sd is not None:
+        try:
+            found = infer_arch(sd)
+        except ValueError:
+            found = arch  # let the key-by-key comparison below say what is wrong
+        if found != arch:
+            raise ValueError(
+                f"{source}: these weights are {found} (blocks per stage {ARCHS[found]}), not {arch} "
+                f"{ARCHS[arch]}; build {found}(...) or use resnet_from_state_dict"
+            )
+    model = ResNet(ARCHS[arch], num_classes=num_classes, arch=arch)
+    if sd is not None:
+        try:
+            model.load_state_dict(sd, strict=True)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+    return model
+
+
+def resnet18(num_classes=None, weights=None):
+    """ResNet-18 (blocks per stage 2, 2, 2, 2; 11.7M parameters with 1000 classes).
+
+    ``weights``: a path (safetensors, or a PyTorch ``.pth`` checkpoint read without torch) or a
+    state dict with torchvision's key names; loading is strict. ``num_classes`` defaults to the
+    weights' fc size, else 1000.
+    """
+    return _build("resnet18", num_classes, weights)
+
+
+def resnet34(num_classes=None, weights=None):
+    """ResNet-34 (blocks per stage 3, 4, 6, 3; 21.8M parameters with 1000 classes). Arguments as ``resnet18``."""
+    return _build("resnet34", num_classes, weights)
+
+
+def resnet_from_state_dict(weights, num_classes=None):
+    """The ResNet whose architecture the weights describe (18 or 34), with those weights loaded.
+
+    ``weights`` is a path or a state dict, as for ``resnet18``.
+    """
+    source, sd = _read_weights(weights)
+    return _build_from(infer_arch(sd), num_classes, source, sd)

@@ -1,0 +1,325 @@
+"""The benchmark harness: validation catches wrong kernels, FLOP counts are right, reports get written.
+
+No assertion here is about speed: timings only have to exist, not to be fast.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the suite lives in the checkout's benchmarks/, not in the package
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import end_to_end, harness, ops, shapes  # noqa: E402
+from benchmarks.roofline import roofline_points  # noqa: E402
+from minicnn.backends.numpy.conv import conv2d_forward as np_conv, conv2d_forward_naive  # noqa: E402
+
+TINY = shapes.ConvShape(2, 3, 7, 6, 4, 3, 3, stride=1, pad=1, where="tiny")
+
+
+@pytest.fixture(scope="module")
+def env():
+    # no ceilings: nothing here judges speed, and measuring them costs time
+    e = harness.setup(threads=2, quick=True, ceilings=False)
+    e.warmup, e.repeats, e.max_seconds = 0, 2, 0.05
+    return e
+
+
+def _variant(name, fn, kernel="conv2d_forward"):
+    return harness.Variant(name, "test", kernel, fn)
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+
+def test_wrong_kernels_fail_validation_and_are_not_timed(env):
+    calls = {"dropped_bias": 0, "flipped": 0, "off_by_one": 0}
+
+    def dropped_bias(x, w, b, *a):
+        calls["dropped_bias"] += 1
+        return np_conv(x, w, None, *a)  # forgets the bias
+
+    def flipped(x, w, b, *a):
+        calls["flipped"] += 1
+        return np_conv(x, w[:, :, ::-1, ::-1].copy(), b, *a)  # convolution instead of correlation
+
+    def off_by_one(x, w, b, *a):
+        calls["off_by_one"] += 1
+        y = np_conv(x, w, b, *a)
+        return np.roll(y, 1, axis=-1)  # every output one pixel to the right
+
+    def wrong_shape(x, w, b, *a):
+        return np_conv(x, w, b, *a)[:, :, 1:]
+
+    def nan_kernel(x, w, b, *a):
+        y = np_conv(x, w, b, *a)
+        y[0, 0, 0, 0] = np.nan
+        return y
+
+    def raises(x, w, b, *a):
+        raise RuntimeError("kernel exploded")
+
+    good = [_variant("naive", conv2d_forward_naive), _variant("im2col", np_conv)]
+    bad = [_variant("dropped_bias", dropped_bias), _variant("flipped", flipped), _variant("off_by_one", off_by_one),
+           _variant("wrong_shape", wrong_shape), _variant("nan", nan_kernel), _variant("raises", raises)]
+    res = harness.run_cases([ops.conv_forward_case(TINY)], good + bad, env)
+    rows = {r["variant"]: r for r in res[0]["variants"]}
+    for v in good:
+        r = rows[v.name]
+        assert r["status"] == "ok", r
+        assert r["max_rel_err"] < 1e-6
+        assert r["runs"] >= 1 and r["median_ms"] is not None and r["gflops"] is not None
+    for v in bad:
+        r = rows[v.name]
+        assert r["status"] == "FAIL", r
+        assert r["median_ms"] is None and r["runs"] == 0 and r["gflops"] is None
+    assert rows["dropped_bias"]["max_rel_err"] > 1e-2
+    assert "kernel exploded" in rows["raises"]["note"]
+    assert math.isinf(rows["wrong_shape"]["max_rel_err"]) and math.isinf(rows["nan"]["max_rel_err"])
+    # validated once, never timed: exactly one call each
+    assert calls == {"dropped_bias": 1, "flipped": 1, "off_by_one": 1}
+    # the markdown lists the failures with their reason
+    text = harness.markdown(res)
+    assert "| conv 3->4 3x3 s1 7x6 n2 | 1 | flipped | FAIL |" in text
+    assert "Failed validation" in text and "dropped_bias" in text
+
+
+def test_backward_and_maxpool_validation_catch_wrong_gradients(env):
+    from minicnn.backends.numpy.conv import conv2d_backward
+    from minicnn.backends.numpy.pool import maxpool2d_forward
+
+    def dx_times_two(dy, x, w, *a):
+        dx, dw, db = conv2d_backward(dy, x, w, *a)
+        return (None if dx is None else 2 * dx), dw, db
+
+    def dw_transposed_taps(dy, x, w, *a):
+        dx, dw, db = conv2d_backward(dy, x, w, *a)
+        return dx, (None if dw is None else dw.transpose(0, 1, 3, 2).copy()), db
+
+    def argmax_off(x, *a):
+        y, idx = maxpool2d_forward(x, *a)
+        return y, idx + 1  # right maxima, wrong winners: backward would route gradients wrongly
+
+    variants = [harness.Variant("ref", "numpy", "conv2d_backward", conv2d_backward),
+                harness.Variant("dx_times_two", "test", "conv2d_backward", dx_times_two),
+                harness.Variant("dw_transposed", "test", "conv2d_backward", dw_transposed_taps),
+                harness.Variant("ref", "numpy", "maxpool2d_forward", maxpool2d_forward),
+                harness.Variant("argmax_off", "test", "maxpool2d_forward", argmax_off)]
+    s = shapes.ConvShape(2, 3, 6, 6, 4, 3, 3, stride=2, pad=1)
+    pool = shapes.PoolShape(2, 3, 9, 9, 3, 2, 1)
+    cases = [ops.conv_backward_dx_case(s), ops.conv_backward_dw_case(s), ops.maxpool_case(pool)]
+    res = harness.run_cases(cases, variants, env)
+    status = {(r["op"], v["variant"]): v["status"] for r in res for v in r["variants"]}
+    assert status == {
+        ("conv2d_backward_dx", "ref"): "ok", ("conv2d_backward_dx", "dx_times_two"): "FAIL",
+        ("conv2d_backward_dx", "dw_transposed"): "ok",  # dx is right; this case only looks at dx
+        ("conv2d_backward_dw", "ref"): "ok", ("conv2d_backward_dw", "dx_times_two"): "ok",
+        ("conv2d_backward_dw", "dw_transposed"): "FAIL",
+        ("maxpool2d_forward", "ref"): "ok", ("maxpool2d_forward", "argmax_off"): "FAIL",
+    }
+
+
+def test_slow_and_unsupported_variants_are_skipped_not_failed(env):
+    big = shapes.ConvShape(1, 8, 16, 16, 8, 3, 3, pad=1)
+    naive = harness.Variant("naive", "numpy", "conv2d_forward", conv2d_forward_naive, max_macs=1000)
+    only_1x1 = harness.Variant("only_1x1", "test", "conv2d_forward", np_conv, applies=lambda a: a[1].shape[2:] == (1, 1))
+    res = harness.run_cases([ops.conv_forward_case(big)], [naive, only_1x1], env)
+    rows = {r["variant"]: r for r in res[0]["variants"]}
+    assert rows["naive"]["status"] == "skip" and "MACs" in rows["naive"]["note"]
+    assert rows["only_1x1"]["status"] == "n/a"
+
+
+def test_max_rel_error_rules():
+    ref = np.array([[1.0, -2.0], [4.0, 0.5]], np.float32)
+    assert harness.max_rel_error(ref, ref) == 0.0
+    assert harness.max_rel_error(ref + np.float32(0.04), ref) == pytest.approx(0.01, rel=1e-5)
+    assert math.isinf(harness.max_rel_error(ref[:1], ref))
+    bad = ref.copy()
+    bad[0, 0] = np.inf
+    assert math.isinf(harness.max_rel_error(bad, ref))
+    idx = np.array([0, 1, 2, 3])
+    assert harness.max_rel_error(idx, idx) == 0.0
+    assert harness.max_rel_error(np.array([0, 1, 2, 4]), idx) == 0.25
+
+
+def usable_backends():
+    from minicnn.backends import AVAILABLE, load
+
+    out = []
+    for name in AVAILABLE:
+        try:
+            load(name)
+            out.append(name)
+        except Exception:  # noqa: BLE001 - not usable here
+            pass
+    return out
+
+
+def test_discovered_variants_include_reference_and_every_usable_backend():
+    names = {(v.kernel, v.name) for v in harness.discover_variants(torch=False)}
+    assert ("conv2d_forward", "numpy/naive") in names
+    assert ("conv2d_forward", "numpy/im2col") in names
+    for be in usable_backends():
+        for kernel in harness.KERNELS:
+            assert any(k == kernel and n.startswith(be + "/") for k, n in names), (be, kernel)
+    # a backend's named conv variants are all offered (numba: conv.VARIANTS), for fused forward too
+    if "numba" in usable_backends():
+        from minicnn.backends.numba.conv import VARIANTS
+
+        for vname in VARIANTS:
+            assert ("conv2d_forward", f"numba/{vname}") in names
+
+
+def test_every_discovered_variant_passes_on_small_shapes(env):
+    """The real kernels of every usable backend pass validation on small ResNet-like shapes."""
+    small = [shapes.ConvShape(2, 8, 9, 9, 16, 3, 3, 1, 1), shapes.ConvShape(2, 8, 9, 9, 16, 1, 1, 2, 0),
+             shapes.ConvShape(1, 3, 20, 20, 8, 7, 7, 2, 3)]
+    cases = [f(s) for s in small for f in (ops.conv_forward_case, ops.conv_fused_case, ops.conv_backward_dx_case,
+                                            ops.conv_backward_dw_case)]
+    cases += [ops.maxpool_case(shapes.PoolShape(2, 4, 11, 11, 3, 2, 1)), ops.linear_case(shapes.LinearShape(3, 20, 7))]
+    res = harness.run_cases(cases, harness.discover_variants(torch=False), env)
+    failed = [(r["op"], r["label"], v["variant"], v["note"]) for r in res for v in r["variants"] if v["status"] == "FAIL"]
+    assert not failed
+    assert all(v["status"] in ("ok", "n/a", "skip") for r in res for v in r["variants"])
+
+
+# -- FLOP counts and shapes ----------------------------------------------------------------------
+
+
+def test_flop_counts_for_known_shapes():
+    convs, pool, fc = shapes.resnet18_layers(batch=1, size=224)
+    conv1 = convs[0]
+    assert (conv1.c, conv1.k, conv1.r, conv1.stride, conv1.p, conv1.q) == (3, 64, 7, 2, 112, 112)
+    # 64 filters x 3x7x7 taps x 112x112 outputs, two FLOPs per multiply-add
+    assert conv1.macs == 64 * 3 * 7 * 7 * 112 * 112 == 118_013_952
+    assert conv1.flops == 236_027_904
+    assert conv1.bytes_forward() == 4 * (3 * 224 * 224 + 64 * 3 * 49 + 64 * 112 * 112)
+    # the whole network: torchvision lists ResNet-18 at 1.81 G multiply-adds ("GFLOPS") per image
+    assert shapes.network_macs(convs, fc) == 1_814_073_344
+    assert shapes.network_macs(*[shapes.resnet18_layers(batch=8)[i] for i in (0, 2)]) == 8 * 1_814_073_344
+    assert len(convs) == 11 and sum(c.count for c in convs) == 20
+    assert (pool.p, pool.q, pool.flops) == (56, 56, 64 * 56 * 56 * 9)
+    assert fc.flops == 2 * 512 * 1000
+    # a case carries the same counts the shape gives
+    case = ops.conv_backward_dw_case(convs[1])
+    assert case.flops == 2 * 64 * 64 * 9 * 56 * 56 and case.count == 4
+    assert case.bytes == 4 * (64 * 56 * 56 + 64 * 56 * 56 + 64 * 64 * 9)
+
+
+def test_shapes_match_the_real_resnet18():
+    """Every conv the library's resnet18 runs, with its input shape, is in resnet18_layers with the right count."""
+    import minicnn as mc
+    from minicnn import nn
+    from minicnn.models.resnet import resnet18
+
+    model = resnet18().eval()
+    seen = {}
+    for _, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            fwd = m.forward
+
+            def rec(x, _m=m, _fwd=fwd):
+                key = (_m.in_channels, x.shape[2], _m.out_channels, _m.kernel_size[0], _m.stride[0], _m.padding[0])
+                seen[key] = seen.get(key, 0) + 1
+                return _fwd(x)
+
+            object.__setattr__(m, "forward", rec)
+    with mc.backend("numpy"), mc.no_grad():
+        model(np.zeros((1, 3, 64, 64), np.float32))
+    convs, _, fc = shapes.resnet18_layers(batch=1, size=64)
+    assert {(s.c, s.h, s.k, s.r, s.stride, s.pad): s.count for s in convs} == seen
+    assert (fc.f, fc.o) == (model.fc.in_features, model.fc.out_features)
+
+
+# -- reports -------------------------------------------------------------------------------------
+
+
+def test_tiny_ops_run_writes_json_markdown_and_roofline(tmp_path, env):
+    cases = [ops.conv_forward_case(TINY, "tiny"), ops.conv_fused_case(TINY, "tiny"),
+             ops.linear_case(shapes.LinearShape(2, 16, 5), "tiny")]
+    variants = harness.discover_variants(backends=("numpy",), torch=False)
+    logged = []
+    payload = ops.run(quick=True, out_dir=str(tmp_path), variants=variants, cases=cases, env=env, log=logged.append)
+    data = json.loads((tmp_path / "ops.json").read_text())
+    assert data["suite"] == "ops" and len(data["results"]) == 3
+    assert {r["op"] for r in data["results"]} == {"conv2d_forward", "conv2d_fused_forward", "linear_forward"}
+    row = data["results"][0]
+    assert row["flops"] == TINY.flops and row["shape"]["p"] == 7
+    assert {v["variant"] for v in row["variants"]} == {"numpy/naive", "numpy/im2col"}
+    assert all(v["status"] == "ok" and v["median_ms"] is not None for v in row["variants"])
+    md = (tmp_path / "ops.md").read_text()
+    assert "| shape | uses | variant | status | max rel err | median ms | min ms | GFLOP/s | % sgemm |" in md
+    assert "### conv2d_fused_forward" in md and "numpy/naive" in md
+    assert any("conv2d_forward" in line for line in logged)
+    png = tmp_path / "roofline.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and payload["plot"] == str(png)
+    # every timed row is a point: naive + im2col conv, the im2col fused conv, the linear op
+    assert len(roofline_points(data["results"])) == 4
+    assert data["env"]["machine"]["numpy"] == np.__version__
+
+
+@pytest.mark.torch
+def test_tiny_end_to_end_run_cross_checks_frameworks(tmp_path, env):
+    pytest.importorskip("torch")
+    payload = end_to_end.run(quick=True, out_dir=str(tmp_path), parts=("inference",), batches=(1,), size=32,
+                             env=env, log=lambda *_: None)
+    data = json.loads((tmp_path / "e2e.json").read_text())
+    rows = {r["framework"]: r for r in data["inference"]}
+    assert "pytorch" in rows and "minicnn numpy" in rows and "minicnn numpy compiled" in rows
+    for name, r in rows.items():
+        assert r["status"] == "ok", (name, r)
+        assert r["max_rel_err"] < 1e-4 and r["img_per_s"] > 0
+    md = (tmp_path / "e2e.md").read_text()
+    assert "### ResNet-18 inference (fp32, 32x32)" in md and "| 1 | pytorch |" in md
+    assert payload["inference"][0]["reference"] == "pytorch"
+
+
+def test_end_to_end_markdown_and_part_checks():
+    payload = {
+        "training": [{"model": "digits convnet", "batch": 64, "framework": "minicnn numba", "first_loss": 2.3,
+                      "loss_rel_err_vs_pytorch": 1e-7, "status": "ok", "median_ms": 5.0, "img_per_s": 12800.0}],
+        "memory": [{"framework": "pytorch", "rss_model_mb": 300.0, "first_call_peak_mb": 20.0, "steady_peak_mb": 12.0,
+                    "tracemalloc_peak_mb": None, "process_peak_mb": 330.0, "status": "ok"}],
+    }
+    md = end_to_end.markdown(payload)
+    assert "| digits convnet | 64 | minicnn numba | 5.0 | 12800.0 | 2.30000 | 1.0e-07 |  | ok |" in md
+    assert "| pytorch | 300 | 20.0 | 12.0 |  | 330 | ok  |" in md
+    with pytest.raises(ValueError, match="unknown benchmark part.*bogus"):
+        end_to_end.check_parts(["inference", "bogus"])
+
+
+def test_cli_bench_rejects_bad_arguments(capsys):
+    from minicnn.cli import main
+
+    assert main(["bench", "e2e", "--parts", "inference,nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["minicnn bench: error: unknown benchmark part(s) nope; choose from "
+                                        "inference, training, memory, startup"]
+    assert main(["bench", "ops", "--threads", "0"]) == 1
+    assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_quietly_redoes_disturbed_measurements_and_keeps_the_least_disturbed(monkeypatch):
+    loads = iter([1.5, 0.9, 1.2, 1.4, 0.1])
+    monkeypatch.setattr(harness, "wait_for_quiet", lambda *a, **k: None)
+    monkeypatch.setattr(harness.LoadMeter, "other_cores", lambda self: next(loads))
+    e = harness.Env(threads=2, quick=True, sgemm_gflops=1.0, sgemm_n=1, copy_gbps=1.0, copy_mb=1, machine={},
+                    quiet_wait_s=5.0, quiet_threshold=0.3, quiet_retries=2)
+    calls = []
+    # three attempts, all disturbed: the second (0.9 cores) is kept
+    assert harness.quietly(lambda: calls.append(1) or len(calls), e) == (2, 0.9)
+    assert len(calls) == 3
+    # a quiet attempt ends the retries at once
+    calls.clear()
+    assert harness.quietly(lambda: calls.append(1) or len(calls), e) == (2, 0.1)
+    # without a quiet wait, one measurement whatever the load
+    e.quiet_wait_s = 0.0
+    monkeypatch.setattr(harness.LoadMeter, "other_cores", lambda self: 1.9)
+    calls.clear()
+    assert harness.quietly(lambda: calls.append(1) or len(calls), e) == (1, 1.9)

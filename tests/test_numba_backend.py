@@ -1,0 +1,576 @@
+"""The numba backend against the numpy reference: every op, forward and backward, float32 and float64.
+
+Tolerances (float32, relative to the largest reference value, so a tolerance means "this many
+units of the output's scale"):
+
+- GEMM and loop paths (im2col_gemm, pointwise_gemm, direct, pooling, batchnorm, elementwise):
+  1e-5. Both sides round each product-sum in float32, in different orders; the observed
+  differences are a few 1e-7.
+- Winograd F(2x2, 3x3): 1e-5 as well; its transforms only add/subtract and halve, and the
+  measured error matches GEMM's (~4e-7).
+- Winograd F(4x4, 3x3): 2e-4. Its transforms multiply by up to 8 and divide by up to 24, so each
+  tile's rounding is amplified; measured max relative error against float64 is 5e-6..1.5e-5 on
+  ResNet-18 layers (docs/kernels.md) and grows like sqrt(C); 2e-4 leaves room for the random
+  shapes here while still catching any wrong coefficient (those give errors of order 1).
+
+float64 agreement uses 1e-10 everywhere (F(4x4) included: its amplification is ~1e2 on 1e-16).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import minicnn as mc
+from minicnn import backends
+from minicnn.ops import OP_NAMES
+
+nbk = pytest.importorskip("minicnn.backends.numba")
+from minicnn.backends.numba import _threads, conv, winograd  # noqa: E402
+
+REF = backends.load("numpy").OPS
+NB = nbk.OPS
+
+F32_TOL = {"im2col_gemm": 1e-5, "pointwise_gemm": 1e-5, "direct": 1e-5,
+           "winograd_f2x2_3x3": 1e-5, "winograd_f4x4_3x3": 2e-4}
+F64_TOL = 1e-10
+
+
+def assert_close(got, want, tol, what=""):
+    """max |got - want| <= tol * max(1, max |want|), shapes and dtypes equal."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    if got.size == 0:
+        return
+    scale = max(1.0, float(np.nanmax(np.abs(want[np.isfinite(want)]))) if np.isfinite(want).any() else 1.0)
+    assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaNs in different places"
+    finite = np.isfinite(want)
+    assert np.array_equal(got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)]), f"{what}: infinities differ"
+    err = float(np.max(np.abs(got[finite].astype(np.float64) - want[finite]))) if finite.any() else 0.0
+    assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol:g} * {scale:.3g}"
+
+
+def tol_for(dtype, variant="im2col_gemm"):
+    return F64_TOL if np.dtype(dtype) == np.float64 else F32_TOL[variant]
+
+
+# -- the op table ----------------------------------------------------------------------------------
+
+def test_backend_fills_the_whole_op_table():
+    assert nbk.NAME == "numba"
+    assert set(NB) == set(OP_NAMES)
+    a = np.ones(3)
+    assert nbk.is_native(a) and nbk.asarray(a) is a and nbk.to_numpy(a) is a
+    assert backends.load("numba") is nbk
+
+
+def test_threading_layer_is_thread_safe_or_locked():
+    layer = nbk.threading_layer()
+    assert layer in ("tbb", "omp", "workqueue")
+    assert _threads.needs_lock() == (layer == "workqueue")
+
+
+# -- convolution -----------------------------------------------------------------------------------
+
+@st.composite
+def conv_case(draw, winograd_only=False):
+    """A convolution with every argument drawn: odd sizes, batch 1, all stride/padding/dilation/groups."""
+    n = draw(st.integers(1, 3))
+    if winograd_only:
+        r = s = 3
+        stride = dilation = (1, 1)
+        groups = 1
+        padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    else:
+        r, s = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+        padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+        groups = draw(st.sampled_from([1, 2, 3]))
+    cg = draw(st.integers(1, 3))
+    kg = draw(st.integers(1, 3))
+    depthwise = not winograd_only and draw(st.booleans()) and groups > 1
+    c, k = (groups, groups * kg) if depthwise else (groups * cg, groups * kg)
+    h, w = draw(st.integers(1, 13)), draw(st.integers(1, 13))
+    p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    q = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    assume(p >= 1 and q >= 1)
+    bias = draw(st.booleans())
+    seed = draw(st.integers(0, 2**16))
+    return (n, c, h, w), (k, c // groups, r, s), bias, stride, padding, dilation, groups, seed
+
+
+def _conv_arrays(case, dtype):
+    xs, ws, bias, stride, padding, dilation, groups, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype) if bias else None
+    return x, w, b, stride, padding, dilation, groups, rng
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=20, deadline=None)
+@given(case=conv_case())
+def test_conv_every_variant_matches_reference(case, dtype):
+    x, w, b, stride, padding, dilation, groups, rng = _conv_arrays(case, dtype)
+    want = REF["conv2d_forward"](x, w, b, stride, padding, dilation, groups)
+    residual = rng.standard_normal(want.shape).astype(dtype)
+    want_fused = np.maximum(want + residual, 0)
+    ran = 0
+    for name, fn in conv.VARIANTS.items():
+        if not conv.supports(name, x.shape, w.shape, stride, padding, dilation, groups):
+            continue
+        ran += 1
+        tol = tol_for(dtype, name)
+        assert_close(fn(x, w, b, stride, padding, dilation, groups), want, tol, name)
+        assert_close(fn(x, w, b, stride, padding, dilation, groups, residual=residual, relu=True),
+                     want_fused, tol, f"{name} fused")
+    assert ran >= 2  # im2col_gemm and direct take every shape
+    assert_close(NB["conv2d_forward"](x, w, b, stride, padding, dilation, groups), want,
+                 tol_for(dtype, "winograd_f4x4_3x3"), "conv2d_forward")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=20, deadline=None)
+@given(case=conv_case(winograd_only=True))
+def test_winograd_on_3x3_stride1_shapes(case, dtype):
+    x, w, b, stride, padding, dilation, groups, rng = _conv_arrays(case, dtype)
+    want = REF["conv2d_forward"](x, w, b, stride, padding, dilation, groups)
+    residual = rng.standard_normal(want.shape).astype(dtype)
+    for name in ("winograd_f2x2_3x3", "winograd_f4x4_3x3"):
+        fn = conv.VARIANTS[name]
+        assert_close(fn(x, w, b, stride, padding, dilation, groups), want, tol_for(dtype, name), name)
+        got = fn(x, w, b, stride, padding, dilation, groups, residual=residual, relu=False)
+        assert_close(got, want + residual, tol_for(dtype, name), f"{name} + residual")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=20, deadline=None)
+@given(case=conv_case(), need=st.tuples(st.booleans(), st.booleans(), st.booleans()))
+def test_conv_backward_matches_reference(case, need, dtype):
+    x, w, b, stride, padding, dilation, groups, rng = _conv_arrays(case, dtype)
+    y = REF["conv2d_forward"](x, w, b, stride, padding, dilation, groups)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    got = NB["conv2d_backward"](dy, x, w, stride, padding, dilation, groups, *need)
+    want = REF["conv2d_backward"](dy, x, w, stride, padding, dilation, groups, *need)
+    for name, g, r, flag in zip(("dx", "dw", "db"), got, want, need):
+        if not flag:
+            assert g is None, f"{name} computed though not needed"
+            continue
+        assert_close(g, r, tol_for(dtype), name)
+
+
+def test_conv_chunking_covers_several_chunks(monkeypatch):
+    """Chunks of 1 image (GEMM straight into y), of several (write-back epilogue) and a ragged last one."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    res = rng.standard_normal((5, 6, 9, 8)).astype(np.float32)
+    want = REF["conv2d_forward"](x, w, b, (1, 1), (1, 1), (1, 1), 1)
+    dy = rng.standard_normal(want.shape).astype(np.float32)
+    want_bwd = REF["conv2d_backward"](dy, x, w, (1, 1), (1, 1), (1, 1), 1)
+    for columns in (1, 2 * 72, 10**6):  # 1 image per chunk, 2 (ragged: 2+2+1), all 5
+        monkeypatch.setattr(conv, "TARGET_COLUMNS", columns)
+        for name in ("im2col_gemm", "direct"):
+            got = conv.VARIANTS[name](x, w, b, (1, 1), (1, 1), (1, 1), 1, residual=res, relu=True)
+            assert_close(got, np.maximum(want + res, 0), 1e-5, f"{name} columns={columns}")
+        for g, r in zip(NB["conv2d_backward"](dy, x, w, (1, 1), (1, 1), (1, 1), 1), want_bwd):
+            assert_close(g, r, 1e-5, f"backward columns={columns}")
+    for tiles in (1, 40, 10**6):
+        monkeypatch.setattr(winograd, "TARGET_TILES", tiles)
+        for name in ("winograd_f2x2_3x3", "winograd_f4x4_3x3"):
+            assert_close(conv.VARIANTS[name](x, w, b, (1, 1), (1, 1), (1, 1), 1), want, F32_TOL[name], name)
+
+
+@pytest.mark.parametrize("hw", [(4, 4), (40, 40)])  # small planes gather a chunk; big ones GEMM in place
+def test_pointwise_paths(hw):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 6, *hw)).astype(np.float32)
+    w = rng.standard_normal((5, 6, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    for stride in ((1, 1), (2, 1)):
+        want = REF["conv2d_forward"](x, w, b, stride, (0, 0), (1, 1), 1)
+        res = rng.standard_normal(want.shape).astype(np.float32)
+        assert_close(conv.pointwise_gemm(x, w, b, stride, (0, 0), (1, 1), 1), want, 1e-5, "pointwise")
+        assert_close(conv.pointwise_gemm(x, w, b, stride, (0, 0), (1, 1), 1, residual=res, relu=True),
+                     np.maximum(want + res, 0), 1e-5, "pointwise fused")
+        dy = rng.standard_normal(want.shape).astype(np.float32)
+        for g, r in zip(NB["conv2d_backward"](dy, x, w, stride, (0, 0), (1, 1), 1),
+                        REF["conv2d_backward"](dy, x, w, stride, (0, 0), (1, 1), 1)):
+            assert_close(g, r, 1e-5, "pointwise backward")
+
+
+def test_fused_forward_op_matches_reference():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    res = rng.standard_normal((2, 8, 12, 12)).astype(np.float32)
+    for residual, relu in ((None, False), (None, True), (res, False), (res, True)):
+        got = NB["conv2d_fused_forward"](x, w, b, (1, 1), (1, 1), (1, 1), 1, residual, relu)
+        want = REF["conv2d_fused_forward"](x, w, b, (1, 1), (1, 1), (1, 1), 1, residual, relu)
+        assert_close(got, want, F32_TOL["winograd_f4x4_3x3"], f"fused residual={residual is not None} relu={relu}")
+
+
+RESNET18_3x3 = [  # (x shape, w shape, stride, padding) of ResNet-18's convolutions at 224x224
+    ((1, 3, 224, 224), (64, 3, 7, 7), 2, 3),
+    ((1, 64, 56, 56), (64, 64, 3, 3), 1, 1),
+    ((1, 64, 56, 56), (128, 64, 3, 3), 2, 1),
+    ((1, 128, 28, 28), (128, 128, 3, 3), 1, 1),
+    ((1, 64, 56, 56), (128, 64, 1, 1), 2, 0),
+    ((1, 256, 14, 14), (256, 256, 3, 3), 1, 1),
+    ((1, 512, 7, 7), (512, 512, 3, 3), 1, 1),
+    ((8, 512, 7, 7), (512, 512, 3, 3), 1, 1),
+    ((8, 256, 14, 14), (256, 256, 3, 3), 1, 1),
+    ((4, 512, 14, 14), (512, 512, 3, 3), 1, 1),
+    ((1, 32, 56, 56), (32, 1, 3, 3), 1, 1),
+]
+
+
+def test_selection_rule_on_resnet18_shapes():
+    picks = [conv.choose_variant(xs, ws, (s, s), (p, p), (1, 1), xs[1] // ws[1]) for xs, ws, s, p in RESNET18_3x3]
+    assert picks == [
+        "im2col_gemm",          # 7x7 stride 2 stem
+        "winograd_f4x4_3x3",    # layer1: 196 4x4 tiles
+        "im2col_gemm",          # stride 2
+        "winograd_f4x4_3x3",    # layer2: 49 tiles
+        "pointwise_gemm",       # 1x1 downsample
+        "winograd_f2x2_3x3",    # layer3 at batch 1: 16 4x4 tiles (too few), 49 2x2 tiles
+        "im2col_gemm",          # layer4 at batch 1: too few tiles to amortise the filter transform
+        "winograd_f2x2_3x3",    # layer4 at batch 8: 128 2x2 tiles, C=512 > F(4x4)'s channel limit
+        "winograd_f4x4_3x3",    # layer3 at batch 8: 128 4x4 tiles
+        "winograd_f2x2_3x3",    # 512 channels: F(4x4) would lose too much precision
+        "im2col_gemm",          # depthwise
+    ]
+
+
+def test_prefer_variant_overrides_where_supported():
+    xs, ws = (1, 8, 10, 10), (8, 8, 3, 3)
+    with conv.prefer_variant("direct"):
+        assert conv.choose_variant(xs, ws, (1, 1), (1, 1), (1, 1), 1) == "direct"
+    with conv.prefer_variant("winograd_f2x2_3x3"):
+        # a 5x5 layer cannot run Winograd: the rule decides
+        assert conv.choose_variant(xs, (8, 8, 5, 5), (1, 1), (2, 2), (1, 1), 1) == "im2col_gemm"
+    with pytest.raises(ValueError, match="unknown conv2d variant 'fft'"):
+        with conv.prefer_variant("fft"):
+            pass
+
+
+def test_conv_bad_input_names_the_problem():
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match=r"input shape \(1, 3, 8, 8\) has 3 channels but weight shape \(4, 2, 3, 3\)"):
+        NB["conv2d_forward"](x, np.zeros((4, 2, 3, 3), np.float32), None, (1, 1), (0, 0), (1, 1), 1)
+    with pytest.raises(ValueError, match=r"residual shape \(1, 4, 5, 5\) does not match the output shape"):
+        NB["conv2d_fused_forward"](x, np.zeros((4, 3, 3, 3), np.float32), None, (1, 1), (0, 0), (1, 1), 1,
+                                   np.zeros((1, 4, 5, 5), np.float32), True)
+    with pytest.raises(ValueError, match="winograd_f4x4_3x3.*needs a 3x3 kernel, stride 1"):
+        conv.VARIANTS["winograd_f4x4_3x3"](x, np.zeros((4, 3, 3, 3), np.float32), None, (2, 2), (1, 1), (1, 1), 1)
+    with pytest.raises(ValueError, match="pointwise_gemm.*1x1 kernel"):
+        conv.pointwise_gemm(x, np.zeros((4, 3, 3, 3), np.float32), None, (1, 1), (0, 0), (1, 1), 1)
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        NB["conv2d_forward"](x, np.zeros((4, 3, 5, 5), np.float32), None, (1, 1), (0, 0), (2, 2), 1)
+    with pytest.raises(ValueError, match=r"dy shape \(1, 4, 3, 3\) does not match the output shape \(1, 4, 6, 6\)"):
+        NB["conv2d_backward"](np.zeros((1, 4, 3, 3), np.float32), x, np.zeros((4, 3, 3, 3), np.float32),
+                              (1, 1), (0, 0), (1, 1), 1)
+
+
+def test_results_are_fresh_arrays_not_workspaces():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 8, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    for name, fn in conv.VARIANTS.items():
+        if not conv.supports(name, x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1):
+            continue
+        y1 = fn(x, w, None, (1, 1), (1, 1), (1, 1), 1)
+        keep = y1.copy()
+        y2 = fn(x * 2, w, None, (1, 1), (1, 1), (1, 1), 1)  # reuses every workspace
+        assert not np.shares_memory(y1, y2)
+        assert np.array_equal(y1, keep), f"{name}: a later call changed an earlier result"
+    dx1, dw1, _ = NB["conv2d_backward"](x, x, w, (1, 1), (1, 1), (1, 1), 1)
+    keep = dx1.copy(), dw1.copy()
+    NB["conv2d_backward"](x * 3, x, w, (1, 1), (1, 1), (1, 1), 1)
+    assert np.array_equal(dx1, keep[0]) and np.array_equal(dw1, keep[1])
+
+
+def test_non_contiguous_and_mixed_inputs_are_accepted():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 4, 10, 12)).astype(np.float32)[:, :, :, ::2]  # strided view
+    w = rng.standard_normal((3, 4, 3, 3))  # float64 weight with float32 input: promoted as numpy does
+    want = REF["conv2d_forward"](np.ascontiguousarray(x), w, None, (1, 1), (1, 1), (1, 1), 1)
+    got = NB["conv2d_forward"](x, w, None, (1, 1), (1, 1), (1, 1), 1)
+    assert_close(got, want, 1e-10)
+
+
+def test_winograd_transform_matrices_compute_correlation():
+    """A^T[(G g) * (B^T d)] equals the 1-D correlation of d with g, in exact arithmetic (float64)."""
+    rng = np.random.default_rng(8)
+    for m in (2, 4):
+        d, g = rng.standard_normal(m + 2), rng.standard_normal(3)
+        want = np.array([d[i:i + 3] @ g for i in range(m)])
+        got = winograd.AT[m] @ ((winograd.G[m] @ g) * (winograd.BT[m] @ d))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_f4_error_against_float64_is_as_documented():
+    """The F(4x4) precision claim behind the selection rule, on a ResNet-18 layer shape."""
+    rng = np.random.default_rng(9)
+    x = np.maximum(rng.standard_normal((1, 64, 28, 28)), 0)
+    w = rng.standard_normal((64, 64, 3, 3)) * np.sqrt(2 / (9 * 64))
+    exact = REF["conv2d_forward"](x, w, None, (1, 1), (1, 1), (1, 1), 1)
+    scale = np.abs(exact).max()
+    errs = {}
+    for name in ("im2col_gemm", "winograd_f2x2_3x3", "winograd_f4x4_3x3"):
+        y = conv.VARIANTS[name](x.astype(np.float32), w.astype(np.float32), None, (1, 1), (1, 1), (1, 1), 1)
+        errs[name] = np.abs(y - exact).max() / scale
+    assert errs["im2col_gemm"] < 2e-6 and errs["winograd_f2x2_3x3"] < 2e-6
+    assert 2e-6 < errs["winograd_f4x4_3x3"] < 3e-5  # measurably worse than GEMM, within the budget
+
+
+# -- pooling ---------------------------------------------------------------------------------------
+
+@st.composite
+def pool_case(draw):
+    r, s = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, r // 2)), draw(st.integers(0, s // 2)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    n, c, h, w = draw(st.integers(1, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
+    q = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
+    assume(p >= 1 and q >= 1)
+    return (n, c, h, w), (r, s), stride, padding, dilation, draw(st.integers(0, 2**16)), draw(st.booleans())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=25, deadline=None)
+@given(case=pool_case())
+def test_pooling_matches_reference(case, dtype):
+    shape, k, stride, padding, dilation, seed, specials = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    if specials:  # ties, -inf and NaN: argmax and NaN propagation must follow the reference exactly
+        x = np.round(x)
+        x[rng.random(shape) < 0.1] = -np.inf
+        x[rng.random(shape) < 0.05] = np.nan
+    y, am = NB["maxpool2d_forward"](x, k, stride, padding, dilation)
+    ry, ram = REF["maxpool2d_forward"](x, k, stride, padding, dilation)
+    assert np.array_equal(y, ry, equal_nan=True) and y.dtype == ry.dtype
+    assert np.array_equal(am, ram) and am.dtype == np.int64
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(NB["maxpool2d_backward"](dy, am, x.shape), REF["maxpool2d_backward"](dy, ram, x.shape), 0, "max bwd")
+    if dilation == (1, 1):
+        xa = np.nan_to_num(x, nan=0.5, neginf=-3.0)
+        for cip in (True, False):
+            ya = NB["avgpool2d_forward"](xa, k, stride, padding, cip)
+            assert_close(ya, REF["avgpool2d_forward"](xa, k, stride, padding, cip), tol_for(dtype), "avg")
+            assert_close(NB["avgpool2d_backward"](dy, x.shape, k, stride, padding, cip),
+                         REF["avgpool2d_backward"](dy, x.shape, k, stride, padding, cip), tol_for(dtype), "avg bwd")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 2), h=st.integers(1, 11), w=st.integers(1, 11), oh=st.integers(1, 13), ow=st.integers(1, 13),
+       seed=st.integers(0, 2**16), specials=st.booleans())
+def test_adaptive_pooling_matches_reference(n, h, w, oh, ow, seed, specials, dtype):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 3, h, w)).astype(dtype)
+    if specials:
+        x = np.round(x)
+        x[rng.random(x.shape) < 0.1] = np.nan
+    y, am = NB["adaptive_maxpool2d_forward"](x, (oh, ow))
+    ry, ram = REF["adaptive_maxpool2d_forward"](x, (oh, ow))
+    assert np.array_equal(y, ry, equal_nan=True) and np.array_equal(am, ram)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(NB["maxpool2d_backward"](dy, am, x.shape), REF["maxpool2d_backward"](dy, ram, x.shape), 0, "bwd")
+    xa = np.nan_to_num(x, nan=0.25)
+    assert_close(NB["adaptive_avgpool2d_forward"](xa, (oh, ow)), REF["adaptive_avgpool2d_forward"](xa, (oh, ow)),
+                 tol_for(dtype), "adaptive avg")
+    assert_close(NB["adaptive_avgpool2d_backward"](dy, x.shape), REF["adaptive_avgpool2d_backward"](dy, x.shape),
+                 tol_for(dtype), "adaptive avg bwd")
+
+
+def test_maxpool_backward_rejects_foreign_argmax():
+    dy = np.ones((1, 1, 2, 2), np.float32)
+    with pytest.raises(ValueError, match="outside the 3x3 input plane"):
+        NB["maxpool2d_backward"](dy, np.full((1, 1, 2, 2), 9), (1, 1, 3, 3))
+    with pytest.raises(ValueError, match="argmax shape"):
+        NB["maxpool2d_backward"](dy, np.zeros((1, 1, 3, 2), np.int64), (1, 1, 3, 3))
+
+
+# -- batchnorm -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=20, deadline=None)
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 7), st.integers(1, 7)),
+       offset=st.sampled_from([0.0, 3.0]), seed=st.integers(0, 2**16),
+       need=st.tuples(st.booleans(), st.booleans()))
+def test_batchnorm_matches_reference(shape, offset, seed, need, dtype):
+    assume(shape[0] * shape[2] * shape[3] > 1)
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) + offset).astype(dtype)
+    c = shape[1]
+    g, b = rng.uniform(0.5, 1.5, c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    rm, rv = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 1.5, c).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    tol = tol_for(dtype)
+    for got, want, name in zip(NB["batchnorm2d_forward_train"](x, g, b, 1e-5),
+                               REF["batchnorm2d_forward_train"](x, g, b, 1e-5), ("y", "mean", "var")):
+        assert_close(got, want, tol, name)
+    _, mean, var = REF["batchnorm2d_forward_train"](x, g, b, 1e-5)
+    for mode, args in (("train", (mean, var)), ("eval", (rm, rv))):
+        got = NB[f"batchnorm2d_backward_{mode}"](dy, x, g, *args, 1e-5, *need)
+        want = REF[f"batchnorm2d_backward_{mode}"](dy, x, g, *args, 1e-5, *need)
+        for gg, ww, name, flag in zip(got, want, ("dx", "dgamma", "dbeta"), (need[0], need[1], need[1])):
+            if not flag:
+                assert gg is None, f"{mode} {name} computed though not needed"
+            else:
+                assert_close(gg, ww, tol * 4, f"{mode} {name}")
+    assert_close(NB["batchnorm2d_forward_eval"](x, g, b, rm, rv, 1e-5),
+                 REF["batchnorm2d_forward_eval"](x, g, b, rm, rv, 1e-5), tol, "eval y")
+
+
+def test_batchnorm_statistics_survive_a_large_mean():
+    """Single-pass statistics must not cancel when |mean| >> std (the shifted sums in float64)."""
+    rng = np.random.default_rng(10)
+    x64 = rng.standard_normal((4, 3, 16, 16)) * 0.01 + 1000.0
+    x = x64.astype(np.float32)
+    _, mean, var = NB["batchnorm2d_forward_train"](x, np.ones(3, np.float32), np.zeros(3, np.float32), 1e-5)
+    exact = x.astype(np.float64).var(axis=(0, 2, 3))
+    np.testing.assert_allclose(var, exact, rtol=1e-4)
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-7)
+
+
+# -- elementwise, linear, losses, dropout --------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=15, deadline=None)
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=4).map(tuple), seed=st.integers(0, 2**16))
+def test_elementwise_ops_match_reference(shape, seed, dtype):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * 30).astype(dtype)  # wide enough for exp to overflow if done naively
+    x.flat[0] = np.nan
+    dy = rng.standard_normal(shape).astype(dtype)
+    for op in ("relu", "sigmoid", "tanh"):
+        y = REF[f"{op}_forward"](x)
+        assert_close(NB[f"{op}_forward"](x), y, tol_for(dtype), op)
+        assert_close(NB[f"{op}_backward"](dy, y), REF[f"{op}_backward"](dy, y), tol_for(dtype), f"{op} bwd")
+    assert_close(NB["add_relu_forward"](x, dy), REF["add_relu_forward"](x, dy), tol_for(dtype), "add_relu")
+    if len(shape) >= 2:
+        xs = np.nan_to_num(x)
+        for op in ("softmax_forward", "log_softmax_forward"):
+            assert_close(NB[op](xs), REF[op](xs), tol_for(dtype), op)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 9), f=st.integers(1, 17), o=st.integers(1, 11), bias=st.booleans(),
+       need=st.tuples(st.booleans(), st.booleans(), st.booleans()), seed=st.integers(0, 2**16))
+def test_linear_matches_reference(n, f, o, bias, need, seed, dtype):
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((n, f)).astype(dtype), rng.standard_normal((o, f)).astype(dtype)
+    b = rng.standard_normal(o).astype(dtype) if bias else None
+    assert_close(NB["linear_forward"](x, w, b), REF["linear_forward"](x, w, b), tol_for(dtype), "linear")
+    dy = rng.standard_normal((n, o)).astype(dtype)
+    for g, r, flag, name in zip(NB["linear_backward"](dy, x, w, *need), REF["linear_backward"](dy, x, w, *need),
+                                need, ("dx", "dw", "db")):
+        assert (g is None) == (not flag), name
+        if flag:
+            assert_close(g, r, tol_for(dtype), name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 9), c=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_losses_match_reference(n, c, seed, dtype):
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal((n, c)) * 40).astype(dtype)  # large logits: stability matters
+    t = rng.integers(0, c, n)
+    loss, probs = NB["softmax_cross_entropy_forward"](z, t)
+    rloss, rprobs = REF["softmax_cross_entropy_forward"](z, t)
+    assert loss.shape == () and loss.dtype == rloss.dtype
+    assert_close(loss, rloss, tol_for(dtype), "ce loss")
+    assert_close(probs, rprobs, tol_for(dtype), "ce probs")
+    assert_close(NB["softmax_cross_entropy_backward"](rprobs, t), REF["softmax_cross_entropy_backward"](rprobs, t),
+                 tol_for(dtype), "ce bwd")
+    tt = rng.random((n, c)).astype(dtype)
+    for op in ("bce_with_logits", "mse"):
+        assert_close(NB[f"{op}_forward"](z, tt), REF[f"{op}_forward"](z, tt), tol_for(dtype), op)
+        assert_close(NB[f"{op}_backward"](z, tt), REF[f"{op}_backward"](z, tt), tol_for(dtype), f"{op} bwd")
+
+
+def test_losses_reject_bad_targets():
+    z = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 3\), got min 0 max 3"):
+        NB["softmax_cross_entropy_forward"](z, np.array([0, 3]))
+    with pytest.raises(ValueError, match=r"prediction shape \(2, 3\) and target shape \(3, 2\) differ"):
+        NB["mse_forward"](z, np.zeros((3, 2), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.9, 1.0])
+def test_dropout_masks_identical_to_reference(p, dtype):
+    x = np.random.default_rng(11).standard_normal((4, 5, 6)).astype(dtype)
+    y, mask = NB["dropout_forward"](x, p, np.random.default_rng(42))
+    ry, rmask = REF["dropout_forward"](x, p, np.random.default_rng(42))
+    assert np.array_equal(y, ry) and np.array_equal(mask, rmask)  # bit for bit
+    assert y.dtype == ry.dtype and mask.dtype == rmask.dtype
+    dy = np.random.default_rng(12).standard_normal(x.shape).astype(dtype)
+    assert np.array_equal(NB["dropout_backward"](dy, mask), REF["dropout_backward"](dy, rmask))
+
+
+def test_dropout_consumes_the_generator_like_the_reference():
+    g1, g2 = np.random.default_rng(1), np.random.default_rng(1)
+    NB["dropout_forward"](np.ones((3, 3), np.float32), 0.5, g1)
+    REF["dropout_forward"](np.ones((3, 3), np.float32), 0.5, g2)
+    assert g1.random() == g2.random()
+
+
+# -- whole models --------------------------------------------------------------------------------------
+
+def test_resnet18_through_numba_matches_numpy_backend():
+    """ResNet-18 at 224x224 uses Winograd F(4x4) (layers 1-2), F(2x2) (layer 3), im2col and pointwise:
+    its logits must stay within 1e-4 relative of the numpy backend's."""
+    resnet = pytest.importorskip("minicnn.models.resnet")
+    model = resnet.resnet18(num_classes=1000)
+    model.load_state_dict(resnet.seeded_state_dict("resnet18", 0))
+    model.eval()
+    x = np.random.default_rng(13).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    with mc.no_grad():
+        with mc.backend("numpy"):
+            want = model(x)
+        with mc.backend("numba"):
+            got = model(x)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 1e-4, f"relative error {err:.2e}"
+
+
+def test_small_convnet_trains_identically_on_both_backends():
+    """One SGD step of a conv/bn/relu/pool/dropout/linear net: loss and every gradient agree."""
+    from minicnn import nn
+
+    def build():
+        mc.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(8 * 4 * 4, 5),
+        )
+
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((6, 3, 16, 16)).astype(np.float32)
+    t = rng.integers(0, 5, 6)
+    results = {}
+    for name in ("numpy", "numba"):
+        model, loss_fn = build(), nn.CrossEntropyLoss()
+        with mc.backend(name):
+            mc.manual_seed(1)
+            loss = loss_fn(model(x), t)
+            model.backward(loss_fn.backward())
+        results[name] = (loss, {k: p.grad.copy() for k, p in model.named_parameters()})
+    assert abs(results["numba"][0] - results["numpy"][0]) < 1e-5
+    for key, g in results["numpy"][1].items():
+        assert_close(results["numba"][1][key], g, 1e-4, key)
