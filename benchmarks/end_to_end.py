@@ -231,16 +231,19 @@ def child_infer(framework, batches, size, threads, quick, quiet_wait_s, ref_path
     return rows
 
 
-def inference(env: harness.Env, batches=(1, 8, 32), log=print, numpy_max_batch=8, tol=1e-3, size=224) -> list[dict]:
+def inference(env: harness.Env, batches=(1, 8, 32), log=print, numpy_max_batch=8, tol=1e-3, size=224,
+              frameworks=None) -> list[dict]:
     """ResNet-18 forward at each batch for every framework, each framework in its own process.
 
     Separate processes keep one framework's thread pools (OpenMP, TBB, BLAS) from spinning while
     another computes, which on a 2-core machine slowed minicnn's numba kernels several-fold when
     they shared a process with PyTorch. The reference framework (PyTorch, else the numpy backend)
     runs first and writes its logits; every other child checks its own against them before timing.
-    ``size`` is the image side (224 for the real benchmark; tests use a tiny one).
+    ``size`` is the image side (224 for the real benchmark; tests use a tiny one); ``frameworks``
+    a subset of ``inference_frameworks()``.
     """
-    frameworks = inference_frameworks()
+    available = inference_frameworks()
+    frameworks = available if frameworks is None else [f for f in available if f in frameworks]
     ref_fw = "pytorch" if "pytorch" in frameworks else "minicnn numpy"
     tmp = tempfile.mkdtemp(prefix="minicnn-bench-")
     ref_path = os.path.join(tmp, "reference_logits.npz")
@@ -713,7 +716,7 @@ def check_parts(parts) -> list[str]:
 
 
 def run(quick: bool = False, out_dir: str | None = None, threads: int = 2, parts=PARTS, log=print,
-        batches=None, env=None, wait_quiet_s: float = 0.0, size: int = 224) -> dict:
+        batches=None, env=None, wait_quiet_s: float = 0.0, size: int = 224, frameworks=None) -> dict:
     """Run the chosen parts; print the markdown tables; write ``e2e.json`` and ``e2e.md`` to ``out_dir``.
 
     ``env`` reuses a ``harness.Env`` already set up in this process (thread pinning, ceilings).
@@ -723,7 +726,8 @@ def run(quick: bool = False, out_dir: str | None = None, threads: int = 2, parts
     meter = harness.LoadMeter()
     payload = {"suite": "e2e", "env": harness.env_dict(env)}
     if "inference" in parts:
-        payload["inference"] = inference(env, batches or ((1,) if quick else (1, 8, 32)), log=log, size=size)
+        payload["inference"] = inference(env, batches or ((1,) if quick else (1, 8, 32)), log=log, size=size,
+                                         frameworks=frameworks)
     if "training" in parts:
         payload["training"] = training(env, log=log, resnet_batch=2 if quick else 16)
     if "memory" in parts:

@@ -259,11 +259,19 @@ def machine_info() -> dict:
             info["loadavg_at_start"] = f.read().split()[:3]
     except OSError:
         pass
-    for mod in ("numba", "torch", "onnxruntime", "cupy"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - absent or broken: report as not installed
-            info[mod] = None
+    from importlib import metadata
+
+    # versions from the installed metadata: importing torch here would start its OpenMP runtime
+    # before numba's, which slowed the numba backend's parallel kernels about tenfold
+    for mod, dist in (("numba", "numba"), ("torch", "torch"), ("onnxruntime", "onnxruntime"), ("cupy", None)):
+        names = [dist] if dist else ["cupy", "cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x"]
+        info[mod] = None
+        for name in names:
+            try:
+                info[mod] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     try:
         from threadpoolctl import threadpool_info
 
@@ -525,6 +533,11 @@ def discover_variants(kernels=KERNELS, backends=("numpy", "numba", "cupy"), torc
         be = _load_backend(bname)
         if be is None:
             continue
+        launch = getattr(be, "threading_layer", None)
+        if callable(launch):
+            # start numba's thread pool before torch (below) loads its own OpenMP runtime: in the
+            # other order the numba kernels ran about ten times slower on the 2-core machine
+            launch()
         device = "gpu" if bname == "cupy" else "cpu"
         prepare = fetch = None
         if device == "gpu":

@@ -137,6 +137,13 @@ def run(quick: bool = False, out_dir: str | None = None, threads: int = 2, log=p
     env = env or harness.setup(threads=threads, quick=quick, wait_quiet_s=wait_quiet_s, log=log)
     log(f"sgemm {env.sgemm_gflops:.1f} GFLOP/s (n={env.sgemm_n}), copy {env.copy_gbps:.1f} GB/s")
     variants = harness.discover_variants() if variants is None else variants
+    try:
+        import sys
+
+        if "minicnn.backends.numba" in sys.modules:
+            env.machine["numba_threading_layer"] = sys.modules["minicnn.backends.numba"].threading_layer()
+    except Exception:  # noqa: BLE001 - informational only
+        pass
     log("variants: " + ", ".join(sorted({f"{v.name}" for v in variants})))
     cases = resnet18_cases(quick=quick) if cases is None else cases
     results = harness.run_cases(cases, variants, env, log=log)

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import assume, HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import minicnn as mc
@@ -179,7 +179,12 @@ def test_scheduler_matches_torch(config):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = run(torch.optim, lambda n: torch.zeros(n, requires_grad=True))
+        try:
+            expected = run(torch.optim, lambda n: torch.zeros(n, requires_grad=True))
+        except ZeroDivisionError:
+            # torch's OneCycleLR divides by a zero-length phase (e.g. pct_start=1.0 with two phases):
+            # there is no reference value to compare with
+            assume(False)
     got = run(optim, lambda n: Parameter(np.zeros(n)))
     np.testing.assert_allclose(got, expected, rtol=1e-13, atol=0)
 

@@ -19,7 +19,7 @@ import threading
 from ..ops import OP_NAMES
 
 AVAILABLE = ("numpy", "numba", "cupy")
-DEFAULT = "numpy"  # becomes "numba" once that backend fills the op table
+DEFAULT = "numba"
 
 _loaded: dict = {}
 _global_name: str | None = None

@@ -38,19 +38,26 @@ def _launch() -> str:
 
     # GNU OpenMP spins idle workers for a while after each region; with as many threads as cores
     # the spinners compete with the thread that goes on (Python, BLAS) and a 1M-element kernel
-    # measured 10-50x slower. The policy is read when libgomp starts, so it is set first (unless
-    # the user chose one).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if not parallel._is_initialized and not os.environ.get("NUMBA_THREADING_LAYER"):
-        previous = numba.config.THREADING_LAYER
-        numba.config.THREADING_LAYER = "threadsafe"
-        try:
+    # measured up to 80x slower. The policy is read once, when the OpenMP runtime starts inside
+    # _launch_threads, so it is set just for that moment (unless the user chose one) and then
+    # removed again: other OpenMP runtimes loaded later (torch bundles its own) keep their default.
+    ours = "OMP_WAIT_POLICY" not in os.environ
+    if ours:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        if not parallel._is_initialized and not os.environ.get("NUMBA_THREADING_LAYER"):
+            previous = numba.config.THREADING_LAYER
+            numba.config.THREADING_LAYER = "threadsafe"
+            try:
+                parallel._launch_threads()
+            except ValueError:  # neither tbb nor omp can load here: workqueue plus our lock
+                numba.config.THREADING_LAYER = previous
+                parallel._launch_threads()
+        else:
             parallel._launch_threads()
-        except ValueError:  # neither tbb nor omp can load here: workqueue plus our lock
-            numba.config.THREADING_LAYER = previous
-            parallel._launch_threads()
-    else:
-        parallel._launch_threads()
+    finally:
+        if ours:
+            os.environ.pop("OMP_WAIT_POLICY", None)
     return numba.threading_layer()
 
 

@@ -16,10 +16,10 @@ kron(B^T, B^T), kron(G, G) or kron(A^T, A^T), so every step is a GEMM over all t
     Y (m2, K*T)  = kron(A^T, A^T) . M                           output transform
     y            = Y scattered back to NCHW, with bias, residual and ReLU applied as it is written
 
-The dense Kronecker products do more arithmetic than hand-unrolled sparse transforms (1296 vs
-~300 per F(4x4) tile and channel), but they run in BLAS at GEMM speed, while the unrolled loops
-ran scalar in numba (it cannot prove the arrays do not alias, so it does not vectorise) and were
-the slowest part; docs/kernels.md has the numbers. Only the gather and the final scatter are ours.
+The dense Kronecker products do more arithmetic than hand-written sparse transforms (1296 vs
+~300 multiply-adds per F(4x4) tile and channel), but they run in BLAS at GEMM speed, while the
+first version's transform loops ran scalar and cost more than the GEMMs they fed; docs/kernels.md
+has the numbers. Only the gather (the shared im2col kernel) and the final scatter are ours.
 
 Accuracy: the transforms multiply by constants up to 8 (F(4x4)) and divide by up to 24, so float32
 rounding grows; docs/kernels.md has the measured errors that set the selection rule in conv.py.
