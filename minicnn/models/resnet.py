@@ -34,6 +34,7 @@ from ..nn.linear import Linear
 from ..nn.module import Module, Sequential
 from ..nn.pooling import AdaptiveAvgPool2d, MaxPool2d
 from ..random import get_rng
+from ..io.weights import ARCHS, expected_resnet_shapes, infer_arch
 
 __all__ = [
     "BasicBlock", "ResNet", "resnet18", "resnet34", "ARCHS", "STAGES", "seeded_state_dict",
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 # blocks per stage, as in the paper's Table 1
-ARCHS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 
 # the named stage outputs ``activations`` returns, in forward order
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
@@ -280,36 +280,13 @@ class ResNet(Module):
 
 # -- weights --------------------------------------------------------------------------------------
 def state_dict_shapes(arch="resnet18", num_classes=1000):
-    """Every ``state_dict`` key of ``arch`` with its shape, in torchvision's order (no model is built)."""
-    if arch not in ARCHS:
-        raise ValueError(f"unknown ResNet architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    """Every ``state_dict`` key of ``arch`` with its shape, in torchvision's order (no model is built):
+    the converter's table plus each batchnorm's ``num_batches_tracked``."""
     out = OrderedDict()
-
-    def conv(prefix, cout, cin, k):
-        out[f"{prefix}.weight"] = (cout, cin, k, k)
-
-    def bn(prefix, c):
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            out[f"{prefix}.{name}"] = (c,)
-        out[f"{prefix}.num_batches_tracked"] = ()
-
-    conv("conv1", 64, 3, 7)
-    bn("bn1", 64)
-    inplanes = 64
-    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), ARCHS[arch]), start=1):
-        for b in range(blocks):
-            p = f"layer{i}.{b}"
-            stride = 2 if (b == 0 and i > 1) else 1
-            conv(f"{p}.conv1", planes, inplanes, 3)
-            bn(f"{p}.bn1", planes)
-            conv(f"{p}.conv2", planes, planes, 3)
-            bn(f"{p}.bn2", planes)
-            if b == 0 and (stride != 1 or inplanes != planes):
-                conv(f"{p}.downsample.0", planes, inplanes, 1)
-                bn(f"{p}.downsample.1", planes)
-            inplanes = planes
-    out["fc.weight"] = (int(num_classes), 512)
-    out["fc.bias"] = (int(num_classes),)
+    for key, shape in expected_resnet_shapes(arch, num_classes).items():
+        out[key] = shape
+        if key.endswith(".running_var"):
+            out[key[: -len("running_var")] + "num_batches_tracked"] = ()
     return out
 
 
@@ -363,26 +340,6 @@ def seeded_state_dict(arch="resnet18", seed=0, num_classes=1000):
         else:  # pragma: no cover - state_dict_shapes names nothing else
             raise AssertionError(key)
     return out
-
-
-def infer_arch(state_dict):
-    """``"resnet18"`` or ``"resnet34"`` from the block counts in a torchvision-named state dict."""
-    counts = []
-    for i in range(1, 5):
-        idx = {int(k.split(".")[1]) for k in state_dict if k.startswith(f"layer{i}.") and k.split(".")[1].isdigit()}
-        counts.append(max(idx) + 1 if idx else 0)
-    if any(k.endswith("conv3.weight") for k in state_dict):
-        raise ValueError(
-            f"these weights are a Bottleneck ResNet (blocks per stage {tuple(counts)}, e.g. ResNet-50); "
-            f"only the BasicBlock ResNets {', '.join(ARCHS)} are built here"
-        )
-    for name, layers in ARCHS.items():
-        if tuple(counts) == layers:
-            return name
-    raise ValueError(
-        f"cannot tell the architecture from these weights: blocks per stage {tuple(counts)} match none of "
-        + ", ".join(f"{k} {v}" for k, v in ARCHS.items())
-    )
 
 
 def _read_weights(weights):
