@@ -203,6 +203,11 @@ class History(dict):
             raise AttributeError(f"History has no key {name!r}; keys: {', '.join(self) or '(none yet)'}") from None
 
     @property
+    def history(self) -> "History":
+        """This same dict, for code written against Keras's ``fit(...).history["loss"]``."""
+        return self
+
+    @property
     def epochs(self) -> int:
         """Number of epochs recorded."""
         return len(next(iter(self.values()))) if self else 0

@@ -10,6 +10,8 @@ import sys
 
 from ..errors import MinicnnError
 
+BACKENDS = ("numpy", "numba", "cupy")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
@@ -19,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A CNN engine written from scratch: train small convnets, run ResNet-18, benchmark kernels.",
     )
     parser.add_argument("--version", action="version", version=f"minicnn {__version__}")
-    parser.add_argument("--backend", choices=["numpy", "numba", "cupy"], help="compute backend (default: numba on CPU)")
+    parser.add_argument("--backend", choices=BACKENDS, help="compute backend (default: numba on CPU)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         if info.name.startswith("_"):
@@ -27,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(f"{__name__}.{info.name}")
         if hasattr(mod, "register"):
             mod.register(sub)
+    for command in sub.choices.values():
+        # also after the command (`minicnn train digits --backend numpy`), where people type it;
+        # SUPPRESS keeps a value given before the command when none is given after it
+        command.add_argument("--backend", choices=BACKENDS, default=argparse.SUPPRESS,
+                             help="compute backend (default: numba on CPU); also accepted before COMMAND")
     return parser
 
 

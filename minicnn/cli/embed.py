@@ -14,6 +14,7 @@ LAYERS = ("layer4", "avgpool", "fc")
 
 
 def _run(args) -> int:
+    import os
     from pathlib import Path
 
     import numpy as np
@@ -29,6 +30,8 @@ def _run(args) -> int:
     out = Path(args.out)
     if out.suffix != ".npz":
         raise ValueError(f"--out must name a .npz file, got {args.out!r}")
+    if out.is_dir():
+        raise ValueError(f"--out {args.out!r} is a directory; name a .npz file")
     paths = find_images(args.inputs)
     model, weights = load_model(args.weights)
     rows, files, failures = [], [], []
@@ -48,8 +51,15 @@ def _run(args) -> int:
         raise MinicnnError(f"none of the {len(paths)} images could be read; nothing written")
     emb = np.concatenate(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, embeddings=emb, files=np.array(files), layer=np.array(args.layer), arch=np.array(model.arch),
-             weights=np.array(weights), preprocess=np.array(args.preprocess))
+    # written beside the target and renamed, so a failed or interrupted write leaves no partial .npz
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
+    try:
+        np.savez(tmp, embeddings=emb, files=np.array(files), layer=np.array(args.layer),
+                 arch=np.array(model.arch), weights=np.array(weights), preprocess=np.array(args.preprocess))
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
     print(f"wrote {out}: {len(files)} embeddings of shape {tuple(emb.shape[1:])} from {args.layer}")
     if failures:
         print(f"minicnn embed: {len(failures)} of {len(paths)} images could not be read", file=sys.stderr)

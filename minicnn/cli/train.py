@@ -32,9 +32,33 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and shuffling (default: 0)")
     p.add_argument("--val-size", type=float, default=0.1,
                    help="fraction of the training images held out for validation, 0 for none (default: 0.1)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"where to save the weights (safetensors; default: {DEFAULT_OUT})")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"where to save the weights (safetensors; a directory gets digits_convnet.safetensors inside; "
+                        f"default: {DEFAULT_OUT})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar; print one line per epoch")
     p.set_defaults(func=run)
+
+
+def _resolve_out(out: str) -> str:
+    """The weights path for ``--out``, checked before training so a bad path cannot waste a run.
+
+    A directory (existing, or written with a trailing separator) gets the default file name inside it.
+    """
+    import os
+    import tempfile
+
+    if out.endswith(("/", os.sep)) or os.path.isdir(out):
+        out = os.path.join(out, os.path.basename(DEFAULT_OUT))
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out!r}: cannot create directory {parent!r} ({e.strerror or e})") from None
+    try:  # a real write, since permission bits say nothing for root or for special filesystems
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise ValueError(f"--out {out!r}: cannot write in {parent!r} ({e.strerror or e})") from None
+    return out
 
 
 def run(args) -> int:
@@ -57,6 +81,7 @@ def run(args) -> int:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     if not 0.0 <= args.val_size < 1.0:
         raise ValueError(f"--val-size must lie in [0, 1), got {args.val_size}")
+    out = _resolve_out(args.out)
 
     mc.manual_seed(args.seed)
     X_train, y_train, X_test, y_test = load_digits("both", test_size=0.2, seed=args.seed)
@@ -103,12 +128,12 @@ def run(args) -> int:
     print(f"test accuracy: {scores['accuracy']:.4f} ({correct}/{len(y_test)})  test loss: {scores['loss']:.4f}")
     print("confusion matrix (test set; rows: true digit, columns: predicted):")
     print(format_confusion_matrix(cm))
-    mc.save(model, args.out, metadata={
+    mc.save(model, out, metadata={
         "model": "digits_convnet",
         "dataset": "digits",
         "epochs": str(args.epochs),
         "seed": str(args.seed),
         "test_accuracy": f"{scores['accuracy']:.4f}",
     })
-    print(f"saved weights to {args.out}")
+    print(f"saved weights to {out}")
     return 0

@@ -111,13 +111,22 @@ def _compare(name, ours, ref, tol):
 
 def load_reference(path):
     """The reference arrays as a dict; ValueError naming the file when it is missing or incomplete."""
+    import zipfile
+
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"reference file {path!r} is a directory, not an .npz file")
+    if not os.path.exists(path):
+        raise ValueError(f"reference file {path!r} does not exist")
+    # np.load guesses from the bytes (.npy, pickle, zip) and advises allow_pickle on anything
+    # unknown; a reference is always an .npz (zip) archive, so say so instead
+    if not zipfile.is_zipfile(path):
+        why = "the file is empty" if os.path.getsize(path) == 0 else "not an .npz archive"
+        raise ValueError(f"cannot read reference file {path!r}: {why}; write it with weights/make_reference.py")
     try:
         with np.load(path, allow_pickle=False) as z:
             ref = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise ValueError(f"reference file {path!r} does not exist") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"cannot read reference file {path!r}: {e}") from None
     missing = [k for k in ("inputs", "logits", "features", "top5", "arch") if k not in ref]
     if missing:

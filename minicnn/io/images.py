@@ -11,7 +11,9 @@
 ``preprocess(img, mode="torchvision")`` reproduces torchvision's evaluation transform,
 ``Resize(256)`` (bilinear, antialiased as Pillow's resize is), ``CenterCrop(224)``, ``ToTensor()``,
 ``Normalize(IMAGENET_MEAN, IMAGENET_STD)``, to the last float32 bit: the same output size rule,
-the same crop offsets and the same float32 arithmetic. ``mode="center_crop"`` instead crops the
+the same crop offsets and the same float32 arithmetic. (Images more than 16 times longer than
+wide, or the reverse, resample only the cropped window rather than the whole strip, so a tiny file
+cannot demand gigabytes; their pixels may then differ by one grey level.) ``mode="center_crop"`` instead crops the
 largest centred square and resizes it to 224, which keeps more of a wide image.
 """
 from __future__ import annotations
@@ -146,6 +148,34 @@ def resize_shorter(img, size=256):
     return img.resize((new_w, new_h), Image.BILINEAR)
 
 
+# Beyond this aspect ratio torchvision's Resize(256) would build a huge intermediate image (a
+# 1x50000 px file, a few hundred bytes on disk, becomes 256 x 12.8M px, ~10 GB) only to keep its
+# centre, so there only the cropped window is resampled.
+_MAX_RESIZE_ASPECT = 16
+
+
+def _resize_shorter_then_crop(img, resize_size, size):
+    """``center_crop(resize_shorter(img, resize_size), size)`` with memory bounded for any aspect ratio.
+
+    Up to an aspect ratio of ``_MAX_RESIZE_ASPECT`` this is exactly that composition (bit for bit
+    torchvision's). Beyond it, Pillow resamples only the source box that maps onto the crop, with
+    the same scale factors and bilinear filter; pixel values can then differ from the full resize
+    by one grey level, because Pillow's fixed-point filter weights depend on the box origin.
+    """
+    Image, _ = _pil()
+    w, h = img.size
+    if max(w, h) <= _MAX_RESIZE_ASPECT * min(w, h):
+        return center_crop(resize_shorter(img, resize_size), size)
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = int(resize_size), int(int(resize_size) * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    sx, sy = w / new_w, h / new_h
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return img.resize((size, size), Image.BILINEAR, box=box)
+
+
 def center_crop(img, size=224):
     """The centred ``size`` x ``size`` crop, with torchvision's offsets ``int(round((H - size) / 2))``.
 
@@ -196,7 +226,7 @@ def preprocess(img, mode="torchvision", size=224, resize_size=256, mean=IMAGENET
     if mode == "torchvision":
         if resize_size < size:
             raise ValueError(f"preprocess: resize_size {resize_size} is smaller than the crop size {size}")
-        img = center_crop(resize_shorter(img, resize_size), size)
+        img = _resize_shorter_then_crop(img, resize_size, size)
     else:
         w, h = img.size
         side = min(w, h)

@@ -14,13 +14,16 @@ class Conv2d(Module):
     """2-D convolution over NCHW input.
 
     ``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-    bias=True)``. Weight (out, in/groups, kh, kw) and bias are initialised as PyTorch does
+    bias=True, padding_mode="zeros")`` (zero padding is the only mode). Weight (out, in/groups, kh, kw) and bias are initialised as PyTorch does
     (uniform in +-1/sqrt(fan_in)). ``padding`` may also be ``"valid"`` (0) or ``"same"``
     (stride 1 with an even total padding per side).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros"):
         super().__init__()
+        if padding_mode != "zeros":
+            raise ValueError(f"Conv2d: only padding_mode='zeros' is supported, got {padding_mode!r}")
         if groups < 1 or in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"Conv2d: in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})"

@@ -11,12 +11,19 @@ Input dtype, the one documented rule: every module has a compute dtype (float32 
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from typing import Iterator
 
 import numpy as np
 
 from .. import backends
+
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+class StateDictError(ValueError, RuntimeError):
+    """``load_state_dict`` refused a state dict: a ValueError, and a RuntimeError as in PyTorch."""
 
 
 class Parameter:
@@ -262,10 +269,10 @@ class Module:
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy arrays from ``state_dict`` into this module.
 
-        Every target key must be present with the same shape. With ``strict=True`` any missing,
-        unexpected or mis-shaped key raises one ``KeyError``/``ValueError`` that lists them all (and
-        nothing is modified). Keys ending in ``num_batches_tracked`` are ignored. With
-        ``strict=False`` missing and unexpected keys are returned as ``(missing, unexpected)``;
+        With ``strict=True`` any missing, unexpected or mis-shaped key raises one ``StateDictError``
+        (a ValueError and a RuntimeError) that lists them all, with both shapes, and nothing is
+        modified. Keys ending in ``num_batches_tracked`` are ignored. With ``strict=False`` missing
+        and unexpected keys are returned as ``IncompatibleKeys(missing_keys, unexpected_keys)``;
         shape mismatches always raise. Values are cast to each slot's dtype.
         """
         targets = OrderedDict()
@@ -293,7 +300,7 @@ class Module:
         if strict and unexpected:
             problems.append("unexpected keys: " + ", ".join(unexpected))
         if problems:
-            raise ValueError(f"load_state_dict into {type(self).__name__} failed: " + " | ".join(problems))
+            raise StateDictError(f"load_state_dict into {type(self).__name__} failed: " + " | ".join(problems))
         for k, (m, name, kind) in targets.items():
             if k not in given:
                 continue
@@ -304,7 +311,7 @@ class Module:
             else:
                 cur = m._buffers[name]
                 m._set_buffer(name, np.array(val, dtype=cur.dtype, copy=True))
-        return missing, unexpected
+        return IncompatibleKeys(missing, unexpected)
 
     # -- printing ------------------------------------------------------------------------------
     def extra_repr(self) -> str:

@@ -51,7 +51,15 @@ class _Pool2d(Module):
 
 
 class MaxPool2d(_Pool2d):
-    """Max over each window; padding counts as -inf. ``MaxPool2d(kernel_size, stride=None, padding=0, dilation=1)``."""
+    """Max over each window; padding counts as -inf. ``MaxPool2d(kernel_size, stride=None, padding=0, dilation=1)``.
+
+    PyTorch's ``return_indices`` and ``ceil_mode`` are accepted at their defaults (False) only.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
+        if return_indices:
+            raise ValueError("MaxPool2d: return_indices=True is not supported (the argmax stays inside the layer)")
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode)
 
     def forward(self, x):
         x = self._prepare_input(x)
@@ -66,9 +74,16 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
-    """Mean over each window. ``count_include_pad=True`` (PyTorch's default) divides by the full window."""
+    """Mean over each window. ``count_include_pad=True`` (PyTorch's default) divides by the full window.
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    PyTorch's ``divisor_override`` is accepted at its default (None) only.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None):
+        if divisor_override is not None:
+            raise ValueError(f"AvgPool2d: divisor_override is not supported (got {divisor_override!r}); "
+                             "use count_include_pad to choose the divisor")
         super().__init__(kernel_size, stride, padding, 1, ceil_mode)
         self.count_include_pad = bool(count_include_pad)
 
@@ -116,7 +131,12 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
 
 
 class AdaptiveMaxPool2d(_AdaptivePool2d):
-    """Max into a fixed output grid, same bins as AdaptiveAvgPool2d."""
+    """Max into a fixed output grid, same bins as AdaptiveAvgPool2d (``return_indices=False`` only)."""
+
+    def __init__(self, output_size, return_indices=False):
+        if return_indices:
+            raise ValueError("AdaptiveMaxPool2d: return_indices=True is not supported (the argmax stays inside the layer)")
+        super().__init__(output_size)
 
     def forward(self, x):
         x = self._prepare_input(x)
