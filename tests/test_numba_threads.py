@@ -98,6 +98,29 @@ def test_one_model_in_several_threads_gives_the_single_thread_result():
             assert np.array_equal(out, want), "a concurrent run differs from the single-threaded one"
 
 
+def test_constant_filters_shared_by_threads_give_the_single_thread_result():
+    """Threads that first meet one read-only filter at the same moment all fill or read its cached
+    transform; every result must equal the one computed alone."""
+    from minicnn.backends.numba import _filters, conv
+
+    rng = np.random.default_rng(30)
+    w = rng.standard_normal((24, 24, 3, 3)).astype(np.float32)
+    w.flags.writeable = False
+    inputs = [rng.standard_normal((2, 24, 20, 20)).astype(np.float32) for _ in range(4)]
+    names = ("winograd_f2x2_3x3", "winograd_f4x4_3x3")
+    alone = [[conv.VARIANTS[n](x, np.array(w), None, 1, 1, 1, 1) for n in names] for x in inputs]
+    _filters.clear()
+
+    def run(i):
+        return [conv.VARIANTS[n](inputs[i], w, None, 1, 1, 1, 1) for n in names]
+
+    for outs, want in zip(_run_concurrently(run, 4, 3), alone):
+        for got in outs:
+            for g, wnt in zip(got, want):
+                assert np.array_equal(g, wnt)
+    assert _filters.cached_entries() == 2
+
+
 def test_training_steps_in_parallel_threads_match_sequential_ones():
     """Forward and backward (the im2col/col2im and batchnorm-train paths) on per-thread model copies."""
     from minicnn import ops

@@ -1,7 +1,8 @@
 """2-D convolution on the CPU: named forward variants, a selection rule, and the backward pass.
 
 Every variant has the ``conv2d_forward`` signature plus the fused epilogue's ``residual`` and
-``relu`` keywords, so the benchmark harness can time each one on the same input::
+``relu`` keywords and ``out`` (an array to write y into), so the benchmark harness can time each
+one on the same input::
 
     from minicnn.backends.numba.conv import VARIANTS
     y = VARIANTS["winograd_f2x2_3x3"](x, w, b, (1, 1), (1, 1), (1, 1), 1)
@@ -28,7 +29,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from . import _threads, winograd
+from . import _filters, _threads, winograd
 from .im2col import _q_range, col2im, im2col
 from ._util import check_conv, compute_dtype, empty_like_ndim, prepare, run_epilogue, sum_over_n_l
 
@@ -103,13 +104,25 @@ def _direct(x, w, y3, b, has_b, res, has_res, relu, sh, sw, ph, pw, dh, dw, G, P
 # Forward variants
 
 
-def _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where):
-    """Check arguments, bring arrays to one float dtype and C order, allocate the fresh output."""
+def _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where, out=None):
+    """Check arguments, bring arrays to one float dtype and C order, and provide the output.
+
+    A constant filter (see ``_filters``) is not copied per call: it is used as it is when its
+    dtype and layout already fit, else its converted copy is cached. ``out``, when given, must be
+    a C-contiguous writeable array of the output's shape and dtype that overlaps neither x nor
+    the residual. Returns the prepared arrays plus ``wkey``: the caller's filter when it is
+    constant (the key for cached transforms), else None.
+    """
     x, w = np.asarray(x), np.asarray(w)
     b = None if b is None else np.asarray(b)
     stride, padding, dilation, groups, P, Q = check_conv(x, w, b, stride, padding, dilation, groups, where)
     dt = compute_dtype(x, w, b)
-    x, w, b = prepare(x, dt), prepare(w, dt), prepare(b, dt)
+    wkey = w if _filters.is_constant(w) else None
+    if wkey is None:
+        w = prepare(w, dt)
+    elif w.dtype != dt or not w.flags.c_contiguous:
+        w = _filters.derived(wkey, ("prepared", dt.str), lambda: np.ascontiguousarray(wkey, dtype=dt))
+    x, b = prepare(x, dt), prepare(b, dt)
     N, K = x.shape[0], w.shape[0]
     res3 = None
     if residual is not None:
@@ -119,8 +132,26 @@ def _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where
                 f"{where}: residual shape {tuple(residual.shape)} does not match the output shape {(N, K, P, Q)}"
             )
         res3 = prepare(residual, dt).reshape(N, K, P * Q)
-    y = np.empty((N, K, P, Q), dtype=dt)
-    return x, w, b, res3, y, stride, padding, dilation, groups, P, Q
+    if out is None:
+        y = np.empty((N, K, P, Q), dtype=dt)
+    else:
+        y = _check_out(out, (N, K, P, Q), dt, x, res3, where)
+    return x, w, b, res3, y, stride, padding, dilation, groups, P, Q, wkey
+
+
+def _check_out(out, shape, dt, x, res3, where):
+    """``out`` if it can receive the result, else a ValueError that says why."""
+    if not isinstance(out, np.ndarray):
+        raise ValueError(f"{where}: out must be a numpy array, got {type(out).__name__}")
+    if tuple(out.shape) != shape or out.dtype != dt:
+        raise ValueError(f"{where}: out has shape {tuple(out.shape)} and dtype {out.dtype}, "
+                         f"the result has shape {shape} and dtype {dt}")
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"{where}: out must be C-contiguous and writeable")
+    # the variants read x (and the residual) after writing parts of y: an overlap would corrupt them
+    if np.may_share_memory(out, x) or (res3 is not None and np.may_share_memory(out, res3)):
+        raise ValueError(f"{where}: out must not overlap the input or the residual")
+    return out
 
 
 def _chunk_images(N, per_image_bytes, columns_per_image):
@@ -165,17 +196,17 @@ def _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, rel
     return y
 
 
-def im2col_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=False):
+def im2col_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
     """Convolution as GEMM over unfolded columns; any stride, padding, dilation and groups."""
-    x, w, b, res3, y, stride, padding, dilation, groups, P, Q = _prepare_forward(
-        x, w, b, stride, padding, dilation, groups, residual, "conv2d[im2col_gemm]")
+    x, w, b, res3, y, stride, padding, dilation, groups, P, Q, _ = _prepare_forward(
+        x, w, b, stride, padding, dilation, groups, residual, "conv2d[im2col_gemm]", out)
     return _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, relu)
 
 
-def pointwise_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=False):
+def pointwise_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
     """1x1 convolution without padding: y[n] = W . x[n] (strided layers read every s-th pixel)."""
-    x, w, b, res3, y, stride, padding, dilation, groups, P, Q = _prepare_forward(
-        x, w, b, stride, padding, dilation, groups, residual, "conv2d[pointwise_gemm]")
+    x, w, b, res3, y, stride, padding, dilation, groups, P, Q, _ = _prepare_forward(
+        x, w, b, stride, padding, dilation, groups, residual, "conv2d[pointwise_gemm]", out)
     if w.shape[2:] != (1, 1) or padding != (0, 0):
         raise ValueError(
             f"conv2d[pointwise_gemm]: needs a 1x1 kernel without padding, got weight {tuple(w.shape)} padding {padding}"
@@ -195,10 +226,13 @@ def pointwise_gemm(x, w, b, stride, padding, dilation, groups, residual=None, re
     return _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, relu)
 
 
-def direct(x, w, b, stride, padding, dilation, groups, residual=None, relu=False):
+def direct(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
     """Direct convolution, one parallel task per (image, out channel); any shape."""
-    x, w, b, res3, y, stride, padding, dilation, groups, P, Q = _prepare_forward(
-        x, w, b, stride, padding, dilation, groups, residual, "conv2d[direct]")
+    x, w, b, res3, y, stride, padding, dilation, groups, P, Q, _ = _prepare_forward(
+        x, w, b, stride, padding, dilation, groups, residual, "conv2d[direct]", out)
+    # the kernel is compiled for writeable arrays only (one specialisation per dtype); the
+    # baseline variant copies a read-only filter rather than compiling a second one
+    w = prepare(w, w.dtype)
     N, K = y.shape[:2]
     dt = x.dtype
     _threads.run(
@@ -211,16 +245,21 @@ def direct(x, w, b, stride, padding, dilation, groups, residual=None, relu=False
 
 
 def _winograd(tile):
-    def variant(x, w, b, stride, padding, dilation, groups, residual=None, relu=False):
+    def variant(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
         where = f"conv2d[winograd_f{tile}x{tile}_3x3]"
-        x, w, b, res3, y, stride, padding, dilation, groups, P, Q = _prepare_forward(
-            x, w, b, stride, padding, dilation, groups, residual, where)
+        x, w, b, res3, y, stride, padding, dilation, groups, P, Q, wkey = _prepare_forward(
+            x, w, b, stride, padding, dilation, groups, residual, where, out)
         if w.shape[2:] != (3, 3) or stride != (1, 1) or dilation != (1, 1) or groups != 1:
             raise ValueError(
                 f"{where}: needs a 3x3 kernel, stride 1, dilation 1, groups 1; got weight {tuple(w.shape)}, "
                 f"stride {stride}, dilation {dilation}, groups {groups}"
             )
-        return winograd.conv3x3(x, w, b, res3, y, padding, tile, relu)
+        if wkey is None:
+            U = winograd.transform_filters(w, tile)
+        else:  # a constant filter: its transform is computed once and kept while it lives
+            U = _filters.derived(wkey, ("winograd", tile, w.dtype.str),
+                                 lambda: winograd.transform_filters(w, tile, fresh=True))
+        return winograd.conv3x3(x, U, b, res3, y, padding, tile, relu)
 
     variant.__name__ = variant.__qualname__ = f"winograd_f{tile}x{tile}_3x3"
     variant.__doc__ = (
@@ -250,9 +289,14 @@ VARIANTS = {
 # GEMMs wide: at least this many output tiles over the batch. Measured on ResNet-18's layers,
 # see docs/kernels.md.
 WINOGRAD_MIN_TILES = 48
-# F(4x4) only up to this many input channels: its float32 error grows with the reduction over C
-# (measured max relative error 5e-6 at C=64, 1.4e-5 at C=256, against 4e-7 for GEMM and F(2x2)).
-WINOGRAD_F4_MAX_CHANNELS = 256
+# With a constant filter the transform is cached, so only the GEMMs' width matters: F(2x2) already
+# beats GEMM on layer4 at batch 1 (16 2x2 tiles of 512 channels) and F(4x4) beats F(2x2) on
+# layer3 at batch 1 (16 4x4 tiles); docs/kernels.md.
+WINOGRAD_MIN_TILES_CONSTANT = 16
+# F(4x4) only up to this many input channels: its float32 error is 10-40x GEMM's and could grow
+# with the reduction over C; measured max relative error 5e-6 to 1.4e-5 up to C=512 (against
+# 4e-7 for GEMM and F(2x2)), all within the 1.5e-5 per-layer bound docs/kernels.md sets.
+WINOGRAD_F4_MAX_CHANNELS = 512
 
 _override = threading.local()
 
@@ -269,12 +313,14 @@ def supports(name, x_shape, w_shape, stride, padding, dilation, groups) -> bool:
     raise ValueError(f"unknown conv2d variant {name!r}; choose one of {', '.join(VARIANTS)}")
 
 
-def choose_variant(x_shape, w_shape, stride, padding, dilation, groups) -> str:
+def choose_variant(x_shape, w_shape, stride, padding, dilation, groups, constant=False) -> str:
     """The variant ``conv2d_forward`` uses for this shape (see docs/kernels.md for the reasons).
 
     3x3 stride-1 ungrouped layers go to Winograd F(4x4) when the batch has at least
     ``WINOGRAD_MIN_TILES`` 4x4 output tiles and at most ``WINOGRAD_F4_MAX_CHANNELS`` input
-    channels, else to F(2x2) when it has that many 2x2 tiles; 1x1 unpadded layers go to
+    channels, else to F(2x2) when it has that many 2x2 tiles (``WINOGRAD_MIN_TILES_CONSTANT``
+    when ``constant``: the filter is read-only, so its transform is cached, not rebuilt per
+    call); 1x1 unpadded layers go to
     ``pointwise_gemm``; everything else, grouped and depthwise layers included, to ``im2col_gemm``
     (``direct`` measured slower even for depthwise layers, see docs/kernels.md).
     ``prefer_variant`` overrides it where the shape allows.
@@ -289,9 +335,10 @@ def choose_variant(x_shape, w_shape, stride, padding, dilation, groups) -> str:
         return "pointwise_gemm"
     if (R, S) == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1:
         P, Q = H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
-        if C <= WINOGRAD_F4_MAX_CHANNELS and N * -(-P // 4) * -(-Q // 4) >= WINOGRAD_MIN_TILES:
+        least = WINOGRAD_MIN_TILES_CONSTANT if constant else WINOGRAD_MIN_TILES
+        if C <= WINOGRAD_F4_MAX_CHANNELS and N * -(-P // 4) * -(-Q // 4) >= least:
             return "winograd_f4x4_3x3"
-        if N * -(-P // 2) * -(-Q // 2) >= WINOGRAD_MIN_TILES:
+        if N * -(-P // 2) * -(-Q // 2) >= least:
             return "winograd_f2x2_3x3"
     return "im2col_gemm"
 
@@ -316,7 +363,7 @@ def prefer_variant(name):
 
 def _pick(x, w, stride, padding, dilation, groups):
     return VARIANTS[choose_variant(np.shape(x), np.shape(w), _pair(stride), _pair(padding), _pair(dilation),
-                                   int(groups))]
+                                   int(groups), constant=_filters.is_constant(w))]
 
 
 def _pair(v):
@@ -324,15 +371,28 @@ def _pair(v):
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
-    """y = conv(x, w) + b with the variant ``choose_variant`` picks. Shapes: see minicnn.ops."""
+    """y = conv(x, w) + b with the variant ``choose_variant`` picks. Shapes: see minicnn.ops.
+
+    Constant filters: a ``w`` that is a read-only numpy array (and whose ``.base`` chain is
+    read-only too) is treated as constant. Its Winograd transform (and its converted copy, when
+    its dtype or layout must change) is computed on the first call and cached, keyed weakly on
+    the array object: the entry goes when the array is freed, so a later array that reuses the
+    id never sees it. Writeable filters (training weights) are transformed on every call and so
+    are never stale, however they are modified in place.
+    """
     return _pick(x, w, stride, padding, dilation, groups)(x, w, b, stride, padding, dilation, groups)
 
 
-def conv2d_fused_forward(x, w, b, stride, padding, dilation, groups, residual=None, relu=False):
+def conv2d_fused_forward(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
     """y = conv(x, w) + b (+ residual) (then ReLU), the additions and ReLU applied in the variant's
-    write-back of y rather than as extra passes."""
+    write-back of y rather than as extra passes.
+
+    ``out``: an optional C-contiguous array of the output's shape and dtype to write y into (it
+    must not overlap x or the residual); it is returned. Read-only filters are constant and
+    their transforms cached, as in :func:`conv2d_forward`.
+    """
     return _pick(x, w, stride, padding, dilation, groups)(
-        x, w, b, stride, padding, dilation, groups, residual=residual, relu=relu)
+        x, w, b, stride, padding, dilation, groups, residual=residual, relu=relu, out=out)
 
 
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, need_dw=True, need_db=True):

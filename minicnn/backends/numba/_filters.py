@@ -1,0 +1,88 @@
+"""Derived forms of constant filters (cast copies, Winograd transforms), computed once per array.
+
+The rule: a filter is *constant* when it is a numpy array that is not writeable and no array it
+is a view of is writeable either (walking ``.base``). Nothing can then change its values through
+numpy, so whatever is derived from it (its Winograd transform U, a float32 copy of a float64
+filter) stays valid for as long as the array lives. Training weights are writeable and are never
+cached; compiled inference models hand over read-only folded weights and hit the cache on every
+call after the first.
+
+Entries are keyed on ``id(w)`` and dropped by ``weakref.finalize`` when the array is freed, so a
+new array that later gets the same id can never see a stale entry; each entry also keeps a weak
+reference to its array and is only used when that reference still points at the array asked
+about. The cache is shared by all threads (a lock guards the table; the values are read-only).
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+
+import numpy as np
+
+_lock = threading.Lock()
+# id(w) -> (weakref to w, {key: derived array})
+_table: dict = {}
+
+
+def is_constant(w) -> bool:
+    """True when ``w`` is a read-only numpy array whose whole ``.base`` chain is read-only too."""
+    a = w
+    while isinstance(a, np.ndarray):
+        if a.flags.writeable:
+            return False
+        a = a.base
+    # memory owned by a non-numpy object (bytes, mmap opened read-only, ...) cannot be written
+    # through numpy without a writeable array over it, which the chain above would have shown
+    return isinstance(w, np.ndarray)
+
+
+def _forget(key_id, ref):
+    with _lock:
+        entry = _table.get(key_id)
+        if entry is not None and entry[0] is ref:
+            del _table[key_id]
+
+
+def derived(w, key, make):
+    """``make()`` for constant ``w`` computed once and kept while ``w`` lives; plain ``make()`` otherwise.
+
+    ``key`` names the derived form (say ``("winograd", 4, float32)``). The result is made
+    read-only, since every caller shares it.
+    """
+    if not is_constant(w):
+        return make()
+    wid = id(w)
+    with _lock:
+        entry = _table.get(wid)
+        if entry is not None and entry[0]() is w:
+            hit = entry[1].get(key)
+            if hit is not None:
+                return hit
+    value = make()
+    value.flags.writeable = False
+    with _lock:
+        entry = _table.get(wid)
+        if entry is None or entry[0]() is not w:
+            ref = weakref.ref(w)
+            entry = _table[wid] = (ref, {})
+            weakref.finalize(w, _forget, wid, ref)
+        # two threads may both have made it; the first stored wins so callers share one array
+        return entry[1].setdefault(key, value)
+
+
+def cached_entries() -> int:
+    """Number of derived arrays currently cached (for tests and memory accounting)."""
+    with _lock:
+        return sum(len(e[1]) for e in _table.values())
+
+
+def cached_bytes() -> int:
+    """Bytes held by cached derived arrays."""
+    with _lock:
+        return sum(int(v.nbytes) for e in _table.values() for v in e[1].values())
+
+
+def clear() -> None:
+    """Drop every cached derived array (they are rebuilt on demand)."""
+    with _lock:
+        _table.clear()
