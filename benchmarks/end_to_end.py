@@ -655,7 +655,8 @@ def markdown(payload: dict) -> str:
     if env:
         m = env["machine"]
         lines += [f"Machine: {m.get('cpu', '?')}, {m.get('cpus')} CPUs, {env['threads']} threads; numpy {m.get('numpy')}, "
-                  f"numba {m.get('numba')}, torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}"]
+                  f"numba {m.get('numba')}, torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}; "
+                  f"{m.get('blas_kernels', '')}"]
         if payload.get("other_load") is not None:
             lines.append(f"Other processes' CPU use during the run: {payload['other_load']:.2f} cores (0 = a quiet machine)")
         lines.append("")

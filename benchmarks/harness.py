@@ -272,6 +272,9 @@ def machine_info() -> dict:
                 break
             except metadata.PackageNotFoundError:
                 continue
+    from minicnn._blas import blas_note
+
+    info["blas_kernels"] = blas_note()
     try:
         from threadpoolctl import threadpool_info
 
@@ -633,7 +636,8 @@ def markdown(results: list[dict], env: Env | None = None) -> str:
     if env is not None:
         m = env.machine
         lines += [f"Machine: {m.get('cpu', '?')}, {m.get('cpus')} CPUs, {env.threads} threads; numpy {m.get('numpy')}, "
-                  f"numba {m.get('numba')}, torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}",
+                  f"numba {m.get('numba')}, torch {m.get('torch')}, onnxruntime {m.get('onnxruntime')}; "
+                  f"{m.get('blas_kernels', '')}",
                   f"Ceilings: numpy sgemm {env.sgemm_gflops:.1f} GFLOP/s (n={env.sgemm_n}), "
                   f"array copy {env.copy_gbps:.1f} GB/s ({env.copy_mb} MB)"]
         loads = [r["other_load"] for r in results if r.get("other_load") is not None]

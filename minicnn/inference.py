@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import time
 
 import numpy as np
 
@@ -150,8 +151,8 @@ class _BufferPool:
         free = self._free.setdefault(key, [])
         if free:
             return free.pop()
-        xp = _array_module(be)
-        buf = xp.empty(shape, dtype=dtype)
+        make = getattr(be, "aligned_empty", None) or _array_module(be).empty
+        buf = make(shape, dtype=dtype)
         self._all.setdefault(key, []).append(buf)
         return buf
 
@@ -206,8 +207,14 @@ class _FusedConv:
         self.name, self.relu = name, relu
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        # read-only: the backend may then cache what it derives from them (Winograd transforms)
+        w.flags.writeable = False
+        if b is not None:
+            b.flags.writeable = False
         self._host = (w, b)
         self._dev: dict = {}
+        # (input shape, dtype, backend, threads) -> (variant name, function): the autotuner's picks
+        self.chosen: dict = {}
 
     def arrays(self, be):
         """Weight and bias in the memory of backend ``be`` (converted once per backend)."""
@@ -225,17 +232,93 @@ class _FusedConv:
             P = (H + 2 * self.padding[0] - self.dilation[0] * (R - 1) - 1) // self.stride[0] + 1
             Q = (W + 2 * self.padding[1] - self.dilation[1] * (S - 1) - 1) // self.stride[1] + 1
             kwargs["out"] = ctx.pool.take((N, K, P, Q), x.dtype, ctx.be)
-        return ctx.fused(x, w, b, self.stride, self.padding, self.dilation, self.groups, residual, self.relu, **kwargs)
+        args = (x, w, b, self.stride, self.padding, self.dilation, self.groups, residual, self.relu)
+        fn = ctx.fused
+        if ctx.tune:
+            key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, residual is not None)
+            pick = self.chosen.get(key)
+            if pick is None:
+                pick = self.chosen[key] = _autotune(ctx, args, kwargs, self.name)
+                release = getattr(ctx.be, "release_unpicked", None)
+                if release is not None:  # the losers' cached filter transforms are not needed
+                    release(w, {name for name, _ in self.chosen.values()})
+            fn = pick[1]
+        return fn(*args, **kwargs)
+
+
+def _out_size(n, k, s, p, d):
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _pooled(self, x, ctx, fn, pool_args):
+    """maxpool(relu(conv(x) + b)) through the backend's fused kernel, into a pool buffer."""
+    w, b = self.arrays(ctx.be)
+    K, _, R, S = w.shape
+    N, _, H, W = x.shape
+    P = _out_size(H, R, self.stride[0], self.padding[0], self.dilation[0])
+    Q = _out_size(W, S, self.stride[1], self.padding[1], self.dilation[1])
+    (pk, ps, pp, pd) = (tuple(a) if not isinstance(a, int) else (a, a) for a in pool_args)
+    shape = (N, K, _out_size(P, pk[0], ps[0], pp[0], pd[0]), _out_size(Q, pk[1], ps[1], pp[1], pd[1]))
+    return fn(x, w, b, self.stride, self.padding, self.dilation, self.groups, self.relu, pk, ps, pp, pd,
+              out=ctx.pool.take(shape, x.dtype, ctx.be))
+
+
+_FusedConv.pooled = _pooled
+
+
+# A variant whose output differs from the op's own choice by more than this (relative to the
+# output's largest magnitude) is never picked; the kernels' tests hold them to 1.5e-5.
+TUNE_TOLERANCE = 1e-3
+TUNE_ROUNDS = 5
+
+
+def _autotune(ctx, args, kwargs, where):
+    """Time every conv variant the backend offers for this call's shape; return (name, function) of the fastest.
+
+    Each candidate runs once to warm up (JIT, workspaces, cached filter transforms) and to be
+    checked: one that raises or whose output is not within ``TUNE_TOLERANCE`` of the backend
+    op's own result is dropped, so the pick is never worse than the op in correctness. Then the
+    candidates run in turn for ``TUNE_ROUNDS`` rounds on the real input and the fastest single
+    run decides: interleaving and taking the minimum keep a burst of load from another process
+    (which only ever adds time) from deciding the pick. Backends without variants keep the op.
+    """
+    offer = getattr(ctx.be, "conv_variants", None)
+    x, w = args[0], args[1]
+    cands = offer(x.shape, w.shape, args[3], args[4], args[5], args[6]) if offer is not None else {}
+    if len(cands) < 2:
+        return ("op", ctx.fused)
+    ref = np.array(ctx.fused(*args, **kwargs))  # a copy: the candidates reuse the out buffer
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    ok = {}
+    for name, fn in cands.items():
+        try:
+            y = fn(*args, **kwargs)
+        except (ValueError, TypeError, MemoryError):
+            continue
+        if y.shape == ref.shape and np.all(np.abs(y - ref) <= TUNE_TOLERANCE * scale + 1e-30):
+            ok[name] = fn
+    if not ok:
+        return ("op", ctx.fused)
+    best = {name: float("inf") for name in ok}
+    for _ in range(TUNE_ROUNDS):
+        for name, fn in ok.items():
+            t0 = time.perf_counter()
+            fn(*args, **kwargs)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    name = min(best, key=best.get)
+    return (name, ok[name])
 
 
 class _Ctx:
     """What one forward pass needs from the backend in force."""
 
-    def __init__(self, pool: _BufferPool):
+    def __init__(self, pool: _BufferPool, autotune: bool):
         self.be = backends.current()
         self.fused = self.be.OPS["conv2d_fused_forward"]
         self.use_out = _accepts_out(self.fused)
         self.pool = pool
+        self.tune = autotune and hasattr(self.be, "conv_variants")
+        self.threads = self.be.threads() if self.tune and hasattr(self.be, "threads") else None
 
     def done_with(self, a):
         if self.use_out:
@@ -292,7 +375,7 @@ class CompiledModel:
     dtype, as ``Module`` does. Not thread-safe: calls share the kept output buffers.
     """
 
-    def __init__(self, model: Module):
+    def __init__(self, model: Module, autotune: bool = True):
         if not _is_resnet(model):
             raise ValueError(
                 f"compile_inference: {type(model).__name__} is not a BasicBlock ResNet (needs conv1, bn1, "
@@ -315,6 +398,7 @@ class CompiledModel:
         self.avg_size = model.avgpool.output_size
         self.fc = self._head(model.fc)
         self._pool = _BufferPool()
+        self.autotune = bool(autotune)
 
     @staticmethod
     def _head(fc):
@@ -343,10 +427,15 @@ class CompiledModel:
         return x
 
     def _features_map(self, x, ctx):
-        x = self.stem(x, ctx)
-        y, _ = ops.maxpool2d_forward(x, *self.pool_args)
-        ctx.done_with(x)
-        x = y
+        pooled = getattr(ctx.be, "conv2d_maxpool_fused", None) if ctx.use_out else None
+        if pooled is not None and self.stem.relu:
+            # the stem conv's output goes straight into the max pool, a cached image at a time
+            x = self.stem.pooled(x, ctx, pooled, self.pool_args)
+        else:
+            x = self.stem(x, ctx)
+            y, _ = ops.maxpool2d_forward(x, *self.pool_args, need_argmax=False)
+            ctx.done_with(x)
+            x = y
         for blk in self.blocks:
             out = blk(x, ctx)
             ctx.done_with(x)  # a no-op for arrays the pool did not hand out (the maxpool output)
@@ -355,7 +444,7 @@ class CompiledModel:
 
     def forward_features(self, x):
         """The last feature map, layer4's output (N, 512, ceil(H/32), ceil(W/32)), as ``model.forward_features``."""
-        ctx = _Ctx(self._pool)
+        ctx = _Ctx(self._pool, self.autotune)
         self._pool.reset()
         fmap = self._features_map(self._check(x), ctx)
         if ctx.use_out:  # the caller keeps this array, so it must not be a pool buffer the next call overwrites
@@ -364,7 +453,7 @@ class CompiledModel:
 
     def embed(self, x):
         """The globally average-pooled features (N, 512) the classifier reads, as ``model.embed``."""
-        ctx = _Ctx(self._pool)
+        ctx = _Ctx(self._pool, self.autotune)
         self._pool.reset()
         fmap = self._features_map(self._check(x), ctx)
         y = ops.adaptive_avgpool2d_forward(fmap, self.avg_size)
@@ -388,6 +477,17 @@ class CompiledModel:
 
     __call__ = forward
 
+    def convs(self):
+        """Every fused conv in execution order (stem, then each block's conv1, downsample, conv2)."""
+        out = [self.stem]
+        for blk in self.blocks:
+            out += [blk.conv1] + ([blk.down] if blk.down is not None else []) + [blk.conv2]
+        return out
+
+    def variants(self) -> dict:
+        """What the autotuner picked: conv name -> {(input shape, dtype, backend, threads, residual): variant}."""
+        return {c.name: {k: v[0] for k, v in c.chosen.items()} for c in self.convs() if c.chosen}
+
     def buffer_bytes(self) -> int:
         """Bytes of activation buffers kept between calls (0 when the backend allocates per call)."""
         return self._pool.nbytes()
@@ -396,12 +496,18 @@ class CompiledModel:
         return f"CompiledModel({self.model_name}, {1 + len(self.blocks) * 2 + sum(b.down is not None for b in self.blocks)} fused convs)"
 
 
-def compile_inference(model: Module) -> CompiledModel:
+def compile_inference(model: Module, autotune: bool = True) -> CompiledModel:
     """Compile a BasicBlock ResNet (``resnet18``, ``resnet34``) for fast eval-mode inference.
 
     Returns a ``CompiledModel``: ``fast(x)`` gives the logits ``model.eval()(x)`` gives (to float32
     rounding), ``fast.forward_features(x)`` and ``fast.embed(x)`` the features. BatchNorm is folded into the convs and each
     BasicBlock becomes fused conv + bias (+ residual) + ReLU calls. ``model`` is not modified; the
     weights are copied, so compile again after changing them. Other models: ``fold_batchnorm``.
+
+    ``autotune=True``: on a backend that offers several conv algorithms (numba: im2col + GEMM,
+    pointwise GEMM, Winograd F(2x2) and F(4x4)), the first call with a new input shape times
+    each one on every layer's real input and keeps the fastest (a first call at batch 8 costs
+    about a second more); ``fast.variants()`` shows the picks. ``autotune=False`` keeps the
+    backend's fixed rule.
     """
-    return CompiledModel(model)
+    return CompiledModel(model, autotune=autotune)

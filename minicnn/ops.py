@@ -13,8 +13,9 @@ conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx, need_dw, n
     entries not needed are None
 conv2d_fused_forward(x, w, b, stride, padding, dilation, groups, residual, relu) -> y
     inference epilogue: y = conv(x) + b (+ residual) (then ReLU if relu)
-maxpool2d_forward(x, kernel_size, stride, padding, dilation) -> (y, argmax)
-    argmax: int64 array shaped like y, flat index h*W+w of the winner in its (n, c) plane.
+maxpool2d_forward(x, kernel_size, stride, padding, dilation, need_argmax=True) -> (y, argmax)
+    argmax: int64 array shaped like y, flat index h*W+w of the winner in its (n, c) plane;
+    None when need_argmax=False (no backward will run: inference skips computing it).
     As PyTorch: the first maximum in scan order wins, a NaN wins (and propagates), and the first
     real (non-padding) input is taken even if it is -inf. MaxPool2d refuses windows that see only
     padding; called directly on one, the op returns -inf with argmax -1, which backward ignores.

@@ -181,6 +181,71 @@ def test_compiled_resnet_on_every_backend_matches_numpy_reference(backend_name, 
     np.testing.assert_array_equal(logits, again)
 
 
+def test_autotune_picks_a_supported_variant_per_conv_and_keeps_the_numbers(seeded_resnet, x_small, reference_outputs):
+    pytest.importorskip("numba")
+    from minicnn.backends.numba import conv as nconv
+
+    fast = inference.compile_inference(seeded_resnet)
+    fixed = inference.compile_inference(seeded_resnet, autotune=False)
+    with mc.backend("numba"):
+        tuned_logits = fast(x_small)
+        fixed_logits = fixed(x_small)
+        picks = fast.variants()
+        # a new batch size is a new shape: tuned again, and the earlier picks stay
+        fast(x_small[:1])
+    assert fixed.variants() == {}
+    assert _rel(tuned_logits, reference_outputs["logits"]) < 1e-4
+    assert _rel(fixed_logits, reference_outputs["logits"]) < 1e-4
+    convs = {c.name: c for c in fast.convs()}
+    assert len(picks) == len(convs) - 1  # every conv but the stem, which runs fused with the max pool
+    for name, chosen in picks.items():
+        (key, variant), = chosen.items()
+        shape = key[0]
+        c = convs[name]
+        w_shape = (c.out_channels, c.in_channels, *c._host[0].shape[2:])
+        assert variant == "op" or nconv.supports(variant, shape, w_shape, c.stride, c.padding, c.dilation, c.groups)
+    assert all(len(v) == 2 for v in fast.variants().values())
+
+
+def test_autotune_keeps_only_the_picked_filter_transforms(seeded_resnet, x_small):
+    pytest.importorskip("numba")
+    from minicnn.backends.numba import _filters
+
+    fast = inference.compile_inference(seeded_resnet)
+    with mc.backend("numba"):
+        fast(x_small)
+    for c in fast.convs():
+        w = c.arrays(backends.load("numba"))[0]
+        picked = {name for name, _ in c.chosen.values()}
+        entry = _filters._table.get(id(w))
+        tiles = sorted(k[1] for k in (entry[1] if entry and entry[0]() is w else {}) if k[0] == "winograd")
+        assert tiles == sorted(int(n[len("winograd_f")]) for n in picked if n.startswith("winograd")), (c.name, picked)
+
+
+def test_autotune_drops_a_variant_that_computes_wrong_numbers(monkeypatch, seeded_resnet, x_small, reference_outputs):
+    pytest.importorskip("numba")
+    import minicnn.backends.numba as nbk
+
+    real = nbk.conv_variants
+
+    def with_a_broken_one(*shape_args):
+        cands = dict(real(*shape_args))
+
+        def broken(*args, **kwargs):
+            y = cands["im2col_gemm"](*args, **kwargs)
+            y += 1.0
+            return y
+
+        return {"broken": broken, **cands}
+
+    monkeypatch.setattr(nbk, "conv_variants", with_a_broken_one)
+    fast = inference.compile_inference(seeded_resnet)
+    with mc.backend("numba"):
+        logits = fast(x_small)
+    assert _rel(logits, reference_outputs["logits"]) < 1e-4
+    assert all(v != "broken" for picks in fast.variants().values() for v in picks.values())
+
+
 def test_compiled_resnet_converts_input_dtype_and_checks_shape(seeded_resnet, x_small, reference_outputs):
     fast = inference.compile_inference(seeded_resnet)
     with mc.backend("numpy"):

@@ -186,6 +186,21 @@ def test_conv_chunking_covers_several_chunks(monkeypatch):
             assert_close(conv.VARIANTS[name](x, w, b, (1, 1), (1, 1), (1, 1), 1), want, F32_TOL[name], name)
 
 
+@settings(max_examples=25, deadline=None)
+@given(case=conv_case(), n0=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_im2col_matches_reference_unfold(case, n0, seed):
+    """The unfold itself, for a chunk starting at image n0: strided layers read a phase-split copy."""
+    from minicnn.backends.numba.im2col import im2col
+    from minicnn.backends.numpy.conv import im2col as ref_im2col
+    (n, c, h, w), (_, _, r, s), _, stride, padding, dilation, _, _ = case
+    x = np.random.default_rng(seed).standard_normal((n0 + n + 1, c, h, w)).astype(np.float32)
+    ref = ref_im2col(x[n0:n0 + n], r, s, stride, padding, dilation)  # (n, C, R, S, P, Q)
+    P, Q = ref.shape[-2:]
+    cols = np.full((c * r * s, n * P * Q), np.nan, dtype=np.float32)
+    im2col(x, n0, n, cols, r, s, stride, padding, dilation, P, Q)
+    assert np.array_equal(cols, ref.transpose(1, 2, 3, 0, 4, 5).reshape(c * r * s, n * P * Q))
+
+
 @pytest.mark.parametrize("hw", [(4, 4), (40, 40)])  # small planes gather a chunk; big ones GEMM in place
 def test_pointwise_paths(hw):
     rng = np.random.default_rng(4)
@@ -352,6 +367,53 @@ def test_writeable_filter_modified_in_place_is_never_stale():
     assert _filters.cached_entries() == 0
 
 
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 3), c=st.integers(1, 4), k=st.integers(1, 6), hw=st.integers(5, 19),
+       ksize=st.sampled_from([1, 3, 7]), stride=st.integers(1, 2), pool=st.sampled_from([(3, 2, 1), (2, 2, 0), (3, 1, 1)]),
+       bias=st.booleans(), relu=st.booleans(), seed=st.integers(0, 2**16))
+def test_conv_maxpool_fused_equals_conv_then_pool(n, c, k, hw, ksize, stride, pool, bias, relu, seed):
+    """maxpool(act(conv + b)) in one pass per image equals the reference ops run one after the other."""
+    rng = np.random.default_rng(seed)
+    pad = ksize // 2
+    x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
+    w = rng.standard_normal((k, c, ksize, ksize)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32) if bias else None
+    z = REF["conv2d_forward"](x, w, b, (stride, stride), (pad, pad), (1, 1), 1)
+    assume(z.shape[2] + 2 * pool[2] >= pool[0])
+    if relu:
+        z = REF["relu_forward"](z)
+    want, _ = REF["maxpool2d_forward"](z, (pool[0],) * 2, (pool[1],) * 2, (pool[2],) * 2)
+    got = nbk.conv2d_maxpool_fused(x, w, b, (stride, stride), (pad, pad), (1, 1), 1, relu,
+                                   (pool[0],) * 2, (pool[1],) * 2, (pool[2],) * 2)
+    assert got.shape == want.shape
+    assert_close(got, want, F32_TOL["im2col_gemm"], "conv+maxpool")
+    out = np.full(want.shape, np.nan, np.float32)
+    assert nbk.conv2d_maxpool_fused(x, w, b, (stride, stride), (pad, pad), (1, 1), 1, relu, (pool[0],) * 2,
+                                    (pool[1],) * 2, (pool[2],) * 2, out=out) is out
+    assert np.array_equal(out, got)
+
+
+def test_conv_maxpool_fused_propagates_nan_and_checks_out():
+    x = np.ones((1, 1, 6, 6), np.float32)
+    x[0, 0, 2, 2] = np.nan
+    w = np.ones((2, 1, 1, 1), np.float32)
+    y = nbk.conv2d_maxpool_fused(x, w, None, (1, 1), (0, 0), (1, 1), 1, True, (2, 2), (2, 2), (0, 0))
+    assert np.isnan(y[0, :, 1, 1]).all() and not np.isnan(np.delete(y.reshape(2, -1), 4, axis=1)).any()
+    with pytest.raises(ValueError, match="out has shape"):
+        nbk.conv2d_maxpool_fused(x, w, None, (1, 1), (0, 0), (1, 1), 1, True, (2, 2), (2, 2), (0, 0),
+                                 out=np.empty((1, 2, 6, 6), np.float32))
+
+
+@pytest.mark.parametrize("shape,dtype", [((7,), np.uint8), ((3, 5, 11), np.float32), ((2, 9), np.float64)])
+def test_aligned_empty_starts_on_a_cache_line(shape, dtype):
+    for _ in range(5):
+        a = _threads.aligned_empty(shape, dtype)
+        assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        assert a.ctypes.data % 64 == 0
+    ws = _threads.workspace("test.aligned", shape, dtype)
+    assert ws.ctypes.data % 64 == 0
+
+
 def test_fused_forward_writes_into_out():
     rng = np.random.default_rng(25)
     x = rng.standard_normal((2, 8, 12, 12)).astype(np.float32)
@@ -447,6 +509,24 @@ def test_winograd_transform_matrices_compute_correlation():
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("m", [2, 4])
+def test_written_out_transforms_equal_the_matrices(m):
+    """The data transforms spell B^T d B and A^T M A out term by term: check them against the matrices."""
+    rng = np.random.default_rng(m)
+    alpha = m + 2
+    d = rng.standard_normal((1, 1, alpha, alpha))
+    V = np.empty((alpha * alpha, 1, 1))
+    winograd._input_transform(d, 0, 1, V, m, 1, 1, 0, 0)
+    want = winograd.BT[m] @ d[0, 0] @ winograd.BT[m].T
+    np.testing.assert_allclose(V.reshape(alpha, alpha), want, rtol=1e-12, atol=1e-12)
+    M = rng.standard_normal((alpha * alpha, 1, 1))
+    y3 = np.empty((1, 1, m * m))
+    bias = np.array([0.25])
+    winograd._output_transform(M, y3, 0, 1, m, 1, 1, m, bias, True, np.empty((1, 1, 1)), False, False)
+    want = winograd.AT[m] @ M.reshape(alpha, alpha) @ winograd.AT[m].T + 0.25
+    np.testing.assert_allclose(y3.reshape(m, m), want, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("c, hw", [(64, 28), (512, 7)])  # F(4x4)'s narrowest and widest use in the rule
 def test_f4_error_against_float64_is_as_documented(c, hw):
     """The F(4x4) precision claim behind the selection rule, on ResNet-18 layer shapes."""
@@ -493,6 +573,9 @@ def test_pooling_matches_reference(case, dtype):
     ry, ram = REF["maxpool2d_forward"](x, k, stride, padding, dilation)
     assert np.array_equal(y, ry, equal_nan=True) and y.dtype == ry.dtype
     assert np.array_equal(am, ram) and am.dtype == np.int64
+    # the inference kernel (no argmax) takes the same taps: same values, NaN and -inf included
+    yv, none = NB["maxpool2d_forward"](x, k, stride, padding, dilation, need_argmax=False)
+    assert none is None and yv.dtype == ry.dtype and np.array_equal(yv, ry, equal_nan=True)
     dy = rng.standard_normal(y.shape).astype(dtype)
     assert_close(NB["maxpool2d_backward"](dy, am, x.shape), REF["maxpool2d_backward"](dy, ram, x.shape), 0, "max bwd")
     if dilation == (1, 1):

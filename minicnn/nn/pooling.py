@@ -64,8 +64,10 @@ class MaxPool2d(_Pool2d):
     def forward(self, x):
         x = self._prepare_input(x)
         self._check(x)
-        y, argmax = ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding, self.dilation)
-        self._cache = (argmax, x.shape) if is_grad_enabled() else None
+        grad = is_grad_enabled()
+        y, argmax = ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                                          need_argmax=grad)
+        self._cache = (argmax, x.shape) if grad else None
         return y
 
     def backward(self, dy):

@@ -10,7 +10,7 @@ docs/kernels.md.
 """
 import numpy as np
 
-from . import _threads, activation, batchnorm, conv, dropout, linear, loss, pool
+from . import _filters, _threads, activation, batchnorm, conv, dropout, linear, loss, pool
 
 NAME = "numba"
 
@@ -32,6 +32,36 @@ def to_numpy(a):
 
 
 threading_layer = _threads.threading_layer
+# cache-line aligned host arrays (compiled models keep their activation buffers in these)
+aligned_empty = _threads.aligned_empty
+
+
+def conv_variants(x_shape, w_shape, stride, padding, dilation, groups) -> dict:
+    """The forward conv variants that can compute this shape, name -> function with the
+    ``conv2d_fused_forward`` signature (plus ``out=``); what an autotuner chooses among.
+    ``direct`` is left out: it is the readable baseline, never the fastest (docs/kernels.md)."""
+    return {name: fn for name, fn in conv.VARIANTS.items()
+            if name != "direct" and conv.supports(name, x_shape, w_shape, stride, padding, dilation, groups)}
+
+
+# maxpool(relu(conv(x) + b)) in one pass per image (a ResNet stem); compiled models use it when present
+conv2d_maxpool_fused = conv.conv2d_maxpool_fused
+
+
+def release_unpicked(w, picked) -> int:
+    """Drop the cached Winograd transforms of constant filter ``w`` for tile sizes no variant in
+    ``picked`` uses (an autotuner tried them all; keeping them would hold up to 4x the filter)."""
+    def keep(key):
+        return key[0] != "winograd" or f"winograd_f{key[1]}x{key[1]}_3x3" in picked
+
+    return _filters.drop(w, keep)
+
+
+def threads() -> int:
+    """Threads the kernels run on (part of an autotuned choice's key)."""
+    import numba
+
+    return numba.get_num_threads()
 
 OPS = {}
 for _mod in (conv, pool, batchnorm, activation, linear, loss, dropout):

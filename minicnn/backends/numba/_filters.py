@@ -70,6 +70,18 @@ def derived(w, key, make):
         return entry[1].setdefault(key, value)
 
 
+def drop(w, keep) -> int:
+    """Forget the derived forms of ``w`` whose key ``keep(key)`` rejects; return how many went."""
+    with _lock:
+        entry = _table.get(id(w))
+        if entry is None or entry[0]() is not w:
+            return 0
+        gone = [k for k in entry[1] if not keep(k)]
+        for k in gone:
+            del entry[1][k]
+        return len(gone)
+
+
 def cached_entries() -> int:
     """Number of derived arrays currently cached (for tests and memory accounting)."""
     with _lock:

@@ -395,6 +395,55 @@ def conv2d_fused_forward(x, w, b, stride, padding, dilation, groups, residual=No
         x, w, b, stride, padding, dilation, groups, residual=residual, relu=relu, out=out)
 
 
+def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_kernel, pool_stride, pool_padding,
+                         pool_dilation=(1, 1), out=None):
+    """maxpool(act(conv(x) + b)) without ever storing the convolution's full output (a ResNet stem).
+
+    Per image the im2col GEMM writes conv(x) into a workspace that stays in cache, the max pool
+    reads it from there, and bias and ReLU are applied to the pooled result, a quarter the size.
+    That order gives the same numbers: adding a constant and ReLU are monotone and float
+    rounding is monotone, so max_i act(z_i + b) == act(max_i z_i + b) exactly (NaN propagates
+    either way). Pooling semantics are ``maxpool2d_forward``'s (padding never wins).
+    ``out``: an optional C-contiguous array of the pooled shape and dtype to write into.
+    """
+    from . import pool
+
+    where = "conv2d_maxpool_fused"
+    x, w, b, _, y_conv, stride, padding, dilation, groups, P, Q, _ = _prepare_forward(
+        x, w, b, stride, padding, dilation, groups, None, where)
+    (PR, PS), pstride, ppad, pdil, PP, PQo = pool._window_out(y_conv, pool_kernel, pool_stride, pool_padding,
+                                                              pool_dilation, where)
+    del y_conv  # never touched: only its shape was needed
+    N, C = x.shape[:2]
+    K, Cg, R, S = w.shape
+    G, Kg, CRSg, PQ = groups, K // groups, Cg * R * S, P * Q
+    dt = x.dtype
+    if out is None:
+        y = np.empty((N, K, PP, PQo), dtype=dt)
+    else:
+        y = _check_out(out, (N, K, PP, PQo), dt, x, None, where)
+    rows = pool._regular(PP, PR, pstride[0], ppad[0], pdil[0], P)
+    cols_w = pool._regular(PQo, PS, pstride[1], ppad[1], pdil[1], Q)
+    direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
+    wg = w.reshape(G, Kg, CRSg)
+    yflat = y.reshape(-1)
+    L = PP * PQo
+    for n in range(N):
+        if direct_cols:
+            cols = x[n].reshape(C, PQ)
+        else:
+            cols = _threads.workspace("conv.cols", (C * R * S, PQ), dt)
+            im2col(x, n, 1, cols, R, S, stride, padding, dilation, P, Q)
+        z = _threads.workspace("conv.pool_z", (1, K, P, Q), dt)
+        np.matmul(wg, cols.reshape(G, CRSg, PQ), out=z.reshape(G, Kg, PQ))
+        _threads.run(pool._maxpool_values, z, y[n:n + 1], rows[0], rows[2], rows[3], pdil[0],
+                     cols_w[0], cols_w[2], cols_w[3], pdil[1])
+        if b is not None or relu:
+            off = n * K * L
+            run_epilogue(yflat, off, K * L, L, yflat, off, K * L, L, 1, K, L, b=b, relu=relu)
+    return y
+
+
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, need_dw=True, need_db=True):
     """(dx, dw, db) of a convolution; entries not needed are None.
 

@@ -27,61 +27,77 @@ def _q_range(Q, W, sw, off_w):  # pragma: no cover - jitted
 
 
 @njit(cache=True, parallel=True)
-def _im2col(x, n0, nc, cols, stride_c, stride_rs, R, S, sh, sw, ph, pw, dh, dw, P, Q):  # pragma: no cover
-    """Unfold images n0..n0+nc-1 into the flat array ``cols``:
+def _im2col(xs, i0, C, H, row_len, Wq, W, nc, cols, stride_c, stride_rs, R, S, sh, sw, ph, pw, dh, dw,
+            P, Q):  # pragma: no cover - jitted
+    """Unfold nc images into the flat array ``cols``:
 
         cols[c*stride_c + (r*S + s)*stride_rs + i*P*Q + p*Q + q]
             = x[n0+i, c, p*sh - ph + r*dh, q*sw - pw + s*dw]   (0 outside the image)
 
     With stride_c = R*S*nc*P*Q, stride_rs = nc*P*Q this is the GEMM layout (C*R*S, nc*P*Q) of
     im2col; with stride_c = nc*P*Q, stride_rs = C*nc*P*Q it is Winograd's tile layout
-    (alpha*alpha, C, tiles) (kernel = tile, stride = m). One task per (image, channel): it owns
-    R*S distinct runs of cells, so no races. Stride-1 runs are copied as slices (numba lowers them
-    to plain copies, ~3x faster than an element loop it cannot prove alias-free); indexing is on
-    flat arrays because creating a view per short row cost as much as copying it.
+    (alpha*alpha, C, tiles) (kernel = tile, stride = m).
+
+    ``xs`` is the input split by column phase: input row (image i0+i, channel c, row h) starts at
+    ((i0+i)*C + c)*H + h) * row_len, and its columns w = phase + j*sw sit at phase*Wq + j. For
+    stride 1 that is x itself (i0 = n0, row_len = Wq = W); for stride sw > 1 the wrapper builds
+    the split (i0 = 0), so that the columns one output row reads for tap s — w = q*sw + off,
+    all of one phase — are contiguous and every run is a slice copy (numba lowers those to plain
+    copies; a strided element loop over views ran 7x slower than memory and did not scale to two
+    threads, since every view is an atomic reference-count update on the shared array).
+    One task per (image, channel, kernel row): it owns S distinct runs of cells, so no races; the
+    7x7 stem of a one-image chunk thus has 21 tasks rather than 3 (image, channel) ones, which
+    left one of two threads idle half the time.
     """
-    C = x.shape[1]
-    H = x.shape[2]
-    W = x.shape[3]
     PQ = P * Q
     zero = cols.dtype.type(0)
-    xf = x.reshape(-1)
-    for task in prange(nc * C):
-        i = task // C
-        c = task - i * C
-        xb = ((n0 + i) * C + c) * H * W
-        for r in range(R):
-            for s in range(S):
-                start = c * stride_c + (r * S + s) * stride_rs + i * PQ
-                off_w = s * dw - pw
-                q_lo, q_hi = _q_range(Q, W, sw, off_w)
-                for p in range(P):
-                    hi = p * sh - ph + r * dh
-                    d = start + p * Q
-                    if hi < 0 or hi >= H:
-                        for q in range(Q):
-                            cols[d + q] = zero
-                        continue
-                    for q in range(q_lo):
+    for task in prange(nc * C * R):
+        ic = task // R
+        r = task - ic * R
+        i = ic // C
+        c = ic - i * C
+        xb = ((i0 + i) * C + c) * H
+        for s in range(S):
+            start = c * stride_c + (r * S + s) * stride_rs + i * PQ
+            off_w = s * dw - pw
+            phase = off_w % sw
+            j0 = (off_w - phase) // sw
+            q_lo, q_hi = _q_range(Q, W, sw, off_w)
+            for p in range(P):
+                hi = p * sh - ph + r * dh
+                d = start + p * Q
+                if hi < 0 or hi >= H:
+                    for q in range(Q):
                         cols[d + q] = zero
-                    sb = xb + hi * W + off_w
-                    if sw == 1:
-                        cols[d + q_lo:d + q_hi] = xf[sb + q_lo:sb + q_hi]
-                    elif q_hi > q_lo:
-                        # a 0-based loop over views: no wrap-around checks in the loop
-                        dst = cols[d + q_lo:d + q_hi]
-                        src = xf[sb + q_lo * sw:sb + (q_hi - 1) * sw + 1:sw]
-                        for j in range(q_hi - q_lo):
-                            dst[j] = src[j]
-                    for q in range(q_hi, Q):
-                        cols[d + q] = zero
+                    continue
+                for q in range(q_lo):
+                    cols[d + q] = zero
+                sb = (xb + hi) * row_len + phase * Wq + j0
+                cols[d + q_lo:d + q_hi] = xs[sb + q_lo:sb + q_hi]
+                for q in range(q_hi, Q):
+                    cols[d + q] = zero
 
 
 def im2col(x, n0, nc, cols, R, S, stride, padding, dilation, P, Q):
     """Fill ``cols`` (C*R*S, nc*P*Q) with the unfolded images n0..n0+nc-1 (see ``_im2col``)."""
     ncols = nc * P * Q
-    _threads.run(_im2col, x, n0, nc, cols.reshape(-1), R * S * ncols, ncols, R, S, stride[0], stride[1],
-                 padding[0], padding[1], dilation[0], dilation[1], P, Q)
+    N, C, H, W = x.shape
+    sh, sw = stride
+    if sw == 1:
+        xs, i0, row_len, Wq = x.reshape(-1), n0, W, W
+    else:
+        # split the chunk's columns by phase (w mod sw) so that strided reads become slices
+        Wq = -(-W // sw)
+        split = _threads.workspace("im2col.phases", (nc, C, H, sw, Wq), x.dtype)
+        # only the phases some tap reads (a 1x1 stride-2 layer reads every other column: one)
+        for phase in sorted({(s * dilation[1] - padding[1]) % sw for s in range(S)}):
+            if phase >= W:
+                continue
+            cnt = -(-(W - phase) // sw)
+            split[:, :, :, phase, :cnt] = x[n0:n0 + nc, :, :, phase::sw]
+        xs, i0, row_len = split.reshape(-1), 0, sw * Wq
+    _threads.run(_im2col, xs, i0, C, H, row_len, Wq, W, nc, cols.reshape(-1), R * S * ncols, ncols, R, S,
+                 sh, sw, padding[0], padding[1], dilation[0], dilation[1], P, Q)
     return cols
 
 

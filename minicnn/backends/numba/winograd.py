@@ -6,20 +6,19 @@ matrices B^T (alpha x alpha), G (alpha x 3) and A^T (m x alpha) of Lavin & Gray 
     Y = A^T [ sum_c (G w_kc G^T) * (B^T d_c B) ] A          (* elementwise)
 
 so per tile the 9*m*m multiplies of a direct 3x3 become alpha*alpha: 16 instead of 36 for F(2x2),
-36 instead of 144 for F(4x4). Flattening a tile to a vector, each 2-D transform is one matrix,
-kron(B^T, B^T), kron(G, G) or kron(A^T, A^T), so every step is a GEMM over all tiles at once:
+36 instead of 144 for F(4x4). Per chunk of images (T tiles):
 
-    U (a2, K*C)  = kron(G, G)     . w as (9, K*C)              filters
-    D (a2, C, T) = the tiles, gathered by the im2col kernel     (kernel alpha, stride m)
-    V (a2, C*T)  = kron(B^T, B^T) . D                           input transform
-    M[xi]        = U[xi] (K x C) . V[xi] (C x T), xi < a2       the elementwise products, summed over c
-    Y (m2, K*T)  = kron(A^T, A^T) . M                           output transform
-    y            = Y scattered back to NCHW, with bias, residual and ReLU applied as it is written
+    U (a2, K, C) = G w G^T for every (k, c)     one GEMM with kron(G, G); cached for constant filters
+    V (a2, C, T) = B^T d B for every tile       ``_input_transform`` (ours)
+    M[xi]        = U[xi] (K x C) . V[xi] (C x T), xi < a2      a2 BLAS GEMMs: the sum over c
+    y            = A^T M A, + bias (+ residual), ReLU          ``_output_transform`` (ours)
 
-The dense Kronecker products do more arithmetic than hand-written sparse transforms (1296 vs
-~300 multiply-adds per F(4x4) tile and channel), but they run in BLAS at GEMM speed, while the
-first version's transform loops ran scalar and cost more than the GEMMs they fed; docs/kernels.md
-has the numbers. Only the tile gather and the final scatter are ours.
+The two data transforms are written out separably with their nonzero coefficients (about 100
+additions per F(4x4) tile and channel instead of the 1296 multiply-adds of a dense kron(B^T, B^T)),
+and each fuses a step that used to be a pass of its own: the input transform reads the image
+directly (no gathered tile array), the output transform applies the epilogue as it stores y.
+docs/kernels.md has the history and the numbers (an earlier version ran both transforms as dense
+Kronecker GEMMs in BLAS around a gather and a scatter kernel).
 
 A constant (read-only) filter's U is computed once and cached by the caller (conv.py, _filters).
 
@@ -69,15 +68,13 @@ AT = {
                  [0, 1, -1, 8, -8, 1]], dtype=np.float64),
 }
 
-# the 2-D transforms as matrices on row-major flattened tiles (float64; cast per dtype on use)
-KRON_BT = {t: np.kron(BT[t], BT[t]) for t in BT}
+# the 2-D filter transform as a matrix on row-major flattened 3x3 filters (float64; cast per dtype on use)
 KRON_G = {t: np.kron(G[t], G[t]) for t in G}
-KRON_AT = {t: np.kron(AT[t], AT[t]) for t in AT}
 
 # bytes of tiles, transformed tiles and products one chunk of images may occupy
 CHUNK_BYTES = 48 * 1024 * 1024
 # tiles per chunk: about one 56x56 image for F(4x4). Wide enough for the GEMMs, small enough that
-# the chunk's D, V and M (C*T values each per tap) stay in L2/L3; 1024 measured 10-30% slower
+# the chunk's V and M (C*T and K*T values per tap) stay in L2/L3; 1024 measured 10-30% slower
 # on ResNet-18's layers at batch 8 (docs/kernels.md)
 TARGET_TILES = 196
 
@@ -94,75 +91,160 @@ def _matrix(table, tile, dtype):
 
 
 @njit(cache=True, parallel=True)
-def _untile(Y, y3, n0, nc, m, TH, TW, Q, b, has_b, res, has_res, relu):  # pragma: no cover - jitted
-    """y[n0+i, k, p*Q + q] = act(Y[v*m + w, k, i*TH*TW + th*TW + tw] + b[k] + res[...]) where
-    p = th*m + v, q = tw*m + w, clipped to the P x Q output.
+def _input_transform(x, n0, nc, V, m, TH, TW, ph, pw):  # pragma: no cover - jitted
+    """V[a*alpha + b, c, i*TH*TW + th*TW + tw] = (B^T d B)[a, b], d the alpha x alpha input tile at
+    (th*m - ph, tw*m - pw) of image n0+i, channel c (zero outside the image); m = 2 or 4.
 
-    One task per (image, out channel); writes run along output rows (contiguous), reading the m
-    transformed rows that interleave into them, and the epilogue is applied in the same store,
-    so it costs no extra pass over y. Plain indexing rather than per-row views: each view costs
-    an atomic reference-count update, which dominated at these short rows.
+    Separably and with B^T's nonzeros written out: for each band of tiles (th), the band's alpha
+    input rows are copied into ``d`` (zero-padded), B^T combines them row against row into ``t``
+    (contiguous rows, so that loop vectorises), then B combines each tile's alpha columns of
+    every row of ``t`` and the results go straight to their alpha*alpha rows of V. The tiles are
+    never stored untransformed. One task per (image, channel), which owns its columns of V.
     """
-    K = Y.shape[1]
-    PQ = y3.shape[2]
-    P = PQ // Q
-    T = TH * TW
-    zero = y3.dtype.type(0)
-    for task in prange(nc * K):
-        i = task // K
-        k = task - i * K
-        n = n0 + i
-        bias = b[k] if has_b else zero
-        for p in range(P):
-            th = p // m
-            v = p - th * m
-            src_base = i * T + th * TW
-            dst_base = p * Q
-            for tw in range(TW):
-                for w in range(m):
-                    q = tw * m + w
-                    if q >= Q:
-                        break
-                    val = Y[v * m + w, k, src_base + tw] + bias
-                    if has_res:
-                        val += res[n, k, dst_base + q]
-                    if relu and val < 0:
-                        val = zero
-                    y3[n, k, dst_base + q] = val
-
-
-@njit(cache=True, parallel=True)
-def _gather(x, n0, nc, D, m, alpha, TH, TW, ph, pw):  # pragma: no cover - jitted
-    """D[r*alpha + s, c, i*TH*TW + th*TW + tw] = x[n0+i, c, th*m + r - ph, tw*m + s - pw] (0 outside).
-
-    The input tiles in the layout the input transform's GEMM reads. One task per (image,
-    channel), which owns its alpha*alpha runs of TH*TW cells (no races). Plain indexing, no
-    per-row views: a view costs an atomic reference-count update, and with rows this short
-    (TW cells) those updates were the kernel's main cost (1.3x slower than this version).
-    """
+    N = x.shape[0]
     C = x.shape[1]
     H = x.shape[2]
     W = x.shape[3]
+    alpha = m + 2
+    T = V.shape[2]
     tiles = TH * TW
-    zero = D.dtype.type(0)
+    Wt = TW * m + 2
+    Vf = V.reshape(-1)
+    zero = V.dtype.type(0)
     for task in prange(nc * C):
-        i = task // C
-        c = task - i * C
-        t0 = i * tiles
+      i = task // C
+      c = task - i * C
+      d = np.zeros((alpha, Wt), dtype=V.dtype)
+      t = np.empty((alpha, Wt), dtype=V.dtype)
+      j_lo = max(0, pw)
+      j_hi = min(Wt, W + pw)
+      for th in range(TH):
         for r in range(alpha):
-            for th in range(TH):
-                h = th * m + r - ph
-                inside = h >= 0 and h < H
-                for s in range(alpha):
-                    row = r * alpha + s
-                    base = t0 + th * TW
-                    if not inside:
-                        for tw in range(TW):
-                            D[row, c, base + tw] = zero
-                        continue
-                    for tw in range(TW):
-                        col = tw * m + s - pw
-                        D[row, c, base + tw] = x[n0 + i, c, h, col] if (col >= 0 and col < W) else zero
+            h = th * m + r - ph
+            if h >= 0 and h < H:
+                d[r, j_lo:j_hi] = x[n0 + i, c, h, j_lo - pw:j_hi - pw]
+            else:
+                for j in range(Wt):
+                    d[r, j] = zero
+        if m == 4:
+            for j in range(Wt):
+                d0 = d[0, j]; d1 = d[1, j]; d2 = d[2, j]; d3 = d[3, j]; d4 = d[4, j]; d5 = d[5, j]
+                t[0, j] = 4 * d0 - 5 * d2 + d4
+                t[1, j] = -4 * (d1 + d2) + d3 + d4
+                t[2, j] = 4 * (d1 - d2) - d3 + d4
+                t[3, j] = 2 * (d3 - d1) + d4 - d2
+                t[4, j] = 2 * (d1 - d3) + d4 - d2
+                t[5, j] = 4 * d1 - 5 * d3 + d5
+        else:
+            for j in range(Wt):
+                d0 = d[0, j]; d1 = d[1, j]; d2 = d[2, j]; d3 = d[3, j]
+                t[0, j] = d0 - d2
+                t[1, j] = d1 + d2
+                t[2, j] = d2 - d1
+                t[3, j] = d1 - d3
+        col0 = i * tiles + th * TW
+        A2C = C * T
+        for a in range(alpha):
+            base = (a * alpha * C + c) * T + col0  # row a*alpha + b sits b*C*T further
+            if m == 4:
+                for tw in range(TW):
+                    j = tw * 4
+                    d0 = t[a, j]; d1 = t[a, j + 1]; d2 = t[a, j + 2]; d3 = t[a, j + 3]; d4 = t[a, j + 4]; d5 = t[a, j + 5]
+                    o = base + tw
+                    Vf[o] = 4 * d0 - 5 * d2 + d4
+                    Vf[o + A2C] = -4 * (d1 + d2) + d3 + d4
+                    Vf[o + 2 * A2C] = 4 * (d1 - d2) - d3 + d4
+                    Vf[o + 3 * A2C] = 2 * (d3 - d1) + d4 - d2
+                    Vf[o + 4 * A2C] = 2 * (d1 - d3) + d4 - d2
+                    Vf[o + 5 * A2C] = 4 * d1 - 5 * d3 + d5
+            else:
+                for tw in range(TW):
+                    j = tw * 2
+                    d0 = t[a, j]; d1 = t[a, j + 1]; d2 = t[a, j + 2]; d3 = t[a, j + 3]
+                    o = base + tw
+                    Vf[o] = d0 - d2
+                    Vf[o + A2C] = d1 + d2
+                    Vf[o + 2 * A2C] = d2 - d1
+                    Vf[o + 3 * A2C] = d1 - d3
+
+
+@njit(cache=True, parallel=True)
+def _output_transform(M, y3, n0, nc, m, TH, TW, Q, b, has_b, res, has_res, relu):  # pragma: no cover
+    """y[n0+i, k, p*Q + q] = act((A^T Mt A)[v, w] + b[k] (+ residual)), p = th*m + v, q = tw*m + w,
+    Mt the alpha x alpha products of tile (th, tw), clipped to the P x Q output.
+
+    Separably, per band of tiles: A combines each product row's alpha columns into m outputs
+    for every tile of the band (``u``: alpha rows across the band's width), then A^T combines
+    those rows into the band's m output rows, which take the bias, residual and ReLU as they are
+    stored, contiguously. One task per (image, out channel).
+    """
+    K = M.shape[1]
+    T = M.shape[2]
+    alpha = m + 2
+    PQ = y3.shape[2]
+    P = PQ // Q
+    tiles = TH * TW
+    Wt = TW * m
+    zero = y3.dtype.type(0)
+    Mf = M.reshape(-1)
+    KT = K * T
+    for task in prange(nc * K):
+      i = task // K
+      k = task - i * K
+      n = n0 + i
+      u = np.empty((alpha, Wt), dtype=y3.dtype)
+      out = np.empty((m, Wt), dtype=y3.dtype)
+      bias = b[k] if has_b else zero
+      for th in range(TH):
+        col0 = i * tiles + th * TW
+        for a in range(alpha):
+            base = (a * alpha * K + k) * T + col0
+            if m == 4:
+                for tw in range(TW):
+                    o = base + tw
+                    m0 = Mf[o]; m1 = Mf[o + KT]; m2 = Mf[o + 2 * KT]; m3 = Mf[o + 3 * KT]; m4 = Mf[o + 4 * KT]; m5 = Mf[o + 5 * KT]
+                    s12 = m1 + m2; d12 = m1 - m2; s34 = m3 + m4; d34 = m3 - m4
+                    j = tw * 4
+                    u[a, j] = m0 + s12 + s34
+                    u[a, j + 1] = d12 + 2 * d34
+                    u[a, j + 2] = s12 + 4 * s34
+                    u[a, j + 3] = d12 + 8 * d34 + m5
+            else:
+                for tw in range(TW):
+                    o = base + tw
+                    m0 = Mf[o]; m1 = Mf[o + KT]; m2 = Mf[o + 2 * KT]; m3 = Mf[o + 3 * KT]
+                    j = tw * 2
+                    u[a, j] = m0 + m1 + m2
+                    u[a, j + 1] = m1 - m2 - m3
+        if m == 4:
+            for q in range(Wt):
+                m0 = u[0, q]; m1 = u[1, q]; m2 = u[2, q]; m3 = u[3, q]; m4 = u[4, q]; m5 = u[5, q]
+                s12 = m1 + m2; d12 = m1 - m2; s34 = m3 + m4; d34 = m3 - m4
+                out[0, q] = m0 + s12 + s34 + bias
+                out[1, q] = d12 + 2 * d34 + bias
+                out[2, q] = s12 + 4 * s34 + bias
+                out[3, q] = d12 + 8 * d34 + m5 + bias
+        else:
+            for q in range(Wt):
+                m0 = u[0, q]; m1 = u[1, q]; m2 = u[2, q]; m3 = u[3, q]
+                out[0, q] = m0 + m1 + m2 + bias
+                out[1, q] = m1 - m2 - m3 + bias
+        for v in range(m):
+            p = th * m + v
+            if p >= P:
+                break
+            # 0-based loops over row views: no wrap-around checks, so the stores vectorise
+            yr = y3[n, k, p * Q:(p + 1) * Q]
+            orow = out[v, :Q]
+            if has_res:
+                rr = res[n, k, p * Q:(p + 1) * Q]
+                for q in range(Q):
+                    val = orow[q] + rr[q]
+                    yr[q] = zero if (relu and val < 0) else val
+            else:
+                for q in range(Q):
+                    val = orow[q]
+                    yr[q] = zero if (relu and val < 0) else val
 
 
 def transform_filters(w, tile, fresh=False):
@@ -174,7 +256,7 @@ def transform_filters(w, tile, fresh=False):
     K, C = w.shape[:2]
     alpha = tile + 2
     shape = (alpha * alpha, K, C)
-    U = np.empty(shape, w.dtype) if fresh else _threads.workspace(f"winograd.U{tile}", shape, w.dtype)
+    U = _threads.aligned_empty(shape, w.dtype) if fresh else _threads.workspace(f"winograd.U{tile}", shape, w.dtype)
     np.matmul(_matrix(KRON_G, tile, w.dtype), w.reshape(K * C, 9).T, out=U.reshape(alpha * alpha, K * C))
     return U
 
@@ -183,7 +265,9 @@ def conv3x3(x, U, b, res3, y, padding, tile, relu):
     """Fill ``y`` (N, K, P, Q) with the 3x3 stride-1 convolution of prepared arrays by F(tile x tile, 3x3).
 
     ``U`` is the transformed filter from :func:`transform_filters` (or the constant-filter cache),
-    ``res3`` the residual as (N, K, P*Q) or None, ``b`` the bias or None. Returns ``y``.
+    ``res3`` the residual as (N, K, P*Q) or None, ``b`` the bias or None. Per chunk of images:
+    V = input transform (ours), M[xi] = U[xi] . V[xi] (36 or 16 BLAS GEMMs), then the output
+    transform with the epilogue (ours). Returns ``y``.
     """
     N, C, H, W = x.shape
     K = U.shape[1]
@@ -193,8 +277,7 @@ def conv3x3(x, U, b, res3, y, padding, tile, relu):
     TH, TW = -(-P // m), -(-Q // m)
     tiles = TH * TW
     dt = x.dtype
-    kbt, kat = _matrix(KRON_BT, tile, dt), _matrix(KRON_AT, tile, dt)
-    per_image = (2 * A2 * C + A2 * K + m * m * K) * tiles * dt.itemsize
+    per_image = A2 * (C + K) * tiles * dt.itemsize
     nc = max(1, min(N, -(-TARGET_TILES // tiles), CHUNK_BYTES // per_image))
     y3 = y.reshape(N, K, P * Q)
     bb = b if b is not None else empty_like_ndim(1, dt)
@@ -202,14 +285,10 @@ def conv3x3(x, U, b, res3, y, padding, tile, relu):
     for n0 in range(0, N, nc):
         mc = min(nc, N - n0)
         T = mc * tiles
-        D = _threads.workspace("winograd.D", (A2, C, T), dt)
-        # tile (th, tw) of image i is the window at (th*m - ph, tw*m - pw), written tap-major
-        _threads.run(_gather, x, n0, mc, D, m, alpha, TH, TW, padding[0], padding[1])
         V = _threads.workspace("winograd.V", (A2, C, T), dt)
-        np.matmul(kbt, D.reshape(A2, C * T), out=V.reshape(A2, C * T))
+        _threads.run(_input_transform, x, n0, mc, V, m, TH, TW, padding[0], padding[1])
         Mw = _threads.workspace("winograd.M", (A2, K, T), dt)
         np.matmul(U, V, out=Mw)
-        Yw = _threads.workspace("winograd.Y", (m * m, K, T), dt)
-        np.matmul(kat, Mw.reshape(A2, K * T), out=Yw.reshape(m * m, K * T))
-        _threads.run(_untile, Yw, y3, n0, mc, m, TH, TW, Q, bb, b is not None, rr, res3 is not None, bool(relu))
+        _threads.run(_output_transform, Mw, y3, n0, mc, m, TH, TW, Q, bb, b is not None, rr, res3 is not None,
+                     bool(relu))
     return y

@@ -25,7 +25,7 @@ def _window(r, s, stride, dilation, P, Q):
     return (slice(h0, h0 + stride[0] * (P - 1) + 1, stride[0]), slice(w0, w0 + stride[1] * (Q - 1) + 1, stride[1]))
 
 
-def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1)):
+def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_argmax=True):
     N, C, H, W = x.shape
     R, S = kernel_size
     P, Q = conv_output_size(H, W, R, S, stride, padding, dilation)
@@ -49,7 +49,7 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1)):
             better = (v > y) | np.isnan(v) | ((argmax < 0) & real)
             y = np.where(better, v, y)
             argmax = np.where(better, hh * W + ww, argmax)
-    return y, argmax
+    return y, (argmax if need_argmax else None)
 
 
 def maxpool2d_backward(dy, argmax, x_shape):
