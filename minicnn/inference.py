@@ -32,6 +32,7 @@ import time
 import numpy as np
 
 from . import backends, ops
+from .backends.numpy.conv import conv_output_size
 from .grad_mode import no_grad
 from .nn.activation import Identity
 from .nn.batchnorm import BatchNorm2d
@@ -213,7 +214,7 @@ class _FusedConv:
             b.flags.writeable = False
         self._host = (w, b)
         self._dev: dict = {}
-        # (input shape, dtype, backend, threads) -> (variant name, function): the autotuner's picks
+        # (input shape, dtype, backend, threads, has residual) -> (variant name, function): the autotuner's picks
         self.chosen: dict = {}
 
     def arrays(self, be):
@@ -227,43 +228,32 @@ class _FusedConv:
         w, b = self.arrays(ctx.be)
         kwargs = {}
         if ctx.use_out:
-            K, _, R, S = w.shape
-            N, _, H, W = x.shape
-            P = (H + 2 * self.padding[0] - self.dilation[0] * (R - 1) - 1) // self.stride[0] + 1
-            Q = (W + 2 * self.padding[1] - self.dilation[1] * (S - 1) - 1) // self.stride[1] + 1
-            kwargs["out"] = ctx.pool.take((N, K, P, Q), x.dtype, ctx.be)
+            kwargs["out"] = ctx.pool.take(self._out_shape(x, w), x.dtype, ctx.be)
         args = (x, w, b, self.stride, self.padding, self.dilation, self.groups, residual, self.relu)
         fn = ctx.fused
         if ctx.tune:
             key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, residual is not None)
             pick = self.chosen.get(key)
             if pick is None:
-                pick = self.chosen[key] = _autotune(ctx, args, kwargs, self.name)
+                pick = self.chosen[key] = _autotune(ctx, args, kwargs)
                 release = getattr(ctx.be, "release_unpicked", None)
                 if release is not None:  # the losers' cached filter transforms are not needed
                     release(w, {name for name, _ in self.chosen.values()})
             fn = pick[1]
         return fn(*args, **kwargs)
 
+    def _out_shape(self, x, w):
+        K, _, R, S = w.shape
+        return (x.shape[0], K, *conv_output_size(x.shape[2], x.shape[3], R, S, self.stride, self.padding, self.dilation))
 
-def _out_size(n, k, s, p, d):
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
-
-
-def _pooled(self, x, ctx, fn, pool_args):
-    """maxpool(relu(conv(x) + b)) through the backend's fused kernel, into a pool buffer."""
-    w, b = self.arrays(ctx.be)
-    K, _, R, S = w.shape
-    N, _, H, W = x.shape
-    P = _out_size(H, R, self.stride[0], self.padding[0], self.dilation[0])
-    Q = _out_size(W, S, self.stride[1], self.padding[1], self.dilation[1])
-    (pk, ps, pp, pd) = (tuple(a) if not isinstance(a, int) else (a, a) for a in pool_args)
-    shape = (N, K, _out_size(P, pk[0], ps[0], pp[0], pd[0]), _out_size(Q, pk[1], ps[1], pp[1], pd[1]))
-    return fn(x, w, b, self.stride, self.padding, self.dilation, self.groups, self.relu, pk, ps, pp, pd,
-              out=ctx.pool.take(shape, x.dtype, ctx.be))
-
-
-_FusedConv.pooled = _pooled
+    def pooled(self, x, ctx, fn, pool_args):
+        """maxpool(relu(conv(x) + b)) through the backend's fused kernel ``fn``, into a pool buffer."""
+        w, b = self.arrays(ctx.be)
+        N, K, P, Q = self._out_shape(x, w)
+        pk, ps, pp, pd = ((a, a) if isinstance(a, int) else tuple(a) for a in pool_args)
+        shape = (N, K, *conv_output_size(P, Q, pk[0], pk[1], ps, pp, pd))
+        return fn(x, w, b, self.stride, self.padding, self.dilation, self.groups, self.relu, pk, ps, pp, pd,
+                  out=ctx.pool.take(shape, x.dtype, ctx.be))
 
 
 # A variant whose output differs from the op's own choice by more than this (relative to the
@@ -272,7 +262,7 @@ TUNE_TOLERANCE = 1e-3
 TUNE_ROUNDS = 5
 
 
-def _autotune(ctx, args, kwargs, where):
+def _autotune(ctx, args, kwargs):
     """Time every conv variant the backend offers for this call's shape; return (name, function) of the fastest.
 
     Each candidate runs once to warm up (JIT, workspaces, cached filter transforms) and to be
