@@ -7,13 +7,22 @@ on a 2-core AMD EPYC (Zen 5) VM, float32 2048x2048 ``a @ b`` ran at 219 GFLOP/s 
 ``OPENBLAS_CORETYPE=Haswell`` and 419 GFLOP/s with OpenBLAS's own choice, ``SkylakeX``
 (docs/benchmarks.md). minicnn never overrides the variable; the benchmarks report the kernel set
 in their machine line and say when the variable forced it.
+
+OpenBLAS's own threads are the other thing worth knowing about. After a multithreaded GEMM its
+worker threads keep spinning for about 0.1 s (``OPENBLAS_THREAD_TIMEOUT``, 2^28 cycles) waiting
+for the next one, so a numba kernel that runs right after a GEMM shares the cores with them: on
+the 2-core machine an im2col after a GEMM took 2.0 ms instead of 0.6. ``single_threaded()``
+lets the numba backend run OpenBLAS on the calling thread only, and split its GEMMs over its
+own threads instead (``backends/numba/_threads.matmul``), so that no BLAS worker ever spins.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 
-__all__ = ["blas_core", "blas_note"]
+import threading
+
+__all__ = ["blas_core", "blas_note", "blas_threads", "single_threaded"]
 
 
 def _openblas_libraries():
@@ -32,20 +41,87 @@ def _openblas_libraries():
     return paths
 
 
-def blas_core() -> str | None:
-    """The kernel set numpy's OpenBLAS runs (``SkylakeX``, ``Haswell``, ...); None for another BLAS."""
+def _function(stem: str):
+    """numpy's OpenBLAS function ``openblas_<stem>`` under whichever of its symbol spellings
+    this build exports (scipy-openblas wheels prefix and suffix them), or None."""
     for path in _openblas_libraries():
         try:
             lib = ctypes.CDLL(path)  # numpy loaded it already: the same handle comes back
         except OSError:
             continue
-        for sym in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
-                    "openblas_get_corename64_", "openblas_get_corename"):
+        for sym in (f"scipy_openblas_{stem}64_", f"scipy_openblas_{stem}", f"openblas_{stem}64_", f"openblas_{stem}"):
             fn = getattr(lib, sym, None)
             if fn is not None:
-                fn.restype = ctypes.c_char_p
-                return fn().decode()
+                return fn
     return None
+
+
+def blas_core() -> str | None:
+    """The kernel set numpy's OpenBLAS runs (``SkylakeX``, ``Haswell``, ...); None for another BLAS."""
+    fn = _function("get_corename")
+    if fn is None:
+        return None
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
+
+
+_get_threads = _set_threads = None
+_looked_up = False
+_lock = threading.Lock()
+_depth = 0
+_saved = None
+
+
+def _thread_functions():
+    global _get_threads, _set_threads, _looked_up
+    if not _looked_up:
+        get, put = _function("get_num_threads"), _function("set_num_threads")
+        if get is not None and put is not None:
+            get.restype, get.argtypes = ctypes.c_int, []
+            put.restype, put.argtypes = None, [ctypes.c_int]
+            _get_threads, _set_threads = get, put
+        _looked_up = True
+    return _get_threads, _set_threads
+
+
+def blas_threads() -> int | None:
+    """Threads numpy's OpenBLAS runs a GEMM on (outside any ``single_threaded`` block); None when
+    numpy's BLAS is not an OpenBLAS whose thread count can be read and set."""
+    get, _ = _thread_functions()
+    if get is None:
+        return None
+    with _lock:
+        return _saved if _depth else int(get())
+
+
+class single_threaded:
+    """``with single_threaded():`` numpy's OpenBLAS runs every GEMM on the calling thread.
+
+    Nests and may be entered by several threads at once: the count in force before the
+    outermost entry is restored when the last block exits. The setting is process-wide, so a
+    GEMM another thread runs meanwhile is single-threaded too. A no-op for another BLAS.
+    """
+
+    def __enter__(self):
+        global _depth, _saved
+        get, put = _thread_functions()
+        if put is not None:
+            with _lock:
+                if _depth == 0:
+                    _saved = int(get())
+                    put(1)
+                _depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _depth
+        _, put = _thread_functions()
+        if put is not None:
+            with _lock:
+                _depth -= 1
+                if _depth == 0:
+                    put(_saved)
+        return False
 
 
 def blas_note() -> str:

@@ -201,6 +201,63 @@ def test_im2col_matches_reference_unfold(case, n0, seed):
     assert np.array_equal(cols, ref.transpose(1, 2, 3, 0, 4, 5).reshape(c * r * s, n * P * Q))
 
 
+@pytest.mark.parametrize("kernel,stride,padding,dilation,hw", [
+    ((3, 3), (1, 1), (1, 1), (1, 1), (7, 7)),     # ResNet's 3x3 "same" layers: one run per (c, r, s)
+    ((3, 3), (1, 1), (2, 2), (2, 2), (6, 5)),     # dilated, still same-sized
+    ((5, 5), (1, 1), (2, 2), (1, 1), (4, 9)),
+    ((3, 3), (1, 1), (3, 1), (1, 1), (2, 6)),     # rows that never meet the image (all zero)
+    ((3, 2), (1, 2), (1, 4), (1, 1), (5, 8)),     # strided columns whose phase rows happen to be Q long
+])
+def test_im2col_contiguous_runs(kernel, stride, padding, dilation, hw):
+    """The path that copies all valid rows of one (channel, tap) as a single run, then zeroes the
+    cells that fall in the padding, against the reference unfold (and NaN-filled output)."""
+    from minicnn.backends.numba.im2col import im2col
+    from minicnn.backends.numpy.conv import im2col as ref_im2col
+    x = np.random.default_rng(5).standard_normal((3, 4, *hw)).astype(np.float32)
+    ref = ref_im2col(x[1:3], *kernel, stride, padding, dilation)
+    c, (P, Q) = x.shape[1], ref.shape[-2:]
+    cols = np.full((c * kernel[0] * kernel[1], 2 * P * Q), np.nan, dtype=np.float32)
+    im2col(x, 1, 2, cols, *kernel, stride, padding, dilation, P, Q)
+    assert np.array_equal(cols, ref.transpose(1, 2, 3, 0, 4, 5).reshape(cols.shape))
+
+
+@pytest.mark.parametrize("a_shape,b_shape,transpose_b", [
+    ((64, 300), (300, 3000), False),           # columns split
+    ((3000, 300), (300, 64), False),           # rows split
+    ((36, 64, 70), (36, 70, 900), False),      # batch axis split
+    ((1, 48, 90), (5, 1, 90, 800), False),     # a broadcast over the split batch axis
+    ((1, 64, 3000), (1, 576, 3000), True),     # a transposed operand (conv backward's dW)
+    ((8, 16), (16, 8), False),                 # too small to split: the calling thread alone
+])
+def test_matmul_splits_match_numpy(a_shape, b_shape, transpose_b):
+    from minicnn import _blas
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    if transpose_b:
+        b = b.swapaxes(-1, -2)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    before = _blas.blas_threads()
+    out = np.full(want.shape, np.nan, dtype=np.float32)
+    assert _threads.matmul(a, b, out) is out
+    assert_close(out, want.astype(np.float32), 1e-5, f"matmul {a_shape} x {b_shape}")
+    assert _blas.blas_threads() == before  # OpenBLAS gets its thread count back
+
+
+def test_single_threaded_blas_nests_and_restores():
+    from minicnn import _blas
+    before = _blas.blas_threads()
+    if before is None:
+        pytest.skip("numpy's BLAS is not an OpenBLAS whose threads can be set")
+    get, _ = _blas._thread_functions()
+    with _blas.single_threaded():
+        assert get() == 1
+        with _blas.single_threaded():
+            assert get() == 1
+        assert get() == 1 and _blas.blas_threads() == before
+    assert get() == before
+
+
 @pytest.mark.parametrize("hw", [(4, 4), (40, 40)])  # small planes gather a chunk; big ones GEMM in place
 def test_pointwise_paths(hw):
     rng = np.random.default_rng(4)
@@ -808,3 +865,22 @@ def test_small_convnet_trains_identically_on_both_backends():
     assert abs(results["numba"][0] - results["numpy"][0]) < 1e-5
     for key, g in results["numpy"][1].items():
         assert_close(results["numba"][1][key], g, 1e-4, key)
+
+
+def test_matmul_in_a_forked_child():
+    """A child forked after the GEMM helper threads started gets threads of its own (not a hang)."""
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    a = np.random.default_rng(7).standard_normal((64, 400)).astype(np.float32)
+    b = np.random.default_rng(8).standard_normal((400, 2000)).astype(np.float32)
+    _threads.matmul(a, b, np.empty((64, 2000), np.float32))  # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_matmul_in_child, (a, b)).get(timeout=60)
+    assert_close(got, (a.astype(np.float64) @ b).astype(np.float32), 1e-5, "matmul in a forked child")
+
+
+def _matmul_in_child(a, b):
+    return _threads.matmul(a, b, np.empty((a.shape[0], b.shape[1]), np.float32))

@@ -12,13 +12,20 @@ uses every core) while the rest of their work (BLAS, Python) still overlaps.
 Scratch buffers (im2col columns, Winograd transforms, packed gradients) are reused between calls
 because first-touching tens of megabytes costs as much as a small convolution. They live in a
 ``threading.local``, so two threads never share one, and nothing the ops return ever aliases them.
+
+GEMMs go through ``matmul``: OpenBLAS runs single-threaded on each of our threads, each taking a
+slice of the product, because OpenBLAS's own workers spin for about 0.1 s after every GEMM and
+would take the cores from the numba kernels that follow (minicnn/_blas.py has the measurements).
 """
 from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+from ... import _blas
 
 # A buffer larger than this is allocated per call instead of being kept around.
 MAX_CACHED_BYTES = 96 * 1024 * 1024
@@ -134,3 +141,77 @@ def workspace_bytes() -> int:
 
 _layer: str = _launch()
 _needs_lock: bool = _layer not in ("tbb", "omp")
+
+
+# A product smaller than this many multiply-adds runs on the calling thread alone: handing half
+# of it to another thread costs more (tens of microseconds) than it saves.
+SPLIT_MIN_MACS = 2_000_000
+
+_pool = None
+_pool_key = (0, 0)
+_pool_lock = threading.Lock()
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """The GEMM helper threads, at least ``workers`` of them; a forked child (whose copy of the
+    pool has no threads behind it) gets a pool of its own."""
+    global _pool, _pool_key
+    with _pool_lock:
+        size, pid = _pool_key
+        if _pool is None or size < workers or pid != os.getpid():
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minicnn-gemm")
+            _pool_key = (workers, os.getpid())
+        return _pool
+
+
+def _split(a, b, out, parts: int):
+    """``parts`` (a_i, b_i, out_i) triples whose products fill disjoint slices of ``out``.
+
+    Along the first batch axis of ``out`` when it has at least ``parts`` entries, else along
+    the longer of its two matrix axes (rows come from ``a``, columns from ``b``).
+    """
+    nd = out.ndim
+    lead = nd - 2
+    if lead and out.shape[0] >= parts:
+        axis, size = 0, out.shape[0]
+    elif out.shape[-1] >= out.shape[-2]:
+        axis, size = nd - 1, out.shape[-1]
+    else:
+        axis, size = nd - 2, out.shape[-2]
+    bounds = [size * i // parts for i in range(parts + 1)]
+    triples = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        if hi <= lo:
+            continue
+        idx = lambda arr, ax: arr[(slice(None),) * ax + (slice(lo, hi),)]  # noqa: E731
+        if axis == nd - 1:
+            triples.append((a, idx(b, b.ndim - 1), idx(out, axis)))
+        elif axis == nd - 2:
+            triples.append((idx(a, a.ndim - 2), b, idx(out, axis)))
+        else:  # a batch axis: operands that broadcast along it (size 1 or absent) are shared
+            pa = a if a.ndim < nd or a.shape[0] == 1 else idx(a, 0)
+            pb = b if b.ndim < nd or b.shape[0] == 1 else idx(b, 0)
+            triples.append((pa, pb, idx(out, 0)))
+    return triples
+
+
+def matmul(a, b, out):
+    """``np.matmul(a, b, out=out)`` with OpenBLAS on one thread per slice of ``out``, the slices
+    run on as many threads as OpenBLAS was set to use (see the module docstring). Returns ``out``.
+    """
+    threads = _blas.blas_threads()
+    if threads is None:  # not an OpenBLAS we can steer: let the BLAS thread itself
+        return np.matmul(a, b, out=out)
+    macs = out.size * a.shape[-1]
+    parts = max(1, min(threads, macs // SPLIT_MIN_MACS))
+    with _blas.single_threaded():
+        if parts == 1:
+            return np.matmul(a, b, out=out)
+        jobs = _split(a, b, out, parts)
+        pool = _executor(len(jobs) - 1)
+        futures = [pool.submit(np.matmul, pa, pb, out=po) for pa, pb, po in jobs[1:]]
+        pa, pb, po = jobs[0]
+        np.matmul(pa, pb, out=po)
+        for f in futures:
+            f.result()
+    return out

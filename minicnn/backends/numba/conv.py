@@ -183,13 +183,13 @@ def _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, rel
             im2col(x, n0, m, cols, R, S, stride, padding, dilation, P, Q)
         if m == 1:
             # a single image's (K, P*Q) result is already y's layout: GEMM straight into it
-            np.matmul(wg, cols.reshape(G, CRSg, PQ), out=y3[n0].reshape(G, Kg, PQ))
+            _threads.matmul(wg, cols.reshape(G, CRSg, PQ), y3[n0].reshape(G, Kg, PQ))
             if needs_epilogue:
                 off = n0 * K * PQ
                 run_epilogue(yflat, off, K * PQ, PQ, yflat, off, K * PQ, PQ, 1, K, PQ, b=b, res=res, relu=relu)
         else:
             out = _threads.workspace("conv.gemm", (K, m * PQ), dt)
-            np.matmul(wg, cols.reshape(G, CRSg, m * PQ), out=out.reshape(G, Kg, m * PQ))
+            _threads.matmul(wg, cols.reshape(G, CRSg, m * PQ), out.reshape(G, Kg, m * PQ))
             # the write-back from (K, m*P*Q) to y's (m, K, P*Q) carries the epilogue for free
             run_epilogue(out.reshape(-1), 0, PQ, m * PQ, yflat, n0 * K * PQ, K * PQ, PQ, m, K, PQ,
                          b=b, res=res, relu=relu)
@@ -216,7 +216,7 @@ def pointwise_gemm(x, w, b, stride, padding, dilation, groups, residual=None, re
     if stride == (1, 1) and H * W >= TARGET_COLUMNS // 4:
         # big planes: one batched GEMM for the whole batch, written straight into y
         HW = H * W
-        np.matmul(w.reshape(G, K // G, C // G), x.reshape(N, G, C // G, HW), out=y.reshape(N, G, K // G, HW))
+        _threads.matmul(w.reshape(G, K // G, C // G), x.reshape(N, G, C // G, HW), y.reshape(N, G, K // G, HW))
         if b is not None or res3 is not None or relu:
             yflat = y.reshape(-1)
             run_epilogue(yflat, 0, K * HW, HW, yflat, 0, K * HW, HW, N, K, HW,
@@ -435,7 +435,7 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
             cols = _threads.workspace("conv.cols", (C * R * S, PQ), dt)
             im2col(x, n, 1, cols, R, S, stride, padding, dilation, P, Q)
         z = _threads.workspace("conv.pool_z", (1, K, P, Q), dt)
-        np.matmul(wg, cols.reshape(G, CRSg, PQ), out=z.reshape(G, Kg, PQ))
+        _threads.matmul(wg, cols.reshape(G, CRSg, PQ), z.reshape(G, Kg, PQ))
         _threads.run(pool._maxpool_values, z, y[n:n + 1], rows[0], rows[2], rows[3], pdil[0],
                      cols_w[0], cols_w[2], cols_w[3], pdil[1])
         if b is not None or relu:
@@ -486,15 +486,15 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
                 im2col(x, n0, m, cols, R, S, stride, padding, dilation, P, Q)
             colsT = cols.reshape(G, CRSg, m * PQ).transpose(0, 2, 1)
             if n0 == 0:
-                np.matmul(dyg, colsT, out=dw)
+                _threads.matmul(dyg, colsT, dw)
             else:
-                dw += np.matmul(dyg, colsT, out=_threads.workspace("conv.dw", dw.shape, dt))
+                dw += _threads.matmul(dyg, colsT, _threads.workspace("conv.dw", dw.shape, dt))
         if need_dx:
             if m == 1 and direct_cols:
-                np.matmul(wg.transpose(0, 2, 1), dyg, out=dx[n0].reshape(G, CRSg, PQ))
+                _threads.matmul(wg.transpose(0, 2, 1), dyg, dx[n0].reshape(G, CRSg, PQ))
                 continue
             # cols (if any) is consumed: its workspace now takes the column gradients
             dcols = _threads.workspace("conv.cols", (C * R * S, m * PQ), dt)
-            np.matmul(wg.transpose(0, 2, 1), dyg, out=dcols.reshape(G, CRSg, m * PQ))
+            _threads.matmul(wg.transpose(0, 2, 1), dyg, dcols.reshape(G, CRSg, m * PQ))
             col2im(dcols, dx, n0, m, R, S, stride, padding, dilation, P, Q)
     return dx, (dw.reshape(K, Cg, R, S) if need_dw else None), db

@@ -257,7 +257,7 @@ def transform_filters(w, tile, fresh=False):
     alpha = tile + 2
     shape = (alpha * alpha, K, C)
     U = _threads.aligned_empty(shape, w.dtype) if fresh else _threads.workspace(f"winograd.U{tile}", shape, w.dtype)
-    np.matmul(_matrix(KRON_G, tile, w.dtype), w.reshape(K * C, 9).T, out=U.reshape(alpha * alpha, K * C))
+    _threads.matmul(_matrix(KRON_G, tile, w.dtype), w.reshape(K * C, 9).T, U.reshape(alpha * alpha, K * C))
     return U
 
 
@@ -288,7 +288,7 @@ def conv3x3(x, U, b, res3, y, padding, tile, relu):
         V = _threads.workspace("winograd.V", (A2, C, T), dt)
         _threads.run(_input_transform, x, n0, mc, V, m, TH, TW, padding[0], padding[1])
         Mw = _threads.workspace("winograd.M", (A2, K, T), dt)
-        np.matmul(U, V, out=Mw)
+        _threads.matmul(U, V, Mw)
         _threads.run(_output_transform, Mw, y3, n0, mc, m, TH, TW, Q, bb, b is not None, rr, res3 is not None,
                      bool(relu))
     return y
