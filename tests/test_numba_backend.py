@@ -648,6 +648,24 @@ def test_pooling_matches_reference(case, dtype):
                          REF["avgpool2d_backward"](dy, x.shape, k, stride, padding, cip), tol_for(dtype), "avg bwd")
 
 
+@pytest.mark.parametrize("special", [None, np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 1), (3, 1, 1), (3, 2, 0), (2, 2, 0)])
+def test_inference_maxpool_specials_per_plane(special, kernel, stride, padding):
+    """The values-only pool pools a plane once and, only when a NaN or infinity went by, again with
+    NaN counts: planes with and without specials side by side, interior and edge windows (the
+    written-out three-tap interior included), against the reference."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 5, 13, 14)).astype(np.float32)
+    if special is not None:
+        x[0, 1, 4, 5] = special    # an interior window
+        x[1, 3, 0, 0] = special    # the corner
+        x[1, 4, 12, 13] = special  # the far corner (outside every window when the stride skips it)
+    k, st_, pad = (kernel, kernel), (stride, stride), (padding, padding)
+    want, _ = REF["maxpool2d_forward"](x, k, st_, pad)
+    got, none = NB["maxpool2d_forward"](x, k, st_, pad, need_argmax=False)
+    assert none is None and np.array_equal(got, want, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 2), h=st.integers(1, 11), w=st.integers(1, 11), oh=st.integers(1, 13), ow=st.integers(1, 13),

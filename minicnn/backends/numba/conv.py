@@ -400,7 +400,8 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
     """maxpool(act(conv(x) + b)) without ever storing the convolution's full output (a ResNet stem).
 
     Per image the im2col GEMM writes conv(x) into a workspace that stays in cache, the max pool
-    reads it from there, and bias and ReLU are applied to the pooled result, a quarter the size.
+    reads it from there, and bias and ReLU are applied to the pooled result (a quarter the size) as
+    the pool stores it.
     That order gives the same numbers: adding a constant and ReLU are monotone and float
     rounding is monotone, so max_i act(z_i + b) == act(max_i z_i + b) exactly (NaN propagates
     either way). Pooling semantics are ``maxpool2d_forward``'s (padding never wins).
@@ -426,8 +427,7 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
     cols_w = pool._regular(PQo, PS, pstride[1], ppad[1], pdil[1], Q)
     direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
     wg = w.reshape(G, Kg, CRSg)
-    yflat = y.reshape(-1)
-    L = PP * PQo
+    bias = b if b is not None else empty_like_ndim(1, dt)
     for n in range(N):
         if direct_cols:
             cols = x[n].reshape(C, PQ)
@@ -437,10 +437,7 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
         z = _threads.workspace("conv.pool_z", (1, K, P, Q), dt)
         _threads.matmul(wg, cols.reshape(G, CRSg, PQ), z.reshape(G, Kg, PQ))
         _threads.run(pool._maxpool_values, z, y[n:n + 1], rows[0], rows[2], rows[3], pdil[0],
-                     cols_w[0], cols_w[2], cols_w[3], pdil[1])
-        if b is not None or relu:
-            off = n * K * L
-            run_epilogue(yflat, off, K * L, L, yflat, off, K * L, L, 1, K, L, b=b, relu=relu)
+                     cols_w[0], cols_w[2], cols_w[3], pdil[1], bias, b is not None, bool(relu))
     return y
 
 

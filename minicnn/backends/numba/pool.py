@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _threads
-from ._util import compute_dtype, conv_output_size, pair, prepare
+from ._util import compute_dtype, conv_output_size, empty_like_ndim, pair, prepare
 from .im2col import _q_range
 
 __all__ = [
@@ -119,51 +119,129 @@ def _pool_fwd(mode, x, y, am, hlo, hcnt, hta, htb, dh, wlo, wcnt, wta, wtb, dw, 
                     y[n, c, p, q] = acc / div if div > 0 else 0.0
 
 
+@njit(cache=True, inline="always")
+def _window_max(t, nans, base, ta, tb, dw, counting, bias, has_b, relu):  # pragma: no cover - jitted
+    """act(max of t over one window's inside taps + bias), NaN when ``counting`` finds a NaN tap."""
+    best = t.dtype.type(-np.inf)
+    zero = t.dtype.type(0)
+    cnt = 0
+    for s in range(ta, tb):
+        i = base + s * dw
+        v = t[i]
+        best = v if v > best else best
+        if counting:
+            cnt += nans[i] != zero
+    if cnt:
+        return t.dtype.type(np.nan)
+    if has_b:
+        best += bias
+    if relu and best < zero:
+        best = zero
+    return best
+
+
+@njit(cache=True)
+def _maxpool_plane(xp, yp, hlo, hta, htb, dh, wlo, wta, wtb, dw, q3a, q3b, i3, st3, bias, has_b, relu,
+                   counting, t, nans):  # pragma: no cover - jitted
+    """One (H, W) plane of ``_maxpool_values``. Returns True when ``counting`` is off and a tap
+    was NaN or infinite (the caller then runs the plane again with ``counting``)."""
+    H, W = xp.shape
+    P, Q = yp.shape
+    neg_inf = yp.dtype.type(-np.inf)
+    zero = yp.dtype.type(0)
+    fa = Q if counting else q3a  # the written-out columns [fa, fb); none while counting NaNs
+    fb = Q if counting else q3b
+    for w in range(W):
+        nans[w] = zero  # without counting: v - v summed per column, 0 unless a NaN or inf went by
+    for p in range(P):
+        for w in range(W):
+            t[w] = neg_inf
+        for r in range(hta[p], htb[p]):
+            xrow = xp[hlo[p] + r * dh]
+            for w in range(W):
+                v = xrow[w]
+                cur = t[w]
+                t[w] = v if v > cur else cur
+            if counting:
+                for w in range(W):
+                    nans[w] += xrow[w] != xrow[w]
+            else:
+                for w in range(W):
+                    nans[w] += xrow[w] - xrow[w]
+        yrow = yp[p]
+        # three loops, not one with a test per column (that cost three times the pooling itself)
+        for q in range(0, fa):
+            yrow[q] = _window_max(t, nans, wlo[q], wta[q], wtb[q], dw, counting, bias, has_b, relu)
+        for q3 in range(fa, fb):
+            # the windows of three adjacent inside taps (a ResNet stem's whole interior): written
+            # out, with an arithmetic index (not wlo[q3], a gather) and no per-window bounds
+            i = i3 + (q3 - fa) * st3
+            v0 = t[i]
+            v1 = t[i + 1]
+            v2 = t[i + 2]
+            best = v0 if v0 > v1 else v1
+            best = best if best > v2 else v2
+            if has_b:
+                best += bias
+            if relu and best < zero:
+                best = zero
+            yrow[q3] = best
+        for q in range(fb, Q):
+            yrow[q] = _window_max(t, nans, wlo[q], wta[q], wtb[q], dw, counting, bias, has_b, relu)
+        if counting:
+            for w in range(W):
+                nans[w] = zero
+    if counting:
+        return False
+    seen = zero
+    for w in range(W):
+        seen += nans[w]
+    return seen != zero
+
+
 @njit(cache=True, parallel=True)
-def _maxpool_values(x, y, hlo, hta, htb, dh, wlo, wta, wtb, dw):  # pragma: no cover - jitted
+def _maxpool_values(x, y, hlo, hta, htb, dh, wlo, wta, wtb, dw, b, has_b, relu):  # pragma: no cover - jitted
     """Regular max pooling without argmax (inference), separably: rows first, then columns.
 
     Per output row, ``t`` = the elementwise max of the window's input rows that lie inside the
     image, then each output is the max of its window's inside columns of ``t``: the same set of
     real taps as ``_pool_fwd``, so the same value — NaN if any tap is NaN, else the largest real
     tap, -inf for a window of only padding. The compare is a plain select (``v > cur``, which
-    LLVM vectorises over a contiguous row) and NaNs are counted beside it, instead of the
-    ``or v != v`` test that keeps the loop scalar: 11.2 -> 6.9 ms for ResNet-18's pool at batch 8
-    (one core), with no int64 argmax written.
+    LLVM vectorises over a contiguous row) that drops NaNs, so a NaN needs a count beside it.
+    Counting is only done for a plane that needs it: the first pass sums ``v - v`` per column
+    (0 for every finite tap, vectorised like the select), and a plane where that is not 0 (a
+    NaN or an infinity went by) is pooled again with per-window NaN counts. A vectorised NaN
+    scan before each plane cost as much as the pool (integer counts of ``v != v`` stay scalar);
+    ResNet-18's stem pool at batch 1 went from 0.72 to about 0.2 ms.
+    ``has_b``/``relu``: y = act(max + b[c]) as it is stored (the stem's epilogue, moved after
+    the pool by monotonicity, see conv.conv2d_maxpool_fused).
     """
     N, C, H, W = x.shape
-    P = y.shape[2]
     Q = y.shape[3]
-    neg_inf = y.dtype.type(-np.inf)
-    nan = y.dtype.type(np.nan)
+    zero = y.dtype.type(0)
+    # [q3a, q3b): the columns whose window is exactly three adjacent taps, all inside
+    q3a = Q
+    q3b = Q
+    if dw == 1:
+        for q in range(Q):
+            if wta[q] == 0 and wtb[q] == 3:
+                if q3a == Q:
+                    q3a = q
+                q3b = q + 1
+            elif q3a < Q:
+                break
+    i3 = wlo[q3a] if q3a < Q else 0
+    st3 = wlo[1] - wlo[0] if Q > 1 else 1  # regular pooling: wlo[q] = q * stride - padding
     for task in prange(N * C):
         n = task // C
         c = task - n * C
-        xp = x[n, c]
+        bias = b[c] if has_b else zero
         t = np.empty(W, dtype=y.dtype)
-        nans = np.empty(W, dtype=np.int32)
-        for p in range(P):
-            for w in range(W):
-                t[w] = neg_inf
-                nans[w] = 0
-            for r in range(hta[p], htb[p]):
-                xrow = xp[hlo[p] + r * dh]
-                for w in range(W):
-                    v = xrow[w]
-                    cur = t[w]
-                    t[w] = v if v > cur else cur
-                    nans[w] += v != v
-            yrow = y[n, c, p]
-            for q in range(Q):
-                best = neg_inf
-                cnt = 0
-                base = wlo[q]
-                for s in range(wta[q], wtb[q]):
-                    i = base + s * dw
-                    v = t[i]
-                    best = v if v > best else best
-                    cnt += nans[i]
-                yrow[q] = best if cnt == 0 else nan
+        nans = np.empty(W, dtype=y.dtype)
+        if _maxpool_plane(x[n, c], y[n, c], hlo, hta, htb, dh, wlo, wta, wtb, dw, q3a, q3b, i3, st3, bias, has_b,
+                          relu, False, t, nans):
+            _maxpool_plane(x[n, c], y[n, c], hlo, hta, htb, dh, wlo, wta, wtb, dw, q3a, q3b, i3, st3, bias, has_b,
+                           relu, True, t, nans)
 
 
 @njit(cache=True, parallel=True)
@@ -272,7 +350,7 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
     cols = _regular(Q, S, stride[1], padding[1], dilation[1], x.shape[3])
     if not need_argmax:
         _threads.run(_maxpool_values, x, y, rows[0], rows[2], rows[3], dilation[0], cols[0], cols[2], cols[3],
-                     dilation[1])
+                     dilation[1], empty_like_ndim(1, x.dtype), False, False)
         return y, None
     am = np.empty((N, C, P, Q), dtype=np.int64)
     _threads.run(_pool_fwd, MAX_ROWS, x, y, am, *rows, dilation[0], *cols, dilation[1], stride[1], False, True)
