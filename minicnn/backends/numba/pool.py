@@ -120,6 +120,16 @@ def _pool_fwd(mode, x, y, am, hlo, hcnt, hta, htb, dh, wlo, wcnt, wta, wtb, dw, 
 
 
 @njit(cache=True, inline="always")
+def _act(v, bias, has_b, relu, zero):  # pragma: no cover - jitted
+    """The stem epilogue applied to a pooled value: v (+ bias) (then ReLU); ``zero`` in v's dtype."""
+    if has_b:
+        v += bias
+    if relu and v < zero:
+        v = zero
+    return v
+
+
+@njit(cache=True, inline="always")
 def _window_max(t, nans, base, ta, tb, dw, counting, bias, has_b, relu):  # pragma: no cover - jitted
     """act(max of t over one window's inside taps + bias), NaN when ``counting`` finds a NaN tap."""
     best = t.dtype.type(-np.inf)
@@ -133,11 +143,7 @@ def _window_max(t, nans, base, ta, tb, dw, counting, bias, has_b, relu):  # prag
             cnt += nans[i] != zero
     if cnt:
         return t.dtype.type(np.nan)
-    if has_b:
-        best += bias
-    if relu and best < zero:
-        best = zero
-    return best
+    return _act(best, bias, has_b, relu, zero)
 
 
 @njit(cache=True)
@@ -181,11 +187,7 @@ def _maxpool_plane(xp, yp, hlo, hta, htb, dh, wlo, wta, wtb, dw, q3a, q3b, i3, s
             v2 = t[i + 2]
             best = v0 if v0 > v1 else v1
             best = best if best > v2 else v2
-            if has_b:
-                best += bias
-            if relu and best < zero:
-                best = zero
-            yrow[q3] = best
+            yrow[q3] = _act(best, bias, has_b, relu, zero)
         for q in range(fb, Q):
             yrow[q] = _window_max(t, nans, wlo[q], wta[q], wtb[q], dw, counting, bias, has_b, relu)
         if counting:
