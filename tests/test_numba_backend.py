@@ -56,6 +56,16 @@ def tol_for(dtype, variant="im2col_gemm"):
     return F64_TOL if np.dtype(dtype) == np.float64 else F32_TOL[variant]
 
 
+@pytest.fixture(autouse=True, params=["serial", "parallel"])
+def kernel_form(request):
+    """Every test here runs twice: once with every kernel call on its serial twin, once with every
+    call on the ``parallel=True`` kernel (the default rule sends small calls to the first, large
+    ones to the second; the shapes here are mostly small, so without this the parallel forms
+    would hardly be checked)."""
+    with _threads.serial_below(2**62 if request.param == "serial" else 0):
+        yield request.param
+
+
 # -- the op table ----------------------------------------------------------------------------------
 
 def test_backend_fills_the_whole_op_table():
@@ -161,6 +171,45 @@ def test_conv_backward_matches_reference(case, need, dtype):
             assert g is None, f"{name} computed though not needed"
             continue
         assert_close(g, r, tol_for(dtype), name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", ["winograd_f2x2_3x3", "winograd_f4x4_3x3", None])
+@pytest.mark.parametrize("n,c,k,hw,padding", [(2, 3, 5, (9, 11), (1, 1)), (4, 8, 6, (16, 16), (0, 2)),
+                                              (1, 4, 4, (3, 4), (2, 0)), (3, 2, 7, (13, 5), (1, 2))])
+def test_conv_backward_dx_by_winograd(n, c, k, hw, padding, variant, dtype):
+    """3x3 stride-1 dX as the Winograd forward conv of dY with the rotated, transposed filter,
+    for every padding it is defined for (the rule's pick when variant is None)."""
+    rng = np.random.default_rng(n * 100 + c)
+    x = rng.standard_normal((n, c) + hw).astype(dtype)
+    w = rng.standard_normal((k, c, 3, 3)).astype(dtype)
+    y = REF["conv2d_forward"](x, w, None, (1, 1), padding, (1, 1), 1)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    want = REF["conv2d_backward"](dy, x, w, (1, 1), padding, (1, 1), 1)
+    with conv.prefer_variant(variant):
+        picked = conv.choose_variant(dy.shape, (c, k, 3, 3), (1, 1), (2 - padding[0], 2 - padding[1]), (1, 1), 1)
+        assert conv._dx_by_winograd(dy, w, (1, 1), padding, (1, 1), 1) is None or picked.startswith("winograd")
+        got = NB["conv2d_backward"](dy, x, w, (1, 1), padding, (1, 1), 1)
+    tol = tol_for(dtype, picked if picked.startswith("winograd") else "im2col_gemm")
+    for name, g, r in zip(("dx", "dw", "db"), got, want):
+        assert_close(g, r, tol, f"{name} ({picked})")
+    if variant is not None:
+        assert picked == variant  # the forced variant really ran
+
+
+def test_conv_backward_dx_by_winograd_only_where_defined():
+    w = np.zeros((4, 4, 3, 3), np.float32)
+    dy = np.zeros((8, 4, 32, 32), np.float32)
+    with conv.prefer_variant("winograd_f4x4_3x3"):
+        assert conv._dx_by_winograd(dy, w, (1, 1), (1, 1), (1, 1), 1) is not None
+        for stride, padding, dilation, groups in [((2, 2), (1, 1), (1, 1), 1), ((1, 1), (3, 3), (1, 1), 1),
+                                                  ((1, 1), (1, 1), (2, 2), 1), ((1, 1), (1, 1), (1, 1), 2)]:
+            assert conv._dx_by_winograd(dy, w, stride, padding, dilation, groups) is None
+    assert conv._dx_by_winograd(dy, np.zeros((4, 4, 5, 5), np.float32), (1, 1), (1, 1), (1, 1), 1) is None
+    # by the rule: 8 * 8 * 8 4x4 tiles pay for the filter transform, one 8x8 image's 4 do not
+    assert conv._dx_by_winograd(dy, w, (1, 1), (1, 1), (1, 1), 1) is not None
+    assert 4 < conv.DX_WINOGRAD_MIN_TILES <= 512
+    assert conv._dx_by_winograd(dy[:1, :, :8, :8], w, (1, 1), (1, 1), (1, 1), 1) is None
 
 
 def test_conv_chunking_covers_several_chunks(monkeypatch):
@@ -902,3 +951,84 @@ def test_matmul_in_a_forked_child():
 
 def _matmul_in_child(a, b):
     return _threads.matmul(a, b, np.empty((a.shape[0], b.shape[1]), np.float32))
+
+
+def test_small_calls_run_the_serial_twin_and_large_ones_the_parallel_kernel(monkeypatch):
+    from minicnn.backends.numba import activation
+
+    x = np.arange(-6, 6, dtype=np.float32)
+    calls = []
+    twin = _threads.serial_twin(activation.unary)
+    assert twin is not activation.unary and twin is _threads.serial_twin(activation.unary)
+    # numba's on-disk cache does not key on ``parallel``: the twin must be cached under its own name
+    assert twin.py_func.__qualname__ == activation.unary.py_func.__qualname__ + "_serial"
+    assert twin.targetoptions.get("parallel") is not True
+    monkeypatch.setitem(_threads._twins, activation.unary, lambda *a: calls.append("serial") or twin(*a))
+    for limit, form in ((x.size * 2 + 1, "serial"), (x.size * 2, "parallel")):
+        y = np.empty_like(x)
+        calls.clear()
+        with _threads.serial_below(limit):  # work = the two arrays' sizes
+            _threads.run(activation.unary, 0, x, y)
+        assert calls == (["serial"] if form == "serial" else [])
+        np.testing.assert_array_equal(y, np.maximum(x, 0))
+    calls.clear()
+    with _threads.serial_below(100):
+        _threads.run(activation.unary, 0, x, np.empty_like(x), work=1000)  # the caller's estimate wins
+    assert calls == []
+
+
+# -- the block pool for large results ------------------------------------------------------------
+
+def test_pooled_arrays_are_reused_only_once_nothing_refers_to_them():
+    from minicnn.backends.numba import _memory
+
+    _memory.release()
+    shape = (3, _memory.POOL_MIN_BYTES // 4 // 3 + 7)
+    a = _memory.empty(shape, np.float32)
+    assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+    a[...] = 1.0
+    view = a[1:, ::2]
+    del a
+    b = _memory.empty(shape, np.float32)  # the first block is still referenced by ``view``
+    b[...] = 2.0
+    assert np.all(view == 1.0) and not np.may_share_memory(view, b)
+    addr = b.ctypes.data
+    del view, b
+    c = _memory.empty(shape, np.float32)  # both blocks free now: one of them comes back
+    d = _memory.empty(shape, np.float32)
+    assert {c.ctypes.data, d.ctypes.data} >= {addr} and not np.may_share_memory(c, d)
+    assert _memory.stats()["free"] == 0
+    del c, d
+    assert _memory.stats()["in_use"] == 0
+    _memory.release()
+    assert _memory.stats() == {"in_use": 0, "free": 0, "blocks": 0}
+    small = _memory.empty((4, 4), np.float64)  # below the threshold: plain numpy, no block
+    assert small.shape == (4, 4) and _memory.stats()["blocks"] == 0
+
+
+def test_pool_keeps_at_most_its_idle_limit(monkeypatch):
+    from minicnn.backends.numba import _memory
+
+    _memory.release()
+    monkeypatch.setattr(_memory, "POOL_IDLE_MAX_BYTES", 3 * _memory.POOL_MIN_BYTES)
+    arrays = [_memory.empty((_memory.POOL_MIN_BYTES // 4 + 1024 * i,), np.float32) for i in range(6)]
+    del arrays
+    assert _memory.stats()["blocks"] == 6  # trimming happens when a new block is made
+    keep = _memory.empty((_memory.POOL_MIN_BYTES // 4 * 3,), np.float32)
+    st = _memory.stats()
+    assert st["free"] <= 3 * _memory.POOL_MIN_BYTES and st["in_use"] >= keep.nbytes
+    del keep
+    _memory.release()
+
+
+def test_ops_results_survive_later_calls():
+    """Results from the pool stay intact while held, however many later calls run."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 16, 64, 64)).astype(np.float32)  # 1 MiB: pooled
+    y1 = NB["relu_forward"](x)
+    want = np.maximum(x, 0)
+    for _ in range(3):
+        y2 = NB["relu_forward"](-x)
+        assert not np.may_share_memory(y1, y2)
+    np.testing.assert_array_equal(y1, want)
+    np.testing.assert_array_equal(y2, np.maximum(-x, 0))

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ... import _blas
+from . import _memory
 
 # A buffer larger than this is allocated per call instead of being kept around.
 MAX_CACHED_BYTES = 96 * 1024 * 1024
@@ -78,12 +79,80 @@ def needs_lock() -> bool:
     return _needs_lock
 
 
-def run(kernel, *args):
-    """Call a parallel numba kernel, serialised when the threading layer requires it."""
+# Work (array elements the call is handed, or what the caller says) below which a kernel runs
+# its serial twin on the calling thread. Waking numba's sleeping workers for a parallel region
+# costs about 55 us here (median; an empty two-task region), which is what a serial loop takes
+# for about a million float32 elements of simple work: below this size the wake-up is most of
+# the call. See docs/kernels.md, "Small calls run serially".
+SERIAL_MAX_WORK = 1 << 17
+
+_twins: dict = {}
+_twins_lock = threading.Lock()
+
+
+def serial_twin(kernel):
+    """``kernel`` (a ``parallel=True`` dispatcher) compiled once more without ``parallel``: the
+    same source, with ``prange`` running as ``range`` on the calling thread.
+
+    The twin gets a qualified name of its own so numba's on-disk cache keeps the two apart
+    (the cache's index does not key on the ``parallel`` flag).
+    """
+    twin = _twins.get(kernel)
+    if twin is None:
+        with _twins_lock:
+            twin = _twins.get(kernel)
+            if twin is None:
+                import types
+
+                import numba
+
+                f = kernel.py_func
+                g = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial", f.__defaults__,
+                                       f.__closure__)
+                g.__qualname__ = f.__qualname__ + "_serial"
+                g.__module__ = f.__module__
+                g.__doc__ = f.__doc__
+                opts = {k: v for k, v in kernel.targetoptions.items() if k not in ("parallel", "nopython")}
+                twin = _twins[kernel] = numba.njit(cache=True, **opts)(g)
+    return twin
+
+
+def run(kernel, *args, work=None):
+    """Call a parallel numba kernel: its serial twin when the call is small (``work`` below
+    ``SERIAL_MAX_WORK``; by default the total size of the array arguments), else the parallel
+    version, serialised when the threading layer requires it."""
+    if work is None:
+        work = 0
+        for a in args:
+            if type(a) is np.ndarray:
+                work += a.size
+    if work < _serial_max:
+        return serial_twin(kernel)(*args)
     if _needs_lock:
         with _region_lock:
             return kernel(*args)
     return kernel(*args)
+
+
+_serial_max = SERIAL_MAX_WORK
+
+
+class serial_below:
+    """``with serial_below(n):`` calls with less than ``n`` work run serially (0: every call runs
+    the parallel kernel; a huge ``n``: none does). Process-wide; for tests and measurements."""
+
+    def __init__(self, n: int):
+        self.n = int(n)
+
+    def __enter__(self):
+        global _serial_max
+        self._saved, _serial_max = _serial_max, self.n
+        return self
+
+    def __exit__(self, *exc):
+        global _serial_max
+        _serial_max = self._saved
+        return False
 
 
 ALIGN = 64
@@ -117,7 +186,7 @@ def workspace(tag: str, shape, dtype) -> np.ndarray:
         n *= int(d)
     nbytes = n * dtype.itemsize
     if nbytes > MAX_CACHED_BYTES:
-        return aligned_empty(shape, dtype)
+        return _memory.empty(shape, dtype)
     cache = getattr(_local, "buffers", None)
     if cache is None:
         cache = _local.buffers = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import _threads
+from . import _memory, _threads
 from ._util import compute_dtype, prepare
 
 __all__ = [
@@ -124,7 +124,7 @@ def _flat(x):
 def run_unary(mode, x):
     """Fresh array: ``unary`` applied to ``x``."""
     x = _flat(x)
-    y = np.empty_like(x)
+    y = _memory.empty(x.shape, x.dtype)
     _threads.run(unary, mode, x.reshape(-1), y.reshape(-1))
     return y
 
@@ -136,7 +136,7 @@ def run_binary(mode, a, b, where, alpha=1.0):
         raise ValueError(f"{where}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ")
     dt = compute_dtype(a, b)
     a, b = prepare(a, dt), prepare(b, dt)
-    out = np.empty_like(a)
+    out = _memory.empty(a.shape, a.dtype)
     _threads.run(binary, mode, a.reshape(-1), b.reshape(-1), out.reshape(-1), float(alpha))
     return out
 
@@ -180,7 +180,7 @@ def _softmax_like(x, log, where):
     x = _flat(x)
     if x.ndim < 2:
         raise ValueError(f"{where}: needs at least 2-D input (N, C, ...), got shape {tuple(x.shape)}")
-    y = np.empty_like(x)
+    y = _memory.empty(x.shape, x.dtype)
     x3 = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)))
     _threads.run(_softmax, x3, y.reshape(x3.shape), bool(log))
     return y

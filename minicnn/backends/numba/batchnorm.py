@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import _threads
+from . import _memory, _threads
 from ._util import channel_sums, compute_dtype, prepare, run_epilogue
 
 __all__ = [
@@ -65,7 +65,7 @@ def _affine(x, scale, shift):
     """y = x * scale[c] + shift[c] (shift may be None) through the shared epilogue kernel."""
     N, C, H, W = x.shape
     L = H * W
-    y = np.empty_like(x)
+    y = _memory.empty(x.shape, x.dtype)
     xf, yf = x.reshape(-1), y.reshape(-1)
     run_epilogue(xf, 0, C * L, L, yf, 0, C * L, L, N, C, L, scale=scale, b=shift)
     return y
@@ -106,7 +106,7 @@ def batchnorm2d_backward_train(dy, x, gamma, mean, var, eps, need_dx=True, need_
     sdyx = sdyxc * rstd  # sum(dy * xhat)
     dx = None
     if need_dx:
-        dx = np.empty_like(x)
+        dx = _memory.empty(x.shape, x.dtype)
         _threads.run(_dx_train, _nc_l(dy), _nc_l(x), mean64, rstd, np.asarray(gamma, dtype=np.float64), sdy, sdyx,
                      _nc_l(dx))
     if not need_dparams:

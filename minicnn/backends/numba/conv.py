@@ -29,7 +29,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from . import _filters, _threads, winograd
+from . import _filters, _memory, _threads, winograd
 from .im2col import _q_range, col2im, im2col
 from ._util import check_conv, compute_dtype, empty_like_ndim, prepare, run_epilogue, sum_over_n_l
 
@@ -133,7 +133,7 @@ def _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where
             )
         res3 = prepare(residual, dt).reshape(N, K, P * Q)
     if out is None:
-        y = np.empty((N, K, P, Q), dtype=dt)
+        y = _memory.empty((N, K, P, Q), dt)
     else:
         y = _check_out(out, (N, K, P, Q), dt, x, res3, where)
     return x, w, b, res3, y, stride, padding, dilation, groups, P, Q, wkey
@@ -300,6 +300,12 @@ WINOGRAD_F4_MAX_CHANNELS = 512
 
 _override = threading.local()
 
+# dX by Winograd (``_dx_by_winograd``) needs this many 4x4 tiles of dX in the batch: with fewer,
+# its 36 GEMMs are too narrow to pay for transforming the filter on every call (ResNet-18's
+# layer4 at batch 16, 64 tiles: 15.9 ms against 12.2 for col2im; layer3, 256 tiles: 12.8 vs
+# 13.4; layer2, 784 tiles: 11.4 vs 16.0; docs/kernels.md)
+DX_WINOGRAD_MIN_TILES = 128
+
 
 def supports(name, x_shape, w_shape, stride, padding, dilation, groups) -> bool:
     """Whether variant ``name`` can compute this convolution at all."""
@@ -420,7 +426,7 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
     G, Kg, CRSg, PQ = groups, K // groups, Cg * R * S, P * Q
     dt = x.dtype
     if out is None:
-        y = np.empty((N, K, PP, PQo), dtype=dt)
+        y = _memory.empty((N, K, PP, PQo), dt)
     else:
         y = _check_out(out, (N, K, PP, PQo), dt, x, None, where)
     rows = pool._regular(PP, PR, pstride[0], ppad[0], pdil[0], P)
@@ -441,12 +447,39 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
     return y
 
 
+def _dx_by_winograd(dy, w, stride, padding, dilation, groups):
+    """dX of a 3x3, stride-1, undilated, ungrouped convolution as a forward convolution, or None.
+
+    Such a layer's dX is the convolution of dY with the filter's in and out channels swapped and
+    its taps rotated by 180 degrees, padded by 2 - p: dX[c, h, w] = sum_k,r,s dY[k, h+p-r, w+p-s]
+    w[k, c, r, s]. That is a 3x3 stride-1 forward convolution, so the Winograd variants apply
+    (4x fewer multiplies than the GEMM before col2im, for F(4x4)). Returns None where the shape
+    does not qualify, the selection rule would not pick Winograd for it, or dX has fewer than
+    ``DX_WINOGRAD_MIN_TILES`` 4x4 tiles (unless ``prefer_variant`` forces Winograd); then the
+    GEMM + col2im path does the work.
+    """
+    K, C, R, S = w.shape
+    if (R, S) != (3, 3) or stride != (1, 1) or dilation != (1, 1) or groups != 1 or max(padding) > 2:
+        return None
+    pad_t = (2 - padding[0], 2 - padding[1])
+    name = choose_variant(dy.shape, (C, K, 3, 3), (1, 1), pad_t, (1, 1), 1)
+    forced = getattr(_override, "name", None) == name
+    N, _, P, Q = dy.shape
+    H, W = P + 2 * pad_t[0] - 2, Q + 2 * pad_t[1] - 2
+    if not name.startswith("winograd") or (not forced and N * -(-H // 4) * -(-W // 4) < DX_WINOGRAD_MIN_TILES):
+        return None
+    wt = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    return VARIANTS[name](dy, wt, None, (1, 1), pad_t, (1, 1), 1)  # P + 2(2 - p) - 2 = H
+
+
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, need_dw=True, need_db=True):
     """(dx, dw, db) of a convolution; entries not needed are None.
 
-    Per chunk of images: dY is packed once to (K, n*P*Q); dW += dY_g . cols_g^T (one GEMM per
-    group, the batch sum happening inside the GEMM); dcols = W_g^T . dY_g and col2im folds them
-    back, one task per (image, channel) plane. db is a float64-accumulated channel sum.
+    3x3 stride-1 layers the selection rule sends to Winograd get dX from a Winograd forward
+    convolution of dY (``_dx_by_winograd``). Otherwise, per chunk of images: dY is packed once
+    to (K, n*P*Q); dW += dY_g . cols_g^T (one GEMM per group, the batch sum happening inside the
+    GEMM); dcols = W_g^T . dY_g and col2im folds them back, one task per (image, channel)
+    plane. db is a float64-accumulated channel sum.
     """
     dy, x, w = np.asarray(dy), np.asarray(x), np.asarray(w)
     stride, padding, dilation, groups, P, Q = check_conv(x, w, None, stride, padding, dilation, groups,
@@ -463,8 +496,15 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
     if not (need_dx or need_dw):
         return None, None, db
     wg = w.reshape(G, Kg, CRSg)
-    dx = np.empty(x.shape, dtype=dt) if need_dx else None
-    dw = np.empty((G, Kg, CRSg), dtype=dt) if need_dw else None
+    dx = None
+    if need_dx:
+        dx = _dx_by_winograd(dy, w, stride, padding, dilation, groups)
+        need_dx = dx is None
+        if need_dx:
+            dx = _memory.empty(x.shape, dt)
+    if not (need_dx or need_dw):
+        return dx, None, db
+    dw = _memory.empty((G, Kg, CRSg), dt) if need_dw else None
     direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
     nc = _chunk_images(N, C * R * S * PQ * dt.itemsize, PQ)
     for n0 in range(0, N, nc):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import _threads
+from . import _memory, _threads
 from ._util import compute_dtype, prepare
 from .activation import MUL, run_binary
 
@@ -36,8 +36,8 @@ def dropout_forward(x, p, rng):
         return x * mask, mask
     u = rng.random(x.shape)  # float64 draws, the same stream the reference consumes
     scale = dt.type(1.0) / dt.type(1.0 - p)
-    y = np.empty_like(x)
-    mask = np.empty_like(x)
+    y = _memory.empty(x.shape, x.dtype)
+    mask = _memory.empty(x.shape, x.dtype)
     _threads.run(_dropout, x.reshape(-1), u.reshape(-1), p, scale, y.reshape(-1), mask.reshape(-1))
     return y, mask
 

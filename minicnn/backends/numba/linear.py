@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _threads
+from . import _memory, _threads
 from ._util import compute_dtype, prepare, run_epilogue, sum_over_n_l
 
 __all__ = ["linear_forward", "linear_backward"]
@@ -25,7 +25,7 @@ def linear_forward(x, w, b):
     _check(x, w, b, "linear_forward")
     dt = compute_dtype(x, w, b)
     x, w, b = prepare(x, dt), prepare(w, dt), prepare(b, dt)
-    y = _threads.matmul(x, w.T, np.empty((x.shape[0], w.shape[0]), dtype=dt))
+    y = _threads.matmul(x, w.T, _memory.empty((x.shape[0], w.shape[0]), dt))
     if b is not None:
         N, O = y.shape
         yflat = y.reshape(-1)
@@ -42,8 +42,8 @@ def linear_backward(dy, x, w, need_dx=True, need_dw=True, need_db=True):
                          f"{(x.shape[0], w.shape[0])}")
     dt = compute_dtype(dy, x, w)
     dy, x, w = prepare(dy, dt), prepare(x, dt), prepare(w, dt)
-    dx = _threads.matmul(dy, w, np.empty(x.shape, dtype=dt)) if need_dx else None
-    dw = _threads.matmul(dy.T, x, np.empty(w.shape, dtype=dt)) if need_dw else None
+    dx = _threads.matmul(dy, w, _memory.empty(x.shape, dt)) if need_dx else None
+    dw = _threads.matmul(dy.T, x, _memory.empty(w.shape, dt)) if need_dw else None
     db = None
     if need_db:
         db = sum_over_n_l(dy.reshape(dy.shape[0], dy.shape[1], 1)).astype(dt)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import _threads
+from . import _memory, _threads
 from ._util import compute_dtype, conv_output_size, empty_like_ndim, pair, prepare
 from .im2col import _q_range
 
@@ -347,14 +347,14 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
     x = _as4d(x, "maxpool2d")
     (R, S), stride, padding, dilation, P, Q = _window_out(x, kernel_size, stride, padding, dilation, "maxpool2d")
     N, C = x.shape[:2]
-    y = np.empty((N, C, P, Q), dtype=x.dtype)
+    y = _memory.empty((N, C, P, Q), x.dtype)
     rows = _regular(P, R, stride[0], padding[0], dilation[0], x.shape[2])
     cols = _regular(Q, S, stride[1], padding[1], dilation[1], x.shape[3])
     if not need_argmax:
         _threads.run(_maxpool_values, x, y, rows[0], rows[2], rows[3], dilation[0], cols[0], cols[2], cols[3],
                      dilation[1], empty_like_ndim(1, x.dtype), False, False)
         return y, None
-    am = np.empty((N, C, P, Q), dtype=np.int64)
+    am = _memory.empty((N, C, P, Q), np.int64)
     _threads.run(_pool_fwd, MAX_ROWS, x, y, am, *rows, dilation[0], *cols, dilation[1], stride[1], False, True)
     return y, am
 
@@ -370,7 +370,7 @@ def maxpool2d_backward(dy, argmax, x_shape):
     am = prepare(am, np.dtype(np.int64))
     if am.size and (am.min() < -1 or am.max() >= x_shape[2] * x_shape[3]):
         raise ValueError(f"maxpool2d_backward: argmax holds indices outside the {x_shape[2]}x{x_shape[3]} input plane")
-    dx = np.empty(x_shape, dtype=dy.dtype)
+    dx = _memory.empty(x_shape, dy.dtype)
     none = np.empty(0, dtype=np.int64)
     _threads.run(_pool_bwd, MAX, dy, am, dx, none, none, none, none, True)
     return dx
@@ -380,7 +380,7 @@ def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True):
     """Mean of each window; ``count_include_pad`` divides by the full window, else by its inside part."""
     x = _as4d(x, "avgpool2d")
     (R, S), stride, padding, _, P, Q = _window_out(x, kernel_size, stride, padding, 1, "avgpool2d")
-    y = np.empty(x.shape[:2] + (P, Q), dtype=x.dtype)
+    y = _memory.empty(x.shape[:2] + (P, Q), x.dtype)
     rows = _regular(P, R, stride[0], padding[0], 1, x.shape[2])
     cols = _regular(Q, S, stride[1], padding[1], 1, x.shape[3])
     _threads.run(_pool_fwd, AVG, x, y, _NO_ARGMAX, *rows, 1, *cols, 1, stride[1], False, bool(count_include_pad))
@@ -396,7 +396,7 @@ def avgpool2d_backward(dy, x_shape, kernel_size, stride, padding, count_include_
     P, Q = dy.shape[2:]
     hlo, hcnt = _regular(P, R, stride[0], padding[0], 1, x_shape[2])[:2]
     wlo, wcnt = _regular(Q, S, stride[1], padding[1], 1, x_shape[3])[:2]
-    dx = np.empty(x_shape, dtype=dy.dtype)
+    dx = _memory.empty(x_shape, dy.dtype)
     _threads.run(_pool_bwd, AVG, dy, _NO_ARGMAX, dx, hlo, hcnt, wlo, wcnt, bool(count_include_pad))
     return dx
 
@@ -412,7 +412,7 @@ def adaptive_avgpool2d_forward(x, output_size):
     """Average into an OH x OW grid of (possibly overlapping) bins."""
     x = _as4d(x, "adaptive_avgpool2d")
     OH, OW = _out_size(output_size)
-    y = np.empty(x.shape[:2] + (OH, OW), dtype=x.dtype)
+    y = _memory.empty(x.shape[:2] + (OH, OW), x.dtype)
     rows, cols = _adaptive(x.shape[2], OH), _adaptive(x.shape[3], OW)
     _threads.run(_pool_fwd, AVG, x, y, _NO_ARGMAX, *rows, 1, *cols, 1, 1, True, True)
     return y
@@ -424,7 +424,7 @@ def adaptive_avgpool2d_backward(dy, x_shape):
     dy = _check_dy(dy, x_shape, "adaptive_avgpool2d_backward")
     hlo, hcnt = _adaptive(x_shape[2], dy.shape[2])[:2]
     wlo, wcnt = _adaptive(x_shape[3], dy.shape[3])[:2]
-    dx = np.empty(x_shape, dtype=dy.dtype)
+    dx = _memory.empty(x_shape, dy.dtype)
     _threads.run(_pool_bwd, AVG, dy, _NO_ARGMAX, dx, hlo, hcnt, wlo, wcnt, True)
     return dx
 
@@ -433,8 +433,8 @@ def adaptive_maxpool2d_forward(x, output_size):
     """(y, argmax) over adaptive bins; backward is ``maxpool2d_backward``."""
     x = _as4d(x, "adaptive_maxpool2d")
     OH, OW = _out_size(output_size)
-    y = np.empty(x.shape[:2] + (OH, OW), dtype=x.dtype)
-    am = np.empty(x.shape[:2] + (OH, OW), dtype=np.int64)
+    y = _memory.empty(x.shape[:2] + (OH, OW), x.dtype)
+    am = _memory.empty(x.shape[:2] + (OH, OW), np.int64)
     rows, cols = _adaptive(x.shape[2], OH), _adaptive(x.shape[3], OW)
     _threads.run(_pool_fwd, MAX, x, y, am, *rows, 1, *cols, 1, 1, True, True)
     return y, am
