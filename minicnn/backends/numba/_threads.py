@@ -85,6 +85,10 @@ def needs_lock() -> bool:
 # for about a million float32 elements of simple work: below this size the wake-up is most of
 # the call. See docs/kernels.md, "Small calls run serially".
 SERIAL_MAX_WORK = 1 << 17
+# ``weight`` of the kernels that loop over many taps or tiles per value (Winograd transforms,
+# window pooling with argmax): serially they were 1.5-2x slower than in parallel at a digits
+# step's 50k-110k values, while a plain pass over that many values is 5-8x faster serially
+HEAVY = 4
 
 _twins: dict = {}
 _twins_lock = threading.Lock()
@@ -117,15 +121,17 @@ def serial_twin(kernel):
     return twin
 
 
-def run(kernel, *args, work=None):
+def run(kernel, *args, work=None, weight=1):
     """Call a parallel numba kernel: its serial twin when the call is small (``work`` below
-    ``SERIAL_MAX_WORK``; by default the total size of the array arguments), else the parallel
-    version, serialised when the threading layer requires it."""
+    ``SERIAL_MAX_WORK``; by default ``weight`` times the total size of the array arguments, a
+    weight above 1 marking a kernel that does much more per value than a copy), else the
+    parallel version, serialised when the threading layer requires it."""
     if work is None:
         work = 0
         for a in args:
             if type(a) is np.ndarray:
                 work += a.size
+        work *= weight
     if work < _serial_max:
         return serial_twin(kernel)(*args)
     if _needs_lock:

@@ -355,7 +355,8 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
                      dilation[1], empty_like_ndim(1, x.dtype), False, False)
         return y, None
     am = _memory.empty((N, C, P, Q), np.int64)
-    _threads.run(_pool_fwd, MAX_ROWS, x, y, am, *rows, dilation[0], *cols, dilation[1], stride[1], False, True)
+    _threads.run(_pool_fwd, MAX_ROWS, x, y, am, *rows, dilation[0], *cols, dilation[1], stride[1], False, True,
+                 weight=_threads.HEAVY)
     return y, am
 
 
@@ -436,5 +437,5 @@ def adaptive_maxpool2d_forward(x, output_size):
     y = _memory.empty(x.shape[:2] + (OH, OW), x.dtype)
     am = _memory.empty(x.shape[:2] + (OH, OW), np.int64)
     rows, cols = _adaptive(x.shape[2], OH), _adaptive(x.shape[3], OW)
-    _threads.run(_pool_fwd, MAX, x, y, am, *rows, 1, *cols, 1, 1, True, True)
+    _threads.run(_pool_fwd, MAX, x, y, am, *rows, 1, *cols, 1, 1, True, True, weight=_threads.HEAVY)
     return y, am

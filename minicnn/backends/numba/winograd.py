@@ -286,9 +286,9 @@ def conv3x3(x, U, b, res3, y, padding, tile, relu):
         mc = min(nc, N - n0)
         T = mc * tiles
         V = _threads.workspace("winograd.V", (A2, C, T), dt)
-        _threads.run(_input_transform, x, n0, mc, V, m, TH, TW, padding[0], padding[1])
+        _threads.run(_input_transform, x, n0, mc, V, m, TH, TW, padding[0], padding[1], weight=_threads.HEAVY)
         Mw = _threads.workspace("winograd.M", (A2, K, T), dt)
         _threads.matmul(U, V, Mw)
         _threads.run(_output_transform, Mw, y3, n0, mc, m, TH, TW, Q, bb, b is not None, rr, res3 is not None,
-                     bool(relu))
+                     bool(relu), weight=_threads.HEAVY)
     return y
