@@ -188,7 +188,7 @@ def test_conv_backward_dx_by_winograd(n, c, k, hw, padding, variant, dtype):
     want = REF["conv2d_backward"](dy, x, w, (1, 1), padding, (1, 1), 1)
     with conv.prefer_variant(variant):
         picked = conv.choose_variant(dy.shape, (c, k, 3, 3), (1, 1), (2 - padding[0], 2 - padding[1]), (1, 1), 1)
-        assert conv._dx_by_winograd(dy, w, (1, 1), padding, (1, 1), 1) is None or picked.startswith("winograd")
+        assert conv._dx_by_winograd(dy, w, (1, 1), padding, (1, 1), 1, x.shape) is None or picked.startswith("winograd")
         got = NB["conv2d_backward"](dy, x, w, (1, 1), padding, (1, 1), 1)
     tol = tol_for(dtype, picked if picked.startswith("winograd") else "im2col_gemm")
     for name, g, r in zip(("dx", "dw", "db"), got, want):
@@ -201,15 +201,15 @@ def test_conv_backward_dx_by_winograd_only_where_defined():
     w = np.zeros((4, 4, 3, 3), np.float32)
     dy = np.zeros((8, 4, 32, 32), np.float32)
     with conv.prefer_variant("winograd_f4x4_3x3"):
-        assert conv._dx_by_winograd(dy, w, (1, 1), (1, 1), (1, 1), 1) is not None
+        assert conv._dx_by_winograd(dy, w, (1, 1), (1, 1), (1, 1), 1, dy.shape) is not None
         for stride, padding, dilation, groups in [((2, 2), (1, 1), (1, 1), 1), ((1, 1), (3, 3), (1, 1), 1),
                                                   ((1, 1), (1, 1), (2, 2), 1), ((1, 1), (1, 1), (1, 1), 2)]:
-            assert conv._dx_by_winograd(dy, w, stride, padding, dilation, groups) is None
-    assert conv._dx_by_winograd(dy, np.zeros((4, 4, 5, 5), np.float32), (1, 1), (1, 1), (1, 1), 1) is None
+            assert conv._dx_by_winograd(dy, w, stride, padding, dilation, groups, dy.shape) is None
+    assert conv._dx_by_winograd(dy, np.zeros((4, 4, 5, 5), np.float32), (1, 1), (1, 1), (1, 1), 1, dy.shape) is None
     # by the rule: 8 * 8 * 8 4x4 tiles pay for the filter transform, one 8x8 image's 4 do not
-    assert conv._dx_by_winograd(dy, w, (1, 1), (1, 1), (1, 1), 1) is not None
+    assert conv._dx_by_winograd(dy, w, (1, 1), (1, 1), (1, 1), 1, dy.shape) is not None
     assert 4 < conv.DX_WINOGRAD_MIN_TILES <= 512
-    assert conv._dx_by_winograd(dy[:1, :, :8, :8], w, (1, 1), (1, 1), (1, 1), 1) is None
+    assert conv._dx_by_winograd(dy[:1, :, :8, :8], w, (1, 1), (1, 1), (1, 1), 1, (1, 4, 8, 8)) is None
 
 
 def test_conv_chunking_covers_several_chunks(monkeypatch):

@@ -26,7 +26,7 @@ import numpy as np
 
 # requests smaller than this come from numpy as usual (malloc keeps small blocks mapped itself)
 POOL_MIN_BYTES = 1 << 20
-# free blocks kept for reuse, in bytes; beyond this the oldest free blocks are unmapped
+# free blocks kept for reuse, in bytes; beyond this the largest free blocks are unmapped
 POOL_IDLE_MAX_BYTES = 2 << 30
 
 _PAGE = mmap.PAGESIZE

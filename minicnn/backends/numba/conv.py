@@ -447,7 +447,7 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
     return y
 
 
-def _dx_by_winograd(dy, w, stride, padding, dilation, groups):
+def _dx_by_winograd(dy, w, stride, padding, dilation, groups, x_shape):
     """dX of a 3x3, stride-1, undilated, ungrouped convolution as a forward convolution, or None.
 
     Such a layer's dX is the convolution of dY with the filter's in and out channels swapped and
@@ -464,12 +464,11 @@ def _dx_by_winograd(dy, w, stride, padding, dilation, groups):
     pad_t = (2 - padding[0], 2 - padding[1])
     name = choose_variant(dy.shape, (C, K, 3, 3), (1, 1), pad_t, (1, 1), 1)
     forced = getattr(_override, "name", None) == name
-    N, _, P, Q = dy.shape
-    H, W = P + 2 * pad_t[0] - 2, Q + 2 * pad_t[1] - 2
+    N, _, H, W = x_shape
     if not name.startswith("winograd") or (not forced and N * -(-H // 4) * -(-W // 4) < DX_WINOGRAD_MIN_TILES):
         return None
     wt = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-    return VARIANTS[name](dy, wt, None, (1, 1), pad_t, (1, 1), 1)  # P + 2(2 - p) - 2 = H
+    return VARIANTS[name](dy, wt, None, (1, 1), pad_t, (1, 1), 1)  # (N, C, H, W): P + 2(2 - p) - 2 = H
 
 
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, need_dw=True, need_db=True):
@@ -493,17 +492,13 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
     G, Kg, CRSg, PQ = groups, K // groups, Cg * R * S, P * Q
     dy3 = dy.reshape(N, K, PQ)
     db = sum_over_n_l(dy3).astype(dt) if need_db else None
-    if not (need_dx or need_dw):
-        return None, None, db
-    wg = w.reshape(G, Kg, CRSg)
-    dx = None
-    if need_dx:
-        dx = _dx_by_winograd(dy, w, stride, padding, dilation, groups)
-        need_dx = dx is None
-        if need_dx:
-            dx = _memory.empty(x.shape, dt)
-    if not (need_dx or need_dw):
+    dx = _dx_by_winograd(dy, w, stride, padding, dilation, groups, x.shape) if need_dx else None
+    dx_by_col2im = need_dx and dx is None
+    if not (dx_by_col2im or need_dw):
         return dx, None, db
+    if dx_by_col2im:
+        dx = _memory.empty(x.shape, dt)
+    wg = w.reshape(G, Kg, CRSg)
     dw = _memory.empty((G, Kg, CRSg), dt) if need_dw else None
     direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
     nc = _chunk_images(N, C * R * S * PQ * dt.itemsize, PQ)
@@ -526,7 +521,7 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
                 _threads.matmul(dyg, colsT, dw)
             else:
                 dw += _threads.matmul(dyg, colsT, _threads.workspace("conv.dw", dw.shape, dt))
-        if need_dx:
+        if dx_by_col2im:
             if m == 1 and direct_cols:
                 _threads.matmul(wg.transpose(0, 2, 1), dyg, dx[n0].reshape(G, CRSg, PQ))
                 continue
