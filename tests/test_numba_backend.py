@@ -198,18 +198,18 @@ def test_conv_backward_dx_by_winograd(n, c, k, hw, padding, variant, dtype):
 
 
 def test_conv_backward_dx_by_winograd_only_where_defined():
-    w = np.zeros((4, 4, 3, 3), np.float32)
-    dy = np.zeros((8, 4, 32, 32), np.float32)
+    w = np.zeros((32, 32, 3, 3), np.float32)
+    dy = np.zeros((8, 32, 32, 32), np.float32)
     with conv.prefer_variant("winograd_f4x4_3x3"):
         assert conv._dx_by_winograd(dy, w, (1, 1), (1, 1), (1, 1), 1, dy.shape) is not None
         for stride, padding, dilation, groups in [((2, 2), (1, 1), (1, 1), 1), ((1, 1), (3, 3), (1, 1), 1),
                                                   ((1, 1), (1, 1), (2, 2), 1), ((1, 1), (1, 1), (1, 1), 2)]:
             assert conv._dx_by_winograd(dy, w, stride, padding, dilation, groups, dy.shape) is None
-    assert conv._dx_by_winograd(dy, np.zeros((4, 4, 5, 5), np.float32), (1, 1), (1, 1), (1, 1), 1, dy.shape) is None
+    assert conv._dx_by_winograd(dy, np.zeros((32, 32, 5, 5), np.float32), (1, 1), (1, 1), (1, 1), 1, dy.shape) is None
     # by the rule: 8 * 8 * 8 4x4 tiles pay for the filter transform, one 8x8 image's 4 do not
     assert conv._dx_by_winograd(dy, w, (1, 1), (1, 1), (1, 1), 1, dy.shape) is not None
     assert 4 < conv.DX_WINOGRAD_MIN_TILES <= 512
-    assert conv._dx_by_winograd(dy[:1, :, :8, :8], w, (1, 1), (1, 1), (1, 1), 1, (1, 4, 8, 8)) is None
+    assert conv._dx_by_winograd(dy[:1, :, :8, :8], w, (1, 1), (1, 1), (1, 1), 1, (1, 32, 8, 8)) is None
 
 
 def test_conv_chunking_covers_several_chunks(monkeypatch):
@@ -358,22 +358,31 @@ def test_selection_rule_on_resnet18_shapes():
         "im2col_gemm",          # 7x7 stride 2 stem
         "winograd_f4x4_3x3",    # layer1: 196 4x4 tiles
         "im2col_gemm",          # stride 2
-        "winograd_f4x4_3x3",    # layer2: 49 tiles
+        "im2col_gemm",          # layer2 at batch 1: 49 4x4 tiles, 196 2x2 tiles: too few
         "pointwise_gemm",       # 1x1 downsample
-        "winograd_f2x2_3x3",    # layer3 at batch 1: 16 4x4 tiles (too few), 49 2x2 tiles
-        "im2col_gemm",          # layer4 at batch 1: too few tiles to amortise the filter transform
-        "winograd_f2x2_3x3",    # layer4 at batch 8: 32 4x4 tiles (too few), 128 2x2 tiles
-        "winograd_f4x4_3x3",    # layer3 at batch 8: 128 4x4 tiles
-        "winograd_f4x4_3x3",    # 512 channels, 64 4x4 tiles: within F(4x4)'s channel limit
+        "im2col_gemm",          # layer3 at batch 1: 16 ragged 4x4 tiles, 49 2x2 tiles
+        "im2col_gemm",          # layer4 at batch 1
+        "im2col_gemm",          # layer4 at batch 8: 128 2x2 tiles, too few
+        "winograd_f2x2_3x3",    # layer3 at batch 8: 128 ragged 4x4 tiles (too few), 392 2x2 tiles
+        "im2col_gemm",          # 64 ragged 4x4 tiles, 196 2x2 tiles
         "im2col_gemm",          # depthwise
     ]
-    # constant (read-only) filters: the cached transform makes Winograd pay from 16 tiles
+    # constant (read-only) filters: the cached transform makes Winograd pay from far fewer tiles
     const = [conv.choose_variant(xs, ws, (s, s), (p, p), (1, 1), xs[1] // ws[1], constant=True)
              for xs, ws, s, p in RESNET18_3x3]
-    changed = {5: "winograd_f4x4_3x3",   # layer3 at batch 1: 16 4x4 tiles
-               6: "winograd_f2x2_3x3",   # layer4 at batch 1: 4 4x4 tiles, 16 2x2 tiles
-               7: "winograd_f4x4_3x3"}   # layer4 at batch 8: 32 4x4 tiles
+    changed = {3: "winograd_f4x4_3x3",   # layer2 at batch 1: 49 4x4 tiles that divide 28x28
+               5: "winograd_f2x2_3x3",   # layer3 at batch 1: ragged 4x4 tiles, 49 2x2 tiles
+               7: "winograd_f2x2_3x3",   # layer4 at batch 8: 128 2x2 tiles
+               9: "winograd_f2x2_3x3"}   # 196 2x2 tiles
     assert const == [changed.get(i, pick) for i, pick in enumerate(picks)]
+    # training at batch 16: F(4x4) where the tiles divide the output, F(2x2) on 14x14, GEMM on 7x7
+    b16 = [conv.choose_variant((16, c, h, h), (c, c, 3, 3), (1, 1), (1, 1), (1, 1), 1)
+           for c, h in ((64, 56), (128, 28), (256, 14), (512, 7))]
+    assert b16 == ["winograd_f4x4_3x3", "winograd_f4x4_3x3", "winograd_f2x2_3x3", "im2col_gemm"]
+    # few input channels (the digits convnet): the data transforms outweigh the GEMMs
+    for xs, ws in (((64, 1, 8, 8), (16, 1, 3, 3)), ((64, 16, 4, 4), (32, 16, 3, 3))):
+        for constant in (False, True):
+            assert conv.choose_variant(xs, ws, (1, 1), (1, 1), (1, 1), 1, constant=constant) == "im2col_gemm"
 
 
 # -- constant filters: the transform cache ---------------------------------------------------------

@@ -284,15 +284,24 @@ VARIANTS = {
 # --------------------------------------------------------------------------------------------
 # Selection
 
-# Winograd pays once a chunk has enough tiles to amortise transforming the filters (which grow
-# from 9 to 16 or 36 values per (k, c) pair and are rebuilt every call) and to keep its 16 or 36
-# GEMMs wide: at least this many output tiles over the batch. Measured on ResNet-18's layers,
-# see docs/kernels.md.
-WINOGRAD_MIN_TILES = 48
-# With a constant filter the transform is cached, so only the GEMMs' width matters: F(2x2) already
-# beats GEMM on layer4 at batch 1 (16 2x2 tiles of 512 channels) and F(4x4) beats F(2x2) on
-# layer3 at batch 1 (16 4x4 tiles); docs/kernels.md.
-WINOGRAD_MIN_TILES_CONSTANT = 16
+# Winograd pays once the batch has enough output tiles to amortise transforming the filter (9
+# values per (k, c) pair grow to 16 or 36, rebuilt every call unless the filter is constant) and to
+# keep its 16 or 36 GEMMs wide, and when the layer has enough input channels for those GEMMs to
+# dominate the data transforms. A tile count that does not divide the output ("ragged") computes
+# outputs that are thrown away: 14x14 in 4x4 tiles is 16x16, 23% waste, so F(4x4) needs more
+# tiles there. The floors below were measured on ResNet-18's layers at batch 1, 8, 16 and 32 with
+# every variant timed side by side (docs/kernels.md, "Choosing a variant"):
+#   writeable filters (training), batch 16: layer1 F(4x4) 13.2 ms, im2col 13.7; layer2 F(4x4) 8.8,
+#   F(2x2) 12.0; layer3 (ragged) F(2x2) 9.9, F(4x4) 11.8; layer4 (ragged, 256 2x2 tiles) im2col
+#   11.9, F(2x2) 13.1, F(4x4) 13.9; the digits convnet (1 and 16 input channels) im2col 5x faster.
+#   constant filters, batch 1: layer2 F(4x4) 0.77, im2col 1.21; layer3 F(2x2) 0.70, F(4x4) 0.78;
+#   layer4 (16 2x2 tiles) im2col 0.97, F(2x2) 1.03, F(4x4) 2.15; batch 8 layer4 F(2x2) 5.6, im2col 5.9.
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_F4_MIN_TILES = 160           # writeable filter, tiles divide the output
+WINOGRAD_F4_MIN_TILES_RAGGED = 1024   # writeable filter, ragged tiles
+WINOGRAD_F2_MIN_TILES = 320           # writeable filter
+WINOGRAD_F4_MIN_TILES_CONSTANT = 16   # constant filter, tiles divide the output (else F(2x2))
+WINOGRAD_F2_MIN_TILES_CONSTANT = 32   # constant filter
 # F(4x4) only up to this many input channels: its float32 error is 10-40x GEMM's and could grow
 # with the reduction over C; measured max relative error 5e-6 to 1.4e-5 up to C=512 (against
 # 4e-7 for GEMM and F(2x2)), all within the 1.5e-5 per-layer bound docs/kernels.md sets.
@@ -322,14 +331,16 @@ def supports(name, x_shape, w_shape, stride, padding, dilation, groups) -> bool:
 def choose_variant(x_shape, w_shape, stride, padding, dilation, groups, constant=False) -> str:
     """The variant ``conv2d_forward`` uses for this shape (see docs/kernels.md for the reasons).
 
-    3x3 stride-1 ungrouped layers go to Winograd F(4x4) when the batch has at least
-    ``WINOGRAD_MIN_TILES`` 4x4 output tiles and at most ``WINOGRAD_F4_MAX_CHANNELS`` input
-    channels, else to F(2x2) when it has that many 2x2 tiles (``WINOGRAD_MIN_TILES_CONSTANT``
-    when ``constant``: the filter is read-only, so its transform is cached, not rebuilt per
-    call); 1x1 unpadded layers go to
-    ``pointwise_gemm``; everything else, grouped and depthwise layers included, to ``im2col_gemm``
-    (``direct`` measured slower even for depthwise layers, see docs/kernels.md).
-    ``prefer_variant`` overrides it where the shape allows.
+    1x1 unpadded layers go to ``pointwise_gemm``. 3x3 stride-1 ungrouped layers with at least
+    ``WINOGRAD_MIN_CHANNELS`` input channels go to Winograd F(4x4) when the batch has enough
+    4x4 output tiles (``WINOGRAD_F4_MIN_TILES``, or ``..._RAGGED`` when the tiles overhang the
+    output; at most ``WINOGRAD_F4_MAX_CHANNELS`` input channels), else to F(2x2) when it has
+    ``WINOGRAD_F2_MIN_TILES`` 2x2 tiles. A ``constant`` filter (read-only: its transform is
+    cached, not rebuilt per call) lowers the floors: F(4x4) from
+    ``WINOGRAD_F4_MIN_TILES_CONSTANT`` tiles that divide the output, F(2x2) from
+    ``WINOGRAD_F2_MIN_TILES_CONSTANT``. Everything else, grouped and depthwise layers included,
+    goes to ``im2col_gemm`` (``direct`` measured slower even for depthwise layers).
+    ``prefer_variant`` overrides the rule where the shape allows.
     """
     forced = getattr(_override, "name", None)
     if forced is not None and supports(forced, x_shape, w_shape, stride, padding, dilation, groups):
@@ -339,12 +350,20 @@ def choose_variant(x_shape, w_shape, stride, padding, dilation, groups, constant
     stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
     if (R, S) == (1, 1) and padding == (0, 0):
         return "pointwise_gemm"
-    if (R, S) == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1:
+    if ((R, S) == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
+            and C >= WINOGRAD_MIN_CHANNELS):
         P, Q = H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
-        least = WINOGRAD_MIN_TILES_CONSTANT if constant else WINOGRAD_MIN_TILES
-        if C <= WINOGRAD_F4_MAX_CHANNELS and N * -(-P // 4) * -(-Q // 4) >= least:
+        tiles4, tiles2 = N * -(-P // 4) * -(-Q // 4), N * -(-P // 2) * -(-Q // 2)
+        ragged = P % 4 != 0 or Q % 4 != 0
+        if constant:
+            f4 = not ragged and tiles4 >= WINOGRAD_F4_MIN_TILES_CONSTANT
+            f2 = tiles2 >= WINOGRAD_F2_MIN_TILES_CONSTANT
+        else:
+            f4 = tiles4 >= (WINOGRAD_F4_MIN_TILES_RAGGED if ragged else WINOGRAD_F4_MIN_TILES)
+            f2 = tiles2 >= WINOGRAD_F2_MIN_TILES
+        if f4 and C <= WINOGRAD_F4_MAX_CHANNELS:
             return "winograd_f4x4_3x3"
-        if N * -(-P // 2) * -(-Q // 2) >= least:
+        if f2:
             return "winograd_f2x2_3x3"
     return "im2col_gemm"
 
