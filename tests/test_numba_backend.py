@@ -197,6 +197,47 @@ def test_conv_backward_dx_by_winograd(n, c, k, hw, padding, variant, dtype):
         assert picked == variant  # the forced variant really ran
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("n,c,k,hw,padding,chunk_tiles", [
+    (2, 3, 5, (9, 11), (1, 1), 256), (4, 8, 6, (16, 16), (0, 2), 8), (1, 4, 4, (3, 4), (2, 0), 256),
+    (3, 2, 7, (13, 5), (1, 2), 1), (5, 6, 3, (8, 8), (0, 0), 20)])
+def test_conv_dw_by_winograd(n, c, k, hw, padding, chunk_tiles, tile, dtype, monkeypatch):
+    """dW as G^T [sum over tiles of (A dY A^T) * (B^T d B)] G equals the reference, for ragged
+    tiles, every padding, and chunks of one image, several, or all (partial sums added)."""
+    monkeypatch.setattr(winograd, "DW_TARGET_TILES", chunk_tiles)
+    rng = np.random.default_rng(n * 10 + c + tile)
+    x = rng.standard_normal((n, c) + hw).astype(dtype)
+    w = rng.standard_normal((k, c, 3, 3)).astype(dtype)
+    dy = rng.standard_normal(REF["conv2d_forward"](x, w, None, (1, 1), padding, (1, 1), 1).shape).astype(dtype)
+    want = REF["conv2d_backward"](dy, x, w, (1, 1), padding, (1, 1), 1)[1]
+    got = winograd.conv3x3_dw(x, dy, padding, tile)
+    assert got.shape == w.shape and got.dtype == np.dtype(dtype)
+    assert_close(got, want, tol_for(dtype, f"winograd_f{tile}x{tile}_3x3"), f"dw F({tile}x{tile})")
+
+
+def test_conv_dw_by_winograd_where_the_rule_picks_it():
+    """The backward takes dW from Winograd exactly where the forward rule picks Winograd for a
+    writeable filter, and the result matches the reference at a ResNet-like shape."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((12, 32, 16, 16)).astype(np.float32)  # 192 4x4 tiles
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((12, 32, 16, 16)).astype(np.float32)
+    assert conv.choose_variant(x.shape, w.shape, (1, 1), (1, 1), (1, 1), 1) == "winograd_f4x4_3x3"
+    dw = conv._dw_by_winograd(dy, x, w, (1, 1), (1, 1), (1, 1), 1)
+    want = REF["conv2d_backward"](dy, x, w, (1, 1), (1, 1), (1, 1), 1)
+    assert_close(dw, want[1], tol_for(np.float32, "winograd_f4x4_3x3"), "dw by rule")
+    got = NB["conv2d_backward"](dy, x, w, (1, 1), (1, 1), (1, 1), 1)
+    for name, g, r in zip(("dx", "dw", "db"), got, want):
+        assert_close(g, r, tol_for(np.float32, "winograd_f4x4_3x3"), name)
+    # not for shapes Winograd cannot do, nor where the rule prefers the GEMM
+    assert conv._dw_by_winograd(dy, x, w, (1, 1), (1, 1), (1, 1), 2) is None
+    assert conv._dw_by_winograd(dy[:, :, ::2, ::2], x, w, (2, 2), (1, 1), (1, 1), 1) is None
+    assert conv._dw_by_winograd(dy[:1, :, :4, :4], x[:1, :, :4, :4], w, (1, 1), (1, 1), (1, 1), 1) is None
+    few = x[:, :8]  # too few input channels
+    assert conv._dw_by_winograd(dy, few, w[:, :8], (1, 1), (1, 1), (1, 1), 1) is None
+
+
 def test_conv_backward_dx_by_winograd_only_where_defined():
     w = np.zeros((32, 32, 3, 3), np.float32)
     dy = np.zeros((8, 32, 32, 32), np.float32)

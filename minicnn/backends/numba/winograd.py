@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import _threads
+from . import _memory, _threads
 from ._util import empty_like_ndim
 
 # Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016), with interpolation
@@ -292,3 +292,141 @@ def conv3x3(x, U, b, res3, y, padding, tile, relu):
         _threads.run(_output_transform, Mw, y3, n0, mc, m, TH, TW, Q, bb, b is not None, rr, res3 is not None,
                      bool(relu), weight=_threads.HEAVY)
     return y
+
+
+# --------------------------------------------------------------------------------------------
+# dW of a 3x3 stride-1 layer by Winograd
+#
+# Per output tile, dW[k, c] gains sum_{v,w} dY_t[v, w] d_t[v + r, w + s]: a correlation with 3x3
+# outputs and an m x m "filter" (the tile of dY) over the same alpha x alpha input tile d_t the
+# forward reads. For fixed d the forward's F(m, 3) is y = A^T diag(B^T d) G g, a matrix T_d applied
+# to the filter g; this correlation is its transpose, T_d^T dy = G^T diag(B^T d) A dy. In 2-D and
+# summed over the tiles t of the batch:
+#
+#     dW[k, c] = G^T [ sum_t (A dY_t A^T) * (B^T d_t B) ] G          (* elementwise)
+#
+# B^T d B is the forward's input transform (V, unchanged); A dY A^T (``_dy_transform``) lifts each
+# m x m tile of dY to alpha x alpha; the sum over tiles is alpha^2 GEMMs (K x T) . (T x C); and
+# G^T . G maps each (k, c) back to 3x3, one GEMM with kron(G, G)^T. Multiplies per tile and (k, c):
+# 36 instead of 144 for F(4x4), 16 instead of 36 for F(2x2), as in the forward.
+
+
+@njit(cache=True, parallel=True)
+def _dy_transform(dy3, n0, nc, Y, m, TH, TW, Q):  # pragma: no cover - jitted
+    """Y[a*alpha + b, k, i*TH*TW + th*TW + tw] = (A dY_t A^T)[a, b], dY_t the m x m tile at
+    (th*m, tw*m) of image n0+i, channel k of ``dy3`` (N, K, P*Q), zero beyond the P x Q output.
+
+    Separably, per band of tiles: A combines the band's m rows into alpha rows (``t``, contiguous
+    rows, so that loop vectorises), then A combines each tile's m columns of every row of ``t``
+    into alpha values, stored straight to their alpha*alpha rows of Y. One task per (image, k).
+    A's rows for m = 4 are (1 0 0 0), (1 1 1 1), (1 -1 1 -1), (1 2 4 8), (1 -2 4 -8), (0 0 0 1);
+    for m = 2: (1 0), (1 1), (1 -1), (0 -1) (A is A^T of the forward's output transform).
+    """
+    K = dy3.shape[1]
+    PQ = dy3.shape[2]
+    P = PQ // Q
+    alpha = m + 2
+    T = Y.shape[2]
+    tiles = TH * TW
+    Wt = TW * m
+    Yf = Y.reshape(-1)
+    zero = Y.dtype.type(0)
+    KT = K * T
+    for task in prange(nc * K):
+      i = task // K
+      k = task - i * K
+      g = np.zeros((m, Wt), dtype=Y.dtype)
+      t = np.empty((alpha, Wt), dtype=Y.dtype)
+      for th in range(TH):
+        for v in range(m):
+            p = th * m + v
+            if p < P:
+                g[v, :Q] = dy3[n0 + i, k, p * Q:(p + 1) * Q]
+            else:
+                for j in range(Q):
+                    g[v, j] = zero
+        if m == 4:
+            for j in range(Wt):
+                y0 = g[0, j]; y1 = g[1, j]; y2 = g[2, j]; y3 = g[3, j]
+                s02 = y0 + y2; s13 = y1 + y3; f02 = y0 + 4 * y2; f13 = 2 * y1 + 8 * y3
+                t[0, j] = y0
+                t[1, j] = s02 + s13
+                t[2, j] = s02 - s13
+                t[3, j] = f02 + f13
+                t[4, j] = f02 - f13
+                t[5, j] = y3
+        else:
+            for j in range(Wt):
+                y0 = g[0, j]; y1 = g[1, j]
+                t[0, j] = y0
+                t[1, j] = y0 + y1
+                t[2, j] = y0 - y1
+                t[3, j] = -y1
+        col0 = i * tiles + th * TW
+        for a in range(alpha):
+            base = (a * alpha * K + k) * T + col0  # row a*alpha + b sits b*K*T further
+            if m == 4:
+                for tw in range(TW):
+                    j = tw * 4
+                    y0 = t[a, j]; y1 = t[a, j + 1]; y2 = t[a, j + 2]; y3 = t[a, j + 3]
+                    s02 = y0 + y2; s13 = y1 + y3; f02 = y0 + 4 * y2; f13 = 2 * y1 + 8 * y3
+                    o = base + tw
+                    Yf[o] = y0
+                    Yf[o + KT] = s02 + s13
+                    Yf[o + 2 * KT] = s02 - s13
+                    Yf[o + 3 * KT] = f02 + f13
+                    Yf[o + 4 * KT] = f02 - f13
+                    Yf[o + 5 * KT] = y3
+            else:
+                for tw in range(TW):
+                    j = tw * 2
+                    y0 = t[a, j]; y1 = t[a, j + 1]
+                    o = base + tw
+                    Yf[o] = y0
+                    Yf[o + KT] = y0 + y1
+                    Yf[o + 2 * KT] = y0 - y1
+                    Yf[o + 3 * KT] = -y1
+
+
+# tiles per chunk for dW: wider chunks mean fewer passes adding each chunk's alpha^2*K*C partial
+# sums, but 1024 measured slower than 256 on ResNet-18's layer2 at batch 8 and 16 (its V and Y no
+# longer stay in cache between the transforms and the GEMMs); docs/kernels.md
+DW_TARGET_TILES = 256
+
+
+def conv3x3_dw(x, dy, padding, tile):
+    """dW (K, C, 3, 3) of the 3x3 stride-1 convolution of prepared ``x`` (N, C, H, W) whose output
+    gradient is ``dy`` (N, K, P, Q), by F(tile x tile, 3x3) in the transposed form above.
+
+    Per chunk of images: V = input transform (as the forward), Y = ``_dy_transform``, and
+    Mhat[xi] += Y[xi] (K x T) . V[xi]^T (T x C) (alpha^2 BLAS GEMMs); finally
+    dW = kron(G, G)^T applied to each (k, c)'s alpha^2 sums.
+    """
+    N, C, H, W = x.shape
+    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+    m, alpha = tile, tile + 2
+    A2 = alpha * alpha
+    TH, TW = -(-P // m), -(-Q // m)
+    tiles = TH * TW
+    dt = x.dtype
+    per_image = A2 * (C + K) * tiles * dt.itemsize
+    nc = max(1, min(N, -(-DW_TARGET_TILES // tiles), CHUNK_BYTES // per_image))
+    dy3 = dy.reshape(N, K, P * Q)
+    Mhat = _threads.workspace("winograd.dWhat", (A2, K, C), dt)
+    part = None
+    for n0 in range(0, N, nc):
+        mc = min(nc, N - n0)
+        T = mc * tiles
+        V = _threads.workspace("winograd.V", (A2, C, T), dt)
+        _threads.run(_input_transform, x, n0, mc, V, m, TH, TW, padding[0], padding[1], weight=_threads.HEAVY)
+        Y = _threads.workspace("winograd.M", (A2, K, T), dt)
+        _threads.run(_dy_transform, dy3, n0, mc, Y, m, TH, TW, Q, weight=_threads.HEAVY)
+        if n0 == 0:
+            _threads.matmul(Y, V.transpose(0, 2, 1), Mhat)
+        else:
+            if part is None:
+                part = _threads.workspace("winograd.dWpart", (A2, K, C), dt)
+            Mhat += _threads.matmul(Y, V.transpose(0, 2, 1), part)
+    dw = _memory.empty((K, C, 3, 3), dt)
+    _threads.matmul(Mhat.reshape(A2, K * C).T, _matrix(KRON_G, tile, dt), dw.reshape(K * C, 9))
+    return dw
