@@ -27,7 +27,7 @@ from minicnn import backends
 from minicnn.ops import OP_NAMES
 
 nbk = pytest.importorskip("minicnn.backends.numba")
-from minicnn.backends.numba import _filters, _threads, conv, winograd  # noqa: E402
+from minicnn.backends.numba import _filters, _threads, conv, pool, winograd  # noqa: E402
 
 REF = backends.load("numpy").OPS
 NB = nbk.OPS
@@ -718,10 +718,11 @@ def pool_case(draw):
     return (n, c, h, w), (r, s), stride, padding, dilation, draw(st.integers(0, 2**16)), draw(st.booleans())
 
 
+@pytest.mark.parametrize("max_form", ["rows", "windows"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @settings(max_examples=25, deadline=None)
 @given(case=pool_case())
-def test_pooling_matches_reference(case, dtype):
+def test_pooling_matches_reference(case, dtype, max_form):
     shape, k, stride, padding, dilation, seed, specials = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)
@@ -729,7 +730,12 @@ def test_pooling_matches_reference(case, dtype):
         x = np.round(x)
         x[rng.random(shape) < 0.1] = -np.inf
         x[rng.random(shape) < 0.05] = np.nan
-    y, am = NB["maxpool2d_forward"](x, k, stride, padding, dilation)
+    # both forms of the max pool with argmax: row by row (any row length) and window by window
+    saved, pool.ROWS_MIN_Q = pool.ROWS_MIN_Q, (1 if max_form == "rows" else 10**9)
+    try:
+        y, am = NB["maxpool2d_forward"](x, k, stride, padding, dilation)
+    finally:
+        pool.ROWS_MIN_Q = saved
     ry, ram = REF["maxpool2d_forward"](x, k, stride, padding, dilation)
     assert np.array_equal(y, ry, equal_nan=True) and y.dtype == ry.dtype
     assert np.array_equal(am, ram) and am.dtype == np.int64

@@ -10,6 +10,11 @@ from numba import njit, prange
 from . import _threads
 
 
+# runs shorter than this are copied value by value: a slice copy makes two array views, which
+# cost more than the copy itself on the digits convnet's 4x4 and 8x8 planes
+SHORT_RUN = 16
+
+
 @njit(cache=True)
 def _q_range(Q, W, sw, off_w):  # pragma: no cover - jitted
     """Output columns q whose input column q*sw + off_w lies inside [0, W)."""
@@ -79,8 +84,13 @@ def _im2col(xs, i0, C, H, row_len, Wq, W, nc, cols, stride_c, stride_rs, R, S, s
                     cols[j] = zero
                 if p_hi > p_lo:
                     sb = (xb + p_lo - ph + r * dh) * row_len + phase * Wq + j0
-                    cols[start + p_lo * Q + q_lo:start + (p_hi - 1) * Q + q_hi] = \
-                        xs[sb + q_lo:sb + (p_hi - 1 - p_lo) * Q + q_hi]
+                    d0 = start + p_lo * Q + q_lo
+                    run = (p_hi - 1 - p_lo) * Q + q_hi - q_lo
+                    if run < SHORT_RUN:  # two views cost more than copying a few values one by one
+                        for j in range(run):
+                            cols[d0 + j] = xs[sb + q_lo + j]
+                    else:
+                        cols[d0:d0 + run] = xs[sb + q_lo:sb + q_lo + run]
                     for p in range(p_lo, p_hi):
                         d = start + p * Q
                         for q in range(q_lo):
@@ -98,7 +108,11 @@ def _im2col(xs, i0, C, H, row_len, Wq, W, nc, cols, stride_c, stride_rs, R, S, s
                 for q in range(q_lo):
                     cols[d + q] = zero
                 sb = (xb + hi) * row_len + phase * Wq + j0
-                cols[d + q_lo:d + q_hi] = xs[sb + q_lo:sb + q_hi]
+                if q_hi - q_lo < SHORT_RUN:
+                    for q in range(q_lo, q_hi):
+                        cols[d + q] = xs[sb + q]
+                else:
+                    cols[d + q_lo:d + q_hi] = xs[sb + q_lo:sb + q_hi]
                 for q in range(q_hi, Q):
                     cols[d + q] = zero
 
@@ -145,17 +159,22 @@ def _col2im(cols, dx, n0, nc, R, S, sh, sw, ph, pw, dh, dw, P, Q):  # pragma: no
         plane[:, :] = zero
         for r in range(R):
             for s in range(S):
-                row = cols[(c * R + r) * S + s]
+                ci = (c * R + r) * S + s
                 off_w = s * dw - pw
                 q_lo, q_hi = _q_range(Q, W, sw, off_w)
                 nq = q_hi - q_lo
                 if nq <= 0:
                     continue
+                row = cols[ci]
                 for p in range(P):
                     hi = p * sh - ph + r * dh
                     if hi < 0 or hi >= H:
                         continue
                     base = i * PQ + p * Q
+                    if nq < SHORT_RUN:  # short rows: scalar indexing, no views
+                        for q in range(q_lo, q_hi):
+                            plane[hi, q * sw + off_w] += row[base + q]
+                        continue
                     # 0-based loops over views: no wrap-around checks, so LLVM vectorises
                     dst = plane[hi, q_lo * sw + off_w:(q_hi - 1) * sw + off_w + 1:sw]
                     src = row[base + q_lo:base + q_hi]

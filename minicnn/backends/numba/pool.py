@@ -32,6 +32,9 @@ __all__ = [
 
 
 MAX, AVG, MAX_ROWS = 0, 1, 2
+# regular max pooling goes row by row (MAX_ROWS) from this many outputs per row; shorter rows go
+# window by window, as the views MAX_ROWS makes per row and tap cost more than they save there
+ROWS_MIN_Q = 8
 
 
 @njit(cache=True, parallel=True)
@@ -355,7 +358,8 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
                      dilation[1], empty_like_ndim(1, x.dtype), False, False)
         return y, None
     am = _memory.empty((N, C, P, Q), np.int64)
-    _threads.run(_pool_fwd, MAX_ROWS, x, y, am, *rows, dilation[0], *cols, dilation[1], stride[1], False, True,
+    mode = MAX_ROWS if Q >= ROWS_MIN_Q else MAX
+    _threads.run(_pool_fwd, mode, x, y, am, *rows, dilation[0], *cols, dilation[1], stride[1], False, True,
                  weight=_threads.HEAVY)
     return y, am
 
