@@ -326,3 +326,33 @@ def test_quietly_redoes_disturbed_measurements_and_keeps_the_least_disturbed(mon
     monkeypatch.setattr(harness.LoadMeter, "other_cores", lambda self: 1.9)
     calls.clear()
     assert harness.quietly(lambda: calls.append(1) or len(calls), e) == (1, 1.9)
+
+
+def test_variant_sweep_times_every_variant_and_reports_the_rule(monkeypatch):
+    """The sweep behind choose_variant: every variant validated then timed on each pass, with the
+    rule's pick alongside (small shapes here; the real run uses ResNet-18's)."""
+    pytest.importorskip("numba")
+    from benchmarks import variant_sweep
+    from minicnn.backends.numba import conv
+
+    monkeypatch.setattr(variant_sweep, "SHAPES", ((32, 8),))
+    rows = variant_sweep.sweep(batches=(2,), rounds=1, threads=1, extra=False, log=lambda line: None)
+    assert [r["pass"] for r in rows] == ["const fwd", "fwd", "dX", "dW"]
+    for r in rows:
+        assert all(isinstance(r[v], float) and r[v] > 0 for v in variant_sweep.VARIANTS), r
+        want = conv.choose_variant((2, 32, 8, 8), (32, 32, 3, 3), (1, 1), (1, 1), (1, 1), 1,
+                                   constant=r["pass"] == "const fwd")
+        assert r["rule"] == want
+    assert variant_sweep._line(rows[0]).count("|") == 8
+
+
+def test_train_ab_runs_both_sides_to_the_same_loss():
+    """The Winograd-backward A/B: both sides run and agree on the loss (it raises otherwise)."""
+    pytest.importorskip("numba")
+    from benchmarks import train_ab
+    from minicnn.backends.numba import conv
+
+    before = (conv._dw_by_winograd, conv._dx_by_winograd)
+    times = train_ab.ab(batch=2, steps=2, off="both", threads=1, size=32)
+    assert len(times["on"]) == len(times["off"]) == 2 and min(times["on"] + times["off"]) > 0
+    assert (conv._dw_by_winograd, conv._dx_by_winograd) == before  # restored

@@ -289,8 +289,9 @@ VARIANTS = {
 # keep its 16 or 36 GEMMs wide, and when the layer has enough input channels for those GEMMs to
 # dominate the data transforms. A tile count that does not divide the output ("ragged") computes
 # outputs that are thrown away: 14x14 in 4x4 tiles is 16x16, 23% waste, so F(4x4) needs more
-# tiles there. The floors below were measured on ResNet-18's layers at batch 1, 8, 16 and 32 with
-# every variant timed side by side (docs/kernels.md, "Choosing a variant"):
+# tiles there. The floors below were measured on ResNet-18's layers at batch 1, 8 and 16 with
+# every variant timed side by side (``python -m benchmarks.variant_sweep``; docs/kernels.md,
+# "Selection rule"):
 #   writeable filters (training), batch 16: layer1 F(4x4) 13.2 ms, im2col 13.7; layer2 F(4x4) 8.8,
 #   F(2x2) 12.0; layer3 (ragged) F(2x2) 9.9, F(4x4) 11.8; layer4 (ragged, 256 2x2 tiles) im2col
 #   11.9, F(2x2) 13.1, F(4x4) 13.9; the digits convnet (1 and 16 input channels) im2col 5x faster.
