@@ -261,6 +261,24 @@ def transform_filters(w, tile, fresh=False):
     return U
 
 
+def _tiling(N, C, K, P, Q, tile, dtype, target_tiles):
+    """(m, alpha^2, tile rows TH, tile columns TW, images per chunk) of a P x Q output in m x m tiles:
+    about ``target_tiles`` tiles per chunk, and the chunk's V and M/Y within ``CHUNK_BYTES``."""
+    m, alpha = tile, tile + 2
+    TH, TW = -(-P // m), -(-Q // m)
+    tiles = TH * TW
+    per_image = alpha * alpha * (C + K) * tiles * np.dtype(dtype).itemsize
+    return m, alpha * alpha, TH, TW, max(1, min(N, -(-target_tiles // tiles), CHUNK_BYTES // per_image))
+
+
+def _transformed_inputs(x, n0, nc, m, TH, TW, padding):
+    """V (alpha^2, C, nc*TH*TW) = B^T d B for every input tile of images n0..n0+nc-1 (a workspace)."""
+    alpha = m + 2
+    V = _threads.workspace("winograd.V", (alpha * alpha, x.shape[1], nc * TH * TW), x.dtype)
+    _threads.run(_input_transform, x, n0, nc, V, m, TH, TW, padding[0], padding[1], weight=_threads.HEAVY)
+    return V
+
+
 def conv3x3(x, U, b, res3, y, padding, tile, relu):
     """Fill ``y`` (N, K, P, Q) with the 3x3 stride-1 convolution of prepared arrays by F(tile x tile, 3x3).
 
@@ -269,24 +287,18 @@ def conv3x3(x, U, b, res3, y, padding, tile, relu):
     V = input transform (ours), M[xi] = U[xi] . V[xi] (36 or 16 BLAS GEMMs), then the output
     transform with the epilogue (ours). Returns ``y``.
     """
-    N, C, H, W = x.shape
+    N, C = x.shape[:2]
     K = U.shape[1]
     P, Q = y.shape[2], y.shape[3]
-    m, alpha = tile, tile + 2
-    A2 = alpha * alpha
-    TH, TW = -(-P // m), -(-Q // m)
-    tiles = TH * TW
+    m, A2, TH, TW, nc = _tiling(N, C, K, P, Q, tile, x.dtype, TARGET_TILES)
     dt = x.dtype
-    per_image = A2 * (C + K) * tiles * dt.itemsize
-    nc = max(1, min(N, -(-TARGET_TILES // tiles), CHUNK_BYTES // per_image))
     y3 = y.reshape(N, K, P * Q)
     bb = b if b is not None else empty_like_ndim(1, dt)
     rr = res3 if res3 is not None else empty_like_ndim(3, dt)
     for n0 in range(0, N, nc):
         mc = min(nc, N - n0)
-        T = mc * tiles
-        V = _threads.workspace("winograd.V", (A2, C, T), dt)
-        _threads.run(_input_transform, x, n0, mc, V, m, TH, TW, padding[0], padding[1], weight=_threads.HEAVY)
+        V = _transformed_inputs(x, n0, mc, m, TH, TW, padding)
+        T = V.shape[2]
         Mw = _threads.workspace("winograd.M", (A2, K, T), dt)
         _threads.matmul(U, V, Mw)
         _threads.run(_output_transform, Mw, y3, n0, mc, m, TH, TW, Q, bb, b is not None, rr, res3 is not None,
@@ -402,23 +414,17 @@ def conv3x3_dw(x, dy, padding, tile):
     Mhat[xi] += Y[xi] (K x T) . V[xi]^T (T x C) (alpha^2 BLAS GEMMs); finally
     dW = kron(G, G)^T applied to each (k, c)'s alpha^2 sums.
     """
-    N, C, H, W = x.shape
+    N, C = x.shape[:2]
     K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
-    m, alpha = tile, tile + 2
-    A2 = alpha * alpha
-    TH, TW = -(-P // m), -(-Q // m)
-    tiles = TH * TW
+    m, A2, TH, TW, nc = _tiling(N, C, K, P, Q, tile, x.dtype, DW_TARGET_TILES)
     dt = x.dtype
-    per_image = A2 * (C + K) * tiles * dt.itemsize
-    nc = max(1, min(N, -(-DW_TARGET_TILES // tiles), CHUNK_BYTES // per_image))
     dy3 = dy.reshape(N, K, P * Q)
     Mhat = _threads.workspace("winograd.dWhat", (A2, K, C), dt)
     part = None
     for n0 in range(0, N, nc):
         mc = min(nc, N - n0)
-        T = mc * tiles
-        V = _threads.workspace("winograd.V", (A2, C, T), dt)
-        _threads.run(_input_transform, x, n0, mc, V, m, TH, TW, padding[0], padding[1], weight=_threads.HEAVY)
+        V = _transformed_inputs(x, n0, mc, m, TH, TW, padding)
+        T = V.shape[2]
         Y = _threads.workspace("winograd.M", (A2, K, T), dt)
         _threads.run(_dy_transform, dy3, n0, mc, Y, m, TH, TW, Q, weight=_threads.HEAVY)
         if n0 == 0:
