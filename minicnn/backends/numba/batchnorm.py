@@ -61,6 +61,16 @@ def _check(x, gamma, where, *others):
             )
 
 
+def _backward_inputs(dy, x, gamma, where, *others):
+    """(dy, x, dtype) checked (shapes of x, gamma and ``others``; dy shaped like x) and prepared."""
+    dy, x = np.asarray(dy), np.asarray(x)
+    _check(x, gamma, where, *others)
+    if dy.shape != x.shape:
+        raise ValueError(f"{where}: dy shape {dy.shape} differs from x shape {x.shape}")
+    dt = compute_dtype(dy, x)
+    return prepare(dy, dt), prepare(x, dt), dt
+
+
 def _affine(x, scale, shift):
     """y = x * scale[c] + shift[c] (shift may be None) through the shared epilogue kernel."""
     N, C, H, W = x.shape
@@ -94,12 +104,7 @@ def batchnorm2d_forward_train(x, gamma, beta, eps):
 
 def batchnorm2d_backward_train(dy, x, gamma, mean, var, eps, need_dx=True, need_dparams=True):
     """(dx, dgamma, dbeta) of training-mode batchnorm; dx None unless need_dx, params None unless need_dparams."""
-    dy, x = np.asarray(dy), np.asarray(x)
-    _check(x, gamma, "batchnorm2d_backward_train", ("mean", mean), ("var", var))
-    if dy.shape != x.shape:
-        raise ValueError(f"batchnorm2d_backward_train: dy shape {dy.shape} differs from x shape {x.shape}")
-    dt = compute_dtype(dy, x)
-    dy, x = prepare(dy, dt), prepare(x, dt)
+    dy, x, dt = _backward_inputs(dy, x, gamma, "batchnorm2d_backward_train", ("mean", mean), ("var", var))
     mean64 = np.asarray(mean, dtype=np.float64)
     rstd = 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
     sdy, sdyxc = _threads.run(channel_sums, 1, _nc_l(x), _nc_l(dy), mean64)
@@ -128,12 +133,8 @@ def batchnorm2d_forward_eval(x, gamma, beta, running_mean, running_var, eps):
 
 def batchnorm2d_backward_eval(dy, x, gamma, running_mean, running_var, eps, need_dx=True, need_dparams=True):
     """Eval mode is affine: dx = dy * gamma * rstd; dgamma = sum(dy * xhat), dbeta = sum(dy)."""
-    dy, x = np.asarray(dy), np.asarray(x)
-    _check(x, gamma, "batchnorm2d_backward_eval", ("running_mean", running_mean), ("running_var", running_var))
-    if dy.shape != x.shape:
-        raise ValueError(f"batchnorm2d_backward_eval: dy shape {dy.shape} differs from x shape {x.shape}")
-    dt = compute_dtype(dy, x)
-    dy, x = prepare(dy, dt), prepare(x, dt)
+    dy, x, dt = _backward_inputs(dy, x, gamma, "batchnorm2d_backward_eval", ("running_mean", running_mean),
+                                 ("running_var", running_var))
     rstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
     dx = _affine(dy, (np.asarray(gamma, dtype=np.float64) * rstd).astype(dt), None) if need_dx else None
     if not need_dparams:

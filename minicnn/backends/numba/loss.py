@@ -98,14 +98,19 @@ def _targets(logits, targets, where):
     return prepare(t, np.dtype(np.int64))
 
 
+def _rows_and_targets(a, targets, name, where):
+    """(a prepared as (N, C) in its compute dtype, targets checked against it, that dtype)."""
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"{where}: {name} must be (N, C), got shape {tuple(a.shape)}")
+    dt = compute_dtype(a)
+    a = prepare(a, dt)
+    return a, _targets(a, targets, where), dt
+
+
 def softmax_cross_entropy_forward(logits, targets):
     """(loss, probs): mean over the batch of logsumexp(z) - z[t] (0-d array), and softmax(z)."""
-    logits = np.asarray(logits)
-    if logits.ndim != 2:
-        raise ValueError(f"softmax_cross_entropy_forward: logits must be (N, C), got shape {tuple(logits.shape)}")
-    dt = compute_dtype(logits)
-    z = prepare(logits, dt)
-    t = _targets(z, targets, "softmax_cross_entropy_forward")
+    z, t, dt = _rows_and_targets(logits, targets, "logits", "softmax_cross_entropy_forward")
     probs = np.empty_like(z)
     nll = np.empty(z.shape[0], dtype=np.float64)
     _ce_fwd(z, t, probs, nll)
@@ -115,12 +120,7 @@ def softmax_cross_entropy_forward(logits, targets):
 
 def softmax_cross_entropy_backward(probs, targets):
     """dlogits = (probs - onehot(targets)) / N."""
-    probs = np.asarray(probs)
-    if probs.ndim != 2:
-        raise ValueError(f"softmax_cross_entropy_backward: probs must be (N, C), got shape {tuple(probs.shape)}")
-    dt = compute_dtype(probs)
-    p = prepare(probs, dt)
-    t = _targets(p, targets, "softmax_cross_entropy_backward")
+    p, t, _ = _rows_and_targets(probs, targets, "probs", "softmax_cross_entropy_backward")
     d = np.empty_like(p)
     _ce_bwd(p, t, d)
     return d
