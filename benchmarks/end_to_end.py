@@ -325,7 +325,7 @@ def _minicnn_step(model, opt, loss_fn, be):
         with mc.backend(be):
             opt.zero_grad()
             loss = loss_fn(model(x), y)
-            model.backward(loss_fn.backward())
+            model.backward_params(loss_fn.backward())
             opt.step()
         return float(mc.to_numpy(loss))
 

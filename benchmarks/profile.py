@@ -86,7 +86,7 @@ def profile(backend: str = "numba", batch: int = 8, mode: str = "plain", repeats
         def step():
             opt.zero_grad()
             loss = loss_fn(model(x), y)
-            model.backward(loss_fn.backward())
+            model.backward_params(loss_fn.backward())
             opt.step()
             return loss
     else:

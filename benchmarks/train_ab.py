@@ -37,7 +37,7 @@ def ab(batch: int = 16, steps: int = 8, off: str = "dw", threads: int = 2, size:
     def step():
         opt.zero_grad()
         loss = loss_fn(model(x), y)
-        model.backward(loss_fn.backward())
+        model.backward_params(loss_fn.backward())
         opt.step()
         return float(mc.to_numpy(loss))
 

@@ -5,10 +5,11 @@ One training step is the whole of manual backprop in five lines::
     model.zero_grad()
     logits = model(xb)              # each layer keeps what its backward needs
     loss = loss_fn(logits, yb)      # a float: the batch mean
-    model.backward(loss_fn.backward())
+    model.backward_params(loss_fn.backward())   # every .grad; no dL/dx for the images
     optimizer.step()
 
-Reported losses and metrics are averages over *samples*, not over batches: every batch is
+(``model.backward(dy)`` would also return dL/dx, which only input-space methods such as
+gradient ascent or saliency maps want.) Reported losses and metrics are averages over *samples*, not over batches: every batch is
 weighted by its size, so a short last batch counts for exactly its share. ``evaluate`` goes one
 step further and computes each metric once over all the outputs of the data set.
 See docs/training.md.
@@ -290,7 +291,7 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs=1, metrics=("accuracy
 
     ``train`` and ``val`` are DataLoaders or ``(X, y)`` pairs; a pair is batched by ``batch_size``,
     the training pair shuffled each epoch from minicnn's global generator. Each step: train mode,
-    ``model.zero_grad()``, forward, ``loss_fn``, ``model.backward(loss_fn.backward())``,
+    ``model.zero_grad()``, forward, ``loss_fn``, ``model.backward_params(loss_fn.backward())``,
     ``optimizer.step()``, then ``scheduler.step()`` when ``scheduler_step="batch"``
     (``"epoch"`` steps it once after each epoch instead).
 
@@ -336,7 +337,7 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs=1, metrics=("accuracy
                     f"fit: the loss became {loss} at epoch {epoch}, batch {b}; lower the learning rate "
                     f"(now {lr:g}) or check the inputs for NaN/inf"
                 )
-            model.backward(loss_fn.backward())
+            model.backward_params(loss_fn.backward())
             optimizer.step()
             if scheduler is not None and scheduler_step == "batch":
                 scheduler.step()

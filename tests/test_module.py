@@ -234,6 +234,41 @@ def test_sequential_container():
     np.testing.assert_allclose(seq(x), 1 / (1 + np.exp(-np.tanh(np.maximum(x, 0)))), rtol=1e-6)
 
 
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_backward_params_equals_backward_grads_and_skips_the_input(backend_name, monkeypatch):
+    """Sequential.backward_params: the same .grad as backward, no dL/dx from the first conv, and
+    the modules before the first trainable one (a frozen conv, a ReLU) are not visited."""
+    from minicnn import ops
+    mc.manual_seed(4)
+    net = nn.Sequential(nn.ReLU(), nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.Flatten(),
+                        nn.Linear(8, 3)).train()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 1, 4, 4)).astype(np.float32)
+    g = rng.standard_normal((2, 3)).astype(np.float32)
+    flags = []
+    real = ops.conv2d_backward
+    monkeypatch.setattr(ops, "conv2d_backward", lambda *a, **k: flags.append(k["need_dx"]) or real(*a, **k))
+    with mc.backend(backend_name):
+        net(x)
+        assert net.backward(g).shape == x.shape
+        want = {k: np.array(p.grad) for k, p in net.named_parameters()}
+        net.zero_grad()
+        flags.clear()
+        net(x)
+        assert net.backward_params(g) is None
+        assert flags == [True, False]  # the second conv, then the first (no dL/dx)
+        for k, p in net.named_parameters():
+            np.testing.assert_allclose(p.grad, want[k], rtol=1e-6, atol=1e-7, err_msg=k)
+        net[1].freeze()
+        net.zero_grad()
+        flags.clear()
+        net(x)
+        net.backward_params(g)
+        assert flags == [False] and net[1].weight.grad is None
+        np.testing.assert_allclose(net[3].weight.grad, want["3.weight"], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(net[5].weight.grad, want["5.weight"], rtol=1e-6, atol=1e-7)
+
+
 def test_module_must_call_super_init():
     class Broken(nn.Module):
         def __init__(self):

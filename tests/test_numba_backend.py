@@ -279,16 +279,32 @@ def test_conv_chunking_covers_several_chunks(monkeypatch):
 @settings(max_examples=25, deadline=None)
 @given(case=conv_case(), n0=st.integers(0, 2), seed=st.integers(0, 2**16))
 def test_im2col_matches_reference_unfold(case, n0, seed):
-    """The unfold itself, for a chunk starting at image n0: strided layers read a phase-split copy."""
-    from minicnn.backends.numba.im2col import im2col
+    """The unfold itself, for a chunk starting at image n0, both ways (the gather table, and runs
+    of rows, where strided layers read a phase-split copy), and its adjoint col2im: both ways give
+    the reference fold exactly (each cell sums its taps in the same order)."""
+    from minicnn.backends.numba.im2col import ROWS, TABLE, col2im, im2col
+    from minicnn.backends.numpy.conv import col2im as ref_col2im
     from minicnn.backends.numpy.conv import im2col as ref_im2col
     (n, c, h, w), (_, _, r, s), _, stride, padding, dilation, _, _ = case
-    x = np.random.default_rng(seed).standard_normal((n0 + n + 1, c, h, w)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n0 + n + 1, c, h, w)).astype(np.float32)
     ref = ref_im2col(x[n0:n0 + n], r, s, stride, padding, dilation)  # (n, C, R, S, P, Q)
     P, Q = ref.shape[-2:]
-    cols = np.full((c * r * s, n * P * Q), np.nan, dtype=np.float32)
-    im2col(x, n0, n, cols, r, s, stride, padding, dilation, P, Q)
-    assert np.array_equal(cols, ref.transpose(1, 2, 3, 0, 4, 5).reshape(c * r * s, n * P * Q))
+    g = rng.standard_normal((c * r * s, n * P * Q)).astype(np.float32)
+    want_fold = ref_col2im(g.reshape(c, r, s, n, P, Q).transpose(3, 0, 1, 2, 4, 5), (n, c, h, w),
+                           stride, padding, dilation)
+    for mode in (TABLE, ROWS):
+        cols = np.full((c * r * s, n * P * Q), np.nan, dtype=np.float32)
+        im2col(x, n0, n, cols, r, s, stride, padding, dilation, P, Q, mode=mode)
+        assert np.array_equal(cols, ref.transpose(1, 2, 3, 0, 4, 5).reshape(c * r * s, n * P * Q)), mode
+        dx = np.full((n0 + n + 1, c, h, w), np.nan, dtype=np.float32)
+        col2im(g, dx, n0, n, r, s, stride, padding, dilation, P, Q, mode=mode)
+        assert np.isnan(dx[:n0]).all() and np.isnan(dx[n0 + n:]).all(), mode  # other images untouched
+        np.testing.assert_allclose(dx[n0:n0 + n], want_fold, rtol=1e-5, atol=1e-5, err_msg=str(mode))
+        if mode == TABLE:
+            fold_table = dx[n0:n0 + n].copy()
+        else:
+            assert np.array_equal(dx[n0:n0 + n], fold_table)
 
 
 @pytest.mark.parametrize("kernel,stride,padding,dilation,hw", [
@@ -297,18 +313,33 @@ def test_im2col_matches_reference_unfold(case, n0, seed):
     ((5, 5), (1, 1), (2, 2), (1, 1), (4, 9)),
     ((3, 3), (1, 1), (3, 1), (1, 1), (2, 6)),     # rows that never meet the image (all zero)
     ((3, 2), (1, 2), (1, 4), (1, 1), (5, 8)),     # strided columns whose phase rows happen to be Q long
+    ((7, 7), (2, 2), (3, 3), (1, 1), (40, 38)),   # a stem: strided rows from the phase split
 ])
-def test_im2col_contiguous_runs(kernel, stride, padding, dilation, hw):
-    """The path that copies all valid rows of one (channel, tap) as a single run, then zeroes the
-    cells that fall in the padding, against the reference unfold (and NaN-filled output)."""
-    from minicnn.backends.numba.im2col import im2col
+def test_im2col_rows_runs(kernel, stride, padding, dilation, hw):
+    """The row-run unfold (including the path that copies all valid rows of one (channel, tap)
+    as a single run, then zeroes the cells that fall in the padding) against the reference
+    unfold, into NaN-filled output."""
+    from minicnn.backends.numba.im2col import ROWS, im2col
     from minicnn.backends.numpy.conv import im2col as ref_im2col
     x = np.random.default_rng(5).standard_normal((3, 4, *hw)).astype(np.float32)
     ref = ref_im2col(x[1:3], *kernel, stride, padding, dilation)
     c, (P, Q) = x.shape[1], ref.shape[-2:]
     cols = np.full((c * kernel[0] * kernel[1], 2 * P * Q), np.nan, dtype=np.float32)
-    im2col(x, 1, 2, cols, *kernel, stride, padding, dilation, P, Q)
+    im2col(x, 1, 2, cols, *kernel, stride, padding, dilation, P, Q, mode=ROWS)
     assert np.array_equal(cols, ref.transpose(1, 2, 3, 0, 4, 5).reshape(cols.shape))
+
+
+def test_unfold_mode_rule():
+    """Short or strided rows with a small table gather through it, and so does every fold with
+    a small table; long unstrided rows, or a table past TABLE_MAX entries, copy row runs."""
+    from minicnn.backends.numba.im2col import ROWS, TABLE, unfold_mode
+    assert unfold_mode(3, 3, (1, 1), 4, 4) == TABLE        # the digits convnet
+    assert unfold_mode(3, 3, (1, 1), 7, 7) == TABLE        # ResNet layer4
+    assert unfold_mode(3, 3, (2, 2), 28, 28) == TABLE      # ResNet layer2's strided conv
+    assert unfold_mode(3, 3, (1, 1), 28, 28) == ROWS       # ResNet layer2
+    assert unfold_mode(3, 3, (1, 1), 28, 28, adjoint=True) == TABLE
+    assert unfold_mode(3, 3, (1, 1), 56, 56) == ROWS       # ResNet layer1
+    assert unfold_mode(7, 7, (2, 2), 112, 112, adjoint=True) == ROWS  # the stem: a 600k-entry table
 
 
 @pytest.mark.parametrize("a_shape,b_shape,transpose_b", [
@@ -718,7 +749,7 @@ def pool_case(draw):
     return (n, c, h, w), (r, s), stride, padding, dilation, draw(st.integers(0, 2**16)), draw(st.booleans())
 
 
-@pytest.mark.parametrize("max_form", ["rows", "windows"])
+@pytest.mark.parametrize("max_form", ["rows", "table", "windows"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @settings(max_examples=25, deadline=None)
 @given(case=pool_case())
@@ -730,12 +761,15 @@ def test_pooling_matches_reference(case, dtype, max_form):
         x = np.round(x)
         x[rng.random(shape) < 0.1] = -np.inf
         x[rng.random(shape) < 0.05] = np.nan
-    # both forms of the max pool with argmax: row by row (any row length) and window by window
-    saved, pool.ROWS_MIN_Q = pool.ROWS_MIN_Q, (1 if max_form == "rows" else 10**9)
+    # the three forms of the max pool with argmax: row by row (any row length), tap by tap over
+    # the plane through the gather table, and window by window
+    saved = pool.ROWS_MIN_Q, pool.TABLE_MAX
+    pool.ROWS_MIN_Q = 1 if max_form == "rows" else 10**9
+    pool.TABLE_MAX = 0 if max_form == "windows" else 10**9
     try:
         y, am = NB["maxpool2d_forward"](x, k, stride, padding, dilation)
     finally:
-        pool.ROWS_MIN_Q = saved
+        pool.ROWS_MIN_Q, pool.TABLE_MAX = saved
     ry, ram = REF["maxpool2d_forward"](x, k, stride, padding, dilation)
     assert np.array_equal(y, ry, equal_nan=True) and y.dtype == ry.dtype
     assert np.array_equal(am, ram) and am.dtype == np.int64

@@ -391,3 +391,63 @@ def test_load_from_a_file(tmp_path, sd18):
                 np.testing.assert_array_equal(v, sd18[k], err_msg=k)
     with pytest.raises(Exception, match="nothing.safetensors"):
         resnet18(weights=tmp_path / "nothing.safetensors")
+
+
+def _grads(model):
+    return {k: (None if p.grad is None else np.array(mc.to_numpy(p.grad))) for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("backend_name", backend_params())
+def test_backward_params_fills_the_same_grads_without_input_grad(backend_name, monkeypatch):
+    """backward_params gives exactly backward's parameter gradients; the stem conv is asked for no
+    dL/dx, and a frozen backbone under a trainable head is not visited at all."""
+    from minicnn import ops
+    model = narrow_resnet(seed=1, width=8, num_classes=4).train()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 40, 40)).astype(np.float32)
+    g = rng.standard_normal((2, 4)).astype(np.float32)
+    calls = []
+    real = ops.conv2d_backward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("need_dx", True))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "conv2d_backward", spy)
+    with mc.backend(backend_name):
+        model.zero_grad()
+        model(x)
+        assert model.backward(g) is not None
+        want = _grads(model)
+        n_convs = len(calls)
+        model.zero_grad()
+        calls.clear()
+        model(x)
+        assert model.backward_params(g) is None
+        got = _grads(model)
+        assert len(calls) == n_convs and calls.count(False) == 1  # the stem conv alone skips dL/dx
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+        # a frozen backbone: only the head's backward runs
+        model.freeze()
+        model.fc.unfreeze()
+        model.zero_grad()
+        calls.clear()
+        model(x)
+        model.backward_params(g)
+        assert calls == []
+        got = _grads(model)
+        np.testing.assert_allclose(got["fc.weight"], want["fc.weight"], rtol=1e-5, atol=1e-6)
+        assert all(v is None for k, v in got.items() if not k.startswith("fc."))
+
+        # nothing trainable: nothing runs, nothing is filled
+        model.fc.freeze()
+        model.zero_grad()
+        model(x)
+        assert model.backward_params(g) is None
+        assert all(v is None for v in _grads(model).values())
+        with mc.no_grad():
+            model(x)
+        with pytest.raises(RuntimeError, match="before a forward pass with gradients"):
+            model.backward_params(g)

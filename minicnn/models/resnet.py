@@ -198,12 +198,23 @@ class ResNet(Module):
             return y.reshape(y.shape[0], -1)
         return getattr(self, name)(x)
 
-    def _backward_stage(self, name, dy):
+    def _backward_stage(self, name, dy, input_grad=True):
+        """dL/d(stage input) from dL/d(stage output); with ``input_grad=False`` only the stage's
+        parameter gradients (see :meth:`backward_params`), returning None."""
         if name == "stem":
-            return self.conv1.backward(self.bn1.backward(self.relu.backward(self.maxpool.backward(dy))))
+            d = self.bn1.backward(self.relu.backward(self.maxpool.backward(dy)))
+            return self.conv1.backward(d) if input_grad else self.conv1.backward_params(d)
         if name == "avgpool":
-            return self.avgpool.backward(dy.reshape(self._pooled_shape))
-        return getattr(self, name).backward(dy)
+            return self.avgpool.backward(dy.reshape(self._pooled_shape)) if input_grad else None
+        stage = getattr(self, name)
+        return stage.backward(dy) if input_grad else stage.backward_params(dy)
+
+    def _stage_trainable(self, name) -> bool:
+        if name == "stem":
+            return self.conv1.has_trainable() or self.bn1.has_trainable()
+        if name == "avgpool":
+            return False
+        return getattr(self, name).has_trainable()
 
     def _run(self, x, upto="fc", record=False):
         if upto not in STAGES:
@@ -248,14 +259,23 @@ class ResNet(Module):
         """dL/dx from dL/dlogits; accumulates every trainable parameter's ``.grad``."""
         return self.backward_from("fc", dy)
 
-    def backward_from(self, name, grad, to=None):
-        """Backpropagate ``grad`` (dL/d output of stage ``name``) through the stages before it.
-
-        Returns dL/dx for the network input, or, when ``to`` names an earlier stage, dL/d that
-        stage's output (Grad-CAM takes ``to="layer4"``). Parameter gradients of every stage passed
-        through accumulate into ``.grad``. The last forward pass (``forward``, ``forward_features``,
-        ``embed`` or ``activations``) must have reached ``name`` with gradients enabled.
+    def backward_params(self, dy) -> None:
+        """Accumulate every trainable parameter's ``.grad`` from dL/dlogits, and compute no more:
+        backward stops in the earliest stage that holds a trainable parameter, and that stage's
+        first layer skips its input gradient. Training from images thus skips the stem's dL/dx
+        (as PyTorch does for an input that does not require grad), and a frozen backbone under a
+        trainable head costs only the head's backward. Returns None (``backward`` returns dL/dx).
         """
+        self._check_backward_from("fc")
+        first = next((i for i, stage in enumerate(STAGES) if self._stage_trainable(stage)), None)
+        if first is None:
+            return None
+        for stage in reversed(STAGES[first + 1:]):
+            dy = self._backward_stage(stage, dy)
+        self._backward_stage(STAGES[first], dy, input_grad=False)
+        return None
+
+    def _check_backward_from(self, name) -> int:
         if name not in STAGES:
             raise ValueError(f"{self.arch}: unknown stage {name!r}; stages are {', '.join(STAGES)}")
         if self._reached is None:
@@ -266,6 +286,17 @@ class ResNet(Module):
                 f"{self.arch}: the last forward pass stopped at {self._reached!r}, so there is nothing to "
                 f"backpropagate from {name!r}"
             )
+        return hi
+
+    def backward_from(self, name, grad, to=None):
+        """Backpropagate ``grad`` (dL/d output of stage ``name``) through the stages before it.
+
+        Returns dL/dx for the network input, or, when ``to`` names an earlier stage, dL/d that
+        stage's output (Grad-CAM takes ``to="layer4"``). Parameter gradients of every stage passed
+        through accumulate into ``.grad``. The last forward pass (``forward``, ``forward_features``,
+        ``embed`` or ``activations``) must have reached ``name`` with gradients enabled.
+        """
+        hi = self._check_backward_from(name)
         lo = -1
         if to is not None:
             if to not in STAGES:

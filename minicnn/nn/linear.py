@@ -33,11 +33,19 @@ class Linear(Module):
         return y
 
     def backward(self, dy):
+        return self._backward(dy, True)
+
+    def backward_params(self, dy) -> None:
+        """dW and db only: no dL/dx (for the first layer of a network)."""
+        self._backward(dy, False)
+
+    def _backward(self, dy, need_dx):
         x = self._need_forward()
-        dx, dw, db = ops.linear_backward(
-            dy, x, self.weight.data, True, self.weight.requires_grad,
-            self.bias is not None and self.bias.requires_grad,
-        )
+        need_dw = self.weight.requires_grad
+        need_db = self.bias is not None and self.bias.requires_grad
+        if not (need_dx or need_dw or need_db):
+            return None
+        dx, dw, db = ops.linear_backward(dy, x, self.weight.data, need_dx, need_dw, need_db)
         self.weight.accumulate(dw)
         if self.bias is not None:
             self.bias.accumulate(db)

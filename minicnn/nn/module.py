@@ -124,6 +124,21 @@ class Module:
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__} does not implement backward")
 
+    def backward_params(self, dy) -> None:
+        """Accumulate the ``.grad`` of every trainable parameter from dL/d(output), without dL/dx.
+
+        What a training step needs: nothing upstream of the model wants the gradient of its input
+        (PyTorch likewise skips it for an input that does not require grad). Layers whose input
+        gradient is separate work (convolution, linear) skip it; containers stop backpropagating at
+        their first trainable module, so a frozen backbone costs nothing. This default runs
+        ``backward`` and drops its result. Returns None.
+        """
+        self.backward(dy)
+
+    def has_trainable(self) -> bool:
+        """True when this module or one it contains has a parameter with ``requires_grad``."""
+        return any(p.requires_grad for p in self.parameters())
+
     def _move_to_backend(self) -> None:
         """Keep this module's own arrays in the memory of the backend in force (moves at most once)."""
         be = backends.current()
@@ -364,6 +379,18 @@ class Sequential(Module):
         for m in reversed(self._modules.values()):
             dy = m.backward(dy)
         return dy
+
+    def backward_params(self, dy) -> None:
+        """Backward down to the first module with a trainable parameter, which skips its own dL/dx
+        (see :meth:`Module.backward_params`); the modules before it are not visited."""
+        mods = list(self._modules.values())
+        first = next((i for i, m in enumerate(mods) if m.has_trainable()), None)
+        if first is None:
+            return None
+        for m in reversed(mods[first + 1:]):
+            dy = m.backward(dy)
+        mods[first].backward_params(dy)
+        return None
 
     def append(self, module: Module) -> "Sequential":
         self.add_module(str(len(self._modules)), module)

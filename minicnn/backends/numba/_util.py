@@ -97,6 +97,10 @@ def check_conv(x, w, b, stride, padding, dilation, groups, where="conv2d"):
 # Shared kernels (shared so that each costs one compilation per dtype, not one per op)
 
 
+# epilogue rows shorter than this are indexed value by value instead of through row views
+SHORT_ROW = 8
+
+
 @njit(cache=True, parallel=True)
 def epilogue(src, s_off, s_n, s_k, dst, d_off, d_n, d_k, nc, K, L,
              scale, has_scale, b, has_b, res, has_res, relu):  # pragma: no cover - jitted
@@ -119,6 +123,16 @@ def epilogue(src, s_off, s_n, s_k, dst, d_off, d_n, d_k, nc, K, L,
         # case: one test per row instead of four per element
         a = scale[k] if has_scale else one
         bias = b[k] if has_b else zero
+        if L < SHORT_ROW:
+            # a linear layer's rows are single values: views would cost more than the work
+            for j in range(L):
+                v = src[sb + j] * a + bias
+                if has_res:
+                    v += res[db + j]
+                if relu and v < 0:
+                    v = zero
+                dst[db + j] = v
+            continue
         # 0-based loops over row views: numba then knows no index is negative, drops its
         # wrap-around check and LLVM vectorises (8x faster than indexing the flat arrays)
         s = src[sb:sb + L]

@@ -125,7 +125,7 @@ def run_unary(mode, x):
     """Fresh array: ``unary`` applied to ``x``."""
     x = _flat(x)
     y = _memory.empty(x.shape, x.dtype)
-    _threads.run(unary, mode, x.reshape(-1), y.reshape(-1))
+    _threads.run(unary, mode, x.reshape(-1), y.reshape(-1), weight=_threads.LIGHT)
     return y
 
 
@@ -137,7 +137,7 @@ def run_binary(mode, a, b, where, alpha=1.0):
     dt = compute_dtype(a, b)
     a, b = prepare(a, dt), prepare(b, dt)
     out = _memory.empty(a.shape, a.dtype)
-    _threads.run(binary, mode, a.reshape(-1), b.reshape(-1), out.reshape(-1), float(alpha))
+    _threads.run(binary, mode, a.reshape(-1), b.reshape(-1), out.reshape(-1), float(alpha), weight=_threads.LIGHT)
     return out
 
 

@@ -1,18 +1,33 @@
 """im2col and its adjoint col2im: the unfolding that turns a convolution into a GEMM.
 
-``_im2col`` writes through two strides, so the same kernel also gathers Winograd's input tiles
-(an unfold with a tile-sized kernel and stride m) in the layout that transform's GEMM reads.
+Two ways to unfold, chosen per shape by :func:`unfold_mode` (the choice never changes a value):
+
+- ``TABLE`` gathers through a table of source offsets, one int32 per (tap, output cell) and -1
+  where the tap falls in the padding, shared by every image and channel. One task per row of
+  the column matrix (channel, tap) then writes that row from start to end as one stream, each
+  value ``plane[tab[j]]`` or 0. Used where the table is small and the rows are short or strided
+  (the digits convnet's 4x4 and 8x8 planes, ResNet's 28x28 and smaller planes, strided layers):
+  per-row loops there cost more in bookkeeping than in bytes.
+- ``ROWS`` copies runs of contiguous input cells: stride-1 rows directly, strided rows from a
+  copy of the input split by column phase (``w mod stride``), where the columns one tap reads are
+  contiguous. For long rows (56x56 and larger planes, the 7x7 stem's 112-wide output).
+
+Serial, one thread, ``python -m benchmarks.variant_sweep`` machine (see docs/kernels.md): the
+digits convnet's 16-channel 4x4 unfold (batch 64) 309 -> 53 us; ResNet-18 stem, one image,
+676 -> 230 us; a 3x3 stride-2 layer on 56x56 planes (batch 8) 4.4 -> 1.4 ms.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 from . import _threads
 
-
-# runs shorter than this are copied value by value: a slice copy makes two array views, which
-# cost more than the copy itself on the digits convnet's 4x4 and 8x8 planes
-SHORT_RUN = 16
+TABLE, ROWS = 0, 1
+# the gather table is used up to this many entries (R*S*P*Q; 128 KiB of int32) ...
+TABLE_MAX = 1 << 15
+# ... by im2col unless the rows are unstrided and at least this long: contiguous copies then win
+ROWS_MIN_Q = 12
 
 
 @njit(cache=True)
@@ -31,32 +46,61 @@ def _q_range(Q, W, sw, off_w):  # pragma: no cover - jitted
     return q_lo, q_hi
 
 
+@njit(cache=True)
+def _tap_table(tab, H, W, R, S, sh, sw, ph, pw, dh, dw, P, Q):  # pragma: no cover - jitted
+    """tab[r*S + s, p*Q + q] = h*W + w of the input cell tap (r, s) of output (p, q) reads, -1 in the padding."""
+    for r in range(R):
+        for s in range(S):
+            t = tab[r * S + s]
+            for p in range(P):
+                h = p * sh - ph + r * dh
+                for q in range(Q):
+                    w = q * sw - pw + s * dw
+                    t[p * Q + q] = h * W + w if 0 <= h < H and 0 <= w < W else -1
+
+
 @njit(cache=True, parallel=True)
-def _im2col(xs, i0, C, H, row_len, Wq, W, nc, cols, stride_c, stride_rs, R, S, sh, sw, ph, pw, dh, dw,
-            P, Q):  # pragma: no cover - jitted
-    """Unfold nc images into the flat array ``cols``:
+def _im2col_table(xf, n0, nc, C, HW, cols, tab):  # pragma: no cover - jitted
+    """cols[c*RS + rs, i*PQ + j] = plane (n0+i, c) of the flat input at tab[rs, j] (0 where -1).
 
-        cols[c*stride_c + (r*S + s)*stride_rs + i*P*Q + p*Q + q]
-            = x[n0+i, c, p*sh - ph + r*dh, q*sw - pw + s*dw]   (0 outside the image)
+    One task per row of ``cols``: it writes the row start to end, reading each image's plane
+    through the same table row (which stays in cache across the images).
+    """
+    RS, PQ = tab.shape
+    zero = cols.dtype.type(0)
+    for task in prange(C * RS):
+        c = task // RS
+        rs = task - c * RS
+        t = tab[rs]
+        row = cols[task]
+        for i in range(nc):
+            base = ((n0 + i) * C + c) * HW
+            src = xf[base:base + HW]
+            d = row[i * PQ:(i + 1) * PQ]
+            for j in range(PQ):
+                k = t[j]
+                d[j] = src[k] if k >= 0 else zero
 
-    With stride_c = R*S*nc*P*Q, stride_rs = nc*P*Q this is the GEMM layout (C*R*S, nc*P*Q) of
-    im2col; with stride_c = nc*P*Q, stride_rs = C*nc*P*Q it is Winograd's tile layout
-    (alpha*alpha, C, tiles) (kernel = tile, stride = m).
 
-    ``xs`` is the input split by column phase: input row (image i0+i, channel c, row h) starts at
-    ((i0+i)*C + c)*H + h) * row_len, and its columns w = phase + j*sw sit at phase*Wq + j. For
-    stride 1 that is x itself (i0 = n0, row_len = Wq = W); for stride sw > 1 the wrapper builds
-    the split (i0 = 0), so that the columns one output row reads for tap s — w = q*sw + off,
-    all of one phase — are contiguous and every run is a slice copy (numba lowers those to plain
-    copies; a strided element loop over views ran 7x slower than memory and did not scale to two
-    threads, since every view is an atomic reference-count update on the shared array).
+@njit(cache=True, parallel=True)
+def _im2col_rows(xs, i0, C, H, row_len, Wq, W, nc, cols, R, S, sh, sw, ph, pw, dh, dw,
+                 P, Q):  # pragma: no cover - jitted
+    """Unfold nc images into ``cols`` (C*R*S, nc*P*Q), run by run:
+
+        cols[(c*R + r)*S + s, i*P*Q + p*Q + q] = x[n0+i, c, p*sh - ph + r*dh, q*sw - pw + s*dw]
+
+    (0 outside the image). ``xs`` is the input split by column phase: input row (image i0+i,
+    channel c, row h) starts at (((i0+i)*C + c)*H + h) * row_len, and its columns
+    w = phase + j*sw sit at phase*Wq + j. For stride 1 that is x itself (i0 = n0, row_len = Wq
+    = W); for stride sw > 1 the wrapper builds the split (i0 = 0), so that the columns one output
+    row reads for tap s (w = q*sw + off, all of one phase) are contiguous.
     When consecutive output rows read consecutive input rows of exactly Q values (stride 1 down
-    the rows and a "same" width, as in every 3x3 layer of a ResNet), all valid rows of one tap are
-    a single run: one copy, then the few cells that fall in the padding are zeroed. On 7x7 planes
-    this halved the unfold (per-row copies of 7 values cost more in overhead than in bytes).
-    One task per (image, channel, kernel row): it owns S distinct runs of cells, so no races; the
-    7x7 stem of a one-image chunk thus has 21 tasks rather than 3 (image, channel) ones, which
-    left one of two threads idle half the time.
+    the rows and a "same" width), all valid rows of one tap are a single run: one copy, then the
+    cells that fall in the padding are zeroed.
+    Copies are 0-based loops over views (numba then drops its negative-index checks and LLVM
+    vectorises them); a slice assignment measured 2-3x slower.
+    One task per (image, channel, kernel row): it owns S distinct rows of cells, so no races;
+    the 7x7 stem of a one-image chunk thus has 21 tasks rather than 3.
     """
     PQ = P * Q
     zero = cols.dtype.type(0)
@@ -67,61 +111,82 @@ def _im2col(xs, i0, C, H, row_len, Wq, W, nc, cols, stride_c, stride_rs, R, S, s
         c = ic - i * C
         xb = ((i0 + i) * C + c) * H
         for s in range(S):
-            start = c * stride_c + (r * S + s) * stride_rs + i * PQ
+            dt = cols[(c * R + r) * S + s, i * PQ:(i + 1) * PQ]
             off_w = s * dw - pw
             phase = off_w % sw
             j0 = (off_w - phase) // sw
             q_lo, q_hi = _q_range(Q, W, sw, off_w)
-            if sh == 1 and row_len == Q and q_hi > q_lo:
-                # consecutive output rows read consecutive, equally long input rows: the valid
-                # rows are one contiguous run (small planes would otherwise pay per-row slice
-                # overhead), whose cells left of q_lo / right of q_hi are zeroed afterwards
+            nq = q_hi - q_lo
+            if sh == 1 and row_len == Q and nq > 0:
                 p_lo = min(max(0, ph - r * dh), P)
                 p_hi = max(min(P, H + ph - r * dh), p_lo)
-                for j in range(start, start + p_lo * Q):
-                    cols[j] = zero
-                for j in range(start + p_hi * Q, start + PQ):
-                    cols[j] = zero
+                for j in range(p_lo * Q):
+                    dt[j] = zero
+                for j in range(p_hi * Q, PQ):
+                    dt[j] = zero
                 if p_hi > p_lo:
-                    sb = (xb + p_lo - ph + r * dh) * row_len + phase * Wq + j0
-                    d0 = start + p_lo * Q + q_lo
-                    run = (p_hi - 1 - p_lo) * Q + q_hi - q_lo
-                    if run < SHORT_RUN:  # two views cost more than copying a few values one by one
-                        for j in range(run):
-                            cols[d0 + j] = xs[sb + q_lo + j]
-                    else:
-                        cols[d0:d0 + run] = xs[sb + q_lo:sb + q_lo + run]
+                    sb = (xb + p_lo - ph + r * dh) * row_len + phase * Wq + j0 + q_lo
+                    run = (p_hi - 1 - p_lo) * Q + nq
+                    src = xs[sb:sb + run]
+                    d = dt[p_lo * Q + q_lo:p_lo * Q + q_lo + run]
+                    for j in range(run):
+                        d[j] = src[j]
+                    # the run also copied the neighbouring rows' cells left of q_lo / right of q_hi
                     for p in range(p_lo, p_hi):
-                        d = start + p * Q
                         for q in range(q_lo):
-                            cols[d + q] = zero
+                            dt[p * Q + q] = zero
                         for q in range(q_hi, Q):
-                            cols[d + q] = zero
+                            dt[p * Q + q] = zero
                 continue
             for p in range(P):
                 hi = p * sh - ph + r * dh
-                d = start + p * Q
-                if hi < 0 or hi >= H:
+                d = dt[p * Q:(p + 1) * Q]
+                if hi < 0 or hi >= H or nq <= 0:
                     for q in range(Q):
-                        cols[d + q] = zero
+                        d[q] = zero
                     continue
+                sb = (xb + hi) * row_len + phase * Wq + j0 + q_lo
+                src = xs[sb:sb + nq]
+                dd = d[q_lo:q_hi]
                 for q in range(q_lo):
-                    cols[d + q] = zero
-                sb = (xb + hi) * row_len + phase * Wq + j0
-                if q_hi - q_lo < SHORT_RUN:
-                    for q in range(q_lo, q_hi):
-                        cols[d + q] = xs[sb + q]
-                else:
-                    cols[d + q_lo:d + q_hi] = xs[sb + q_lo:sb + q_hi]
+                    d[q] = zero
+                for j in range(nq):
+                    dd[j] = src[j]
                 for q in range(q_hi, Q):
-                    cols[d + q] = zero
+                    d[q] = zero
 
 
-def im2col(x, n0, nc, cols, R, S, stride, padding, dilation, P, Q):
-    """Fill ``cols`` (C*R*S, nc*P*Q) with the unfolded images n0..n0+nc-1 (see ``_im2col``)."""
-    ncols = nc * P * Q
+def unfold_mode(R, S, stride, P, Q, adjoint=False) -> int:
+    """TABLE or ROWS for this layer shape, for im2col or (``adjoint``) col2im; both modes give
+    the same values. The fold gathers through the table wherever it is small (a scatter-add
+    per cell beat the strided row views at every size measured); the unfold only where the rows
+    are strided or shorter than ROWS_MIN_Q (from 14x14 planes up, contiguous row copies won)."""
+    if R * S * P * Q > TABLE_MAX:
+        return ROWS
+    if adjoint or stride[1] > 1 or Q < ROWS_MIN_Q:
+        return TABLE
+    return ROWS
+
+
+def _table(H, W, R, S, stride, padding, dilation, P, Q):
+    tab = _threads.workspace("im2col.table", (R * S, P * Q), np.int32)
+    _tap_table(tab, H, W, R, S, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], P, Q)
+    return tab
+
+
+def im2col(x, n0, nc, cols, R, S, stride, padding, dilation, P, Q, mode=None):
+    """Fill ``cols`` (C*R*S, nc*P*Q) with the unfolded images n0..n0+nc-1 of the C-contiguous ``x``.
+
+    ``mode`` (TABLE or ROWS) defaults to :func:`unfold_mode`'s choice.
+    """
     N, C, H, W = x.shape
     sh, sw = stride
+    if mode is None:
+        mode = unfold_mode(R, S, stride, P, Q)
+    if mode == TABLE:
+        tab = _table(H, W, R, S, stride, padding, dilation, P, Q)
+        _threads.run(_im2col_table, x.reshape(-1), n0, nc, C, H * W, cols, tab, work=cols.size)
+        return cols
     if sw == 1:
         xs, i0, row_len, Wq = x.reshape(-1), n0, W, W
     else:
@@ -135,17 +200,43 @@ def im2col(x, n0, nc, cols, R, S, stride, padding, dilation, P, Q):
             cnt = -(-(W - phase) // sw)
             split[:, :, :, phase, :cnt] = x[n0:n0 + nc, :, :, phase::sw]
         xs, i0, row_len = split.reshape(-1), 0, sw * Wq
-    _threads.run(_im2col, xs, i0, C, H, row_len, Wq, W, nc, cols.reshape(-1), R * S * ncols, ncols, R, S,
-                 sh, sw, padding[0], padding[1], dilation[0], dilation[1], P, Q)
+    _threads.run(_im2col_rows, xs, i0, C, H, row_len, Wq, W, nc, cols, R, S, sh, sw, padding[0], padding[1],
+                 dilation[0], dilation[1], P, Q, work=cols.size)
     return cols
 
 
 @njit(cache=True, parallel=True)
-def _col2im(cols, dx, n0, nc, R, S, sh, sw, ph, pw, dh, dw, P, Q):  # pragma: no cover - jitted
-    """The adjoint of _im2col: dx[n0+i, c] = sum of every column cell that came from each pixel.
+def _col2im_table(cols, dxf, n0, nc, C, HW, tab):  # pragma: no cover - jitted
+    """The adjoint of _im2col_table: plane (n0+i, c) of the flat dx = sum over taps rs of
+    cols[c*RS + rs, i*PQ + j] added at tab[rs, j] (nothing where -1).
 
     One task per (image, channel) plane, which receives contributions only from its own rows of
-    ``cols``: the scatter-add needs no atomics and the summation order is fixed.
+    ``cols``: the scatter-add needs no atomics, and each cell sums its taps in (r, s) order.
+    """
+    RS, PQ = tab.shape
+    zero = dxf.dtype.type(0)
+    for task in prange(nc * C):
+        i = task // C
+        c = task - i * C
+        base = ((n0 + i) * C + c) * HW
+        plane = dxf[base:base + HW]
+        for k in range(HW):
+            plane[k] = zero
+        for rs in range(RS):
+            t = tab[rs]
+            src = cols[c * RS + rs, i * PQ:(i + 1) * PQ]
+            for j in range(PQ):
+                k = t[j]
+                if k >= 0:
+                    plane[k] += src[j]
+
+
+@njit(cache=True, parallel=True)
+def _col2im_rows(cols, dx, n0, nc, R, S, sh, sw, ph, pw, dh, dw, P, Q):  # pragma: no cover - jitted
+    """The adjoint of _im2col_rows: dx[n0+i, c] = sum of every column cell that came from each pixel.
+
+    One task per (image, channel) plane, which receives contributions only from its own rows of
+    ``cols``: the scatter-add needs no atomics and each cell sums its taps in (r, s) order.
     """
     C = dx.shape[1]
     H = dx.shape[2]
@@ -159,31 +250,36 @@ def _col2im(cols, dx, n0, nc, R, S, sh, sw, ph, pw, dh, dw, P, Q):  # pragma: no
         plane[:, :] = zero
         for r in range(R):
             for s in range(S):
-                ci = (c * R + r) * S + s
                 off_w = s * dw - pw
                 q_lo, q_hi = _q_range(Q, W, sw, off_w)
                 nq = q_hi - q_lo
                 if nq <= 0:
                     continue
-                row = cols[ci]
+                row = cols[(c * R + r) * S + s]
                 for p in range(P):
                     hi = p * sh - ph + r * dh
                     if hi < 0 or hi >= H:
                         continue
-                    base = i * PQ + p * Q
-                    if nq < SHORT_RUN:  # short rows: scalar indexing, no views
-                        for q in range(q_lo, q_hi):
-                            plane[hi, q * sw + off_w] += row[base + q]
-                        continue
                     # 0-based loops over views: no wrap-around checks, so LLVM vectorises
                     dst = plane[hi, q_lo * sw + off_w:(q_hi - 1) * sw + off_w + 1:sw]
+                    base = i * PQ + p * Q
                     src = row[base + q_lo:base + q_hi]
                     for j in range(nq):
                         dst[j] += src[j]
 
 
-def col2im(cols, dx, n0, nc, R, S, stride, padding, dilation, P, Q):
-    """Overwrite images n0..n0+nc-1 of ``dx`` with the fold of ``cols`` (C*R*S, nc*P*Q)."""
-    _threads.run(_col2im, cols, dx, n0, nc, R, S, stride[0], stride[1], padding[0], padding[1],
-                 dilation[0], dilation[1], P, Q)
+def col2im(cols, dx, n0, nc, R, S, stride, padding, dilation, P, Q, mode=None):
+    """Overwrite images n0..n0+nc-1 of the C-contiguous ``dx`` with the fold of ``cols`` (C*R*S, nc*P*Q).
+
+    ``mode`` (TABLE or ROWS) defaults to :func:`unfold_mode`'s choice; both sum in the same order.
+    """
+    N, C, H, W = dx.shape
+    if mode is None:
+        mode = unfold_mode(R, S, stride, P, Q, adjoint=True)
+    if mode == TABLE:
+        tab = _table(H, W, R, S, stride, padding, dilation, P, Q)
+        _threads.run(_col2im_table, cols, dx.reshape(-1), n0, nc, C, H * W, tab, work=cols.size)
+        return dx
+    _threads.run(_col2im_rows, cols, dx, n0, nc, R, S, stride[0], stride[1], padding[0], padding[1],
+                 dilation[0], dilation[1], P, Q, work=cols.size)
     return dx

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from . import _memory, _threads
 from ._util import compute_dtype, conv_output_size, empty_like_ndim, pair, prepare
-from .im2col import _q_range
+from .im2col import TABLE_MAX, _q_range, _tap_table
 
 __all__ = [
     "maxpool2d_forward",
@@ -33,7 +33,9 @@ __all__ = [
 
 MAX, AVG, MAX_ROWS = 0, 1, 2
 # regular max pooling goes row by row (MAX_ROWS) from this many outputs per row; shorter rows go
-# window by window, as the views MAX_ROWS makes per row and tap cost more than they save there
+# tap by tap over the whole plane through im2col's gather table (as the views MAX_ROWS makes per
+# row and tap cost more than they save there), or window by window where that table would have
+# more than TABLE_MAX entries
 ROWS_MIN_Q = 8
 
 
@@ -120,6 +122,37 @@ def _pool_fwd(mode, x, y, am, hlo, hcnt, hta, htb, dh, wlo, wcnt, wta, wtb, dw, 
                     cnt = (r_hi - r_lo) * (s_hi - s_lo)
                     div = hcnt[p] * wcnt[q] if include_pad else cnt
                     y[n, c, p, q] = acc / div if div > 0 else 0.0
+
+
+@njit(cache=True, parallel=True)
+def _max_table(x3, y3, am3, tab):  # pragma: no cover - jitted
+    """Regular max pooling with argmax, tap by tap over whole planes: x3 (N*C, H*W), y3 and am3
+    (N*C, P*Q), tab (taps, P*Q) im2col's gather table (the input offset each tap of each window
+    reads, -1 in the padding), whose rows come in scan order (r, then s).
+
+    Same rule as MAX_ROWS: a window takes its first real tap, then any strictly greater value or
+    any NaN (the last NaN wins, as in PyTorch); argmax stays -1 where no tap is real. On the
+    digits convnet's 8x8 and 4x4 planes (2x2 windows) this runs one loop of P*Q values per tap
+    where window by window paid a mispredicted branch per tap: 325 -> see docs/kernels.md.
+    """
+    RS, PQ = tab.shape
+    neg_inf = y3.dtype.type(-np.inf)
+    for task in prange(x3.shape[0]):
+        xp = x3[task]
+        yp = y3[task]
+        ap = am3[task]
+        for j in range(PQ):
+            yp[j] = neg_inf
+            ap[j] = -1
+        for rs in range(RS):
+            t = tab[rs]
+            for j in range(PQ):
+                k = t[j]
+                if k >= 0:
+                    v = xp[k]
+                    if ap[j] < 0 or v > yp[j] or v != v:
+                        yp[j] = v
+                        ap[j] = k
 
 
 @njit(cache=True, inline="always")
@@ -351,8 +384,16 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
     (R, S), stride, padding, dilation, P, Q = _window_out(x, kernel_size, stride, padding, dilation, "maxpool2d")
     N, C = x.shape[:2]
     y = _memory.empty((N, C, P, Q), x.dtype)
-    rows = _regular(P, R, stride[0], padding[0], dilation[0], x.shape[2])
-    cols = _regular(Q, S, stride[1], padding[1], dilation[1], x.shape[3])
+    H, W = x.shape[2:]
+    if need_argmax and Q < ROWS_MIN_Q and R * S * P * Q <= TABLE_MAX:
+        am = _memory.empty((N, C, P, Q), np.int64)
+        tab = _threads.workspace("pool.table", (R * S, P * Q), np.int32)
+        _tap_table(tab, H, W, R, S, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], P, Q)
+        _threads.run(_max_table, x.reshape(N * C, H * W), y.reshape(N * C, P * Q), am.reshape(N * C, P * Q), tab,
+                     work=y.size * R * S)
+        return y, am
+    rows = _regular(P, R, stride[0], padding[0], dilation[0], H)
+    cols = _regular(Q, S, stride[1], padding[1], dilation[1], W)
     if not need_argmax:
         _threads.run(_maxpool_values, x, y, rows[0], rows[2], rows[3], dilation[0], cols[0], cols[2], cols[3],
                      dilation[1], empty_like_ndim(1, x.dtype), False, False)
