@@ -356,3 +356,30 @@ def test_train_ab_runs_both_sides_to_the_same_loss():
     times = train_ab.ab(batch=2, steps=2, off="both", threads=1, size=32)
     assert len(times["on"]) == len(times["off"]) == 2 and min(times["on"] + times["off"]) > 0
     assert (conv._dw_by_winograd, conv._dx_by_winograd) == before  # restored
+
+
+def test_unfold_sweep_checks_and_times_both_forms(monkeypatch):
+    """The sweep behind unfold_mode: both forms of the unfold and the fold are checked against the
+    reference (a broken form raises) and timed, with the rule's picks alongside."""
+    pytest.importorskip("numba")
+    from benchmarks import unfold_sweep
+    from minicnn.backends.numba import im2col
+
+    monkeypatch.setattr(unfold_sweep, "CASES", ((2, 3, 6, 6, 3, 1, 1), (1, 2, 9, 9, 3, 2, 1)))
+    rows = unfold_sweep.sweep(rounds=1, threads=1, log=lambda line: None)
+    assert [r["unfold mode"] for r in rows] == ["table", "table"]
+    for r in rows:
+        times = [v for k, v in r.items() if k.endswith("(us)")]
+        assert len(times) == 8 and all(isinstance(t, float) and t > 0 for t in times), r
+    assert unfold_sweep.markdown(rows).count("\n") == 3
+
+    real = im2col.im2col
+
+    def broken(x, n0, nc, cols, *args, mode=None):
+        real(x, n0, nc, cols, *args, mode=mode)
+        if mode == im2col.ROWS:
+            cols[0, 0] += 1
+
+    monkeypatch.setattr(im2col, "im2col", broken)
+    with pytest.raises(AssertionError, match="im2col mode 1 differs"):
+        unfold_sweep.sweep(rounds=1, threads=1, log=lambda line: None)
