@@ -383,3 +383,15 @@ def test_unfold_sweep_checks_and_times_both_forms(monkeypatch):
     monkeypatch.setattr(im2col, "im2col", broken)
     with pytest.raises(AssertionError, match="im2col mode 1 differs"):
         unfold_sweep.sweep(rounds=1, threads=1, log=lambda line: None)
+
+
+def test_threads_ab_times_every_configuration_and_restores_the_settings():
+    pytest.importorskip("numba")
+    from benchmarks import threads_ab
+    from minicnn.backends.numba import _threads
+
+    before = (_threads.SPLIT_MIN_MACS, _threads._serial_max)
+    times = threads_ab.ab("digits", serial_max=(0, 1 << 40), split_min=(1, 1 << 40), rounds=1, reps=2, threads=1)
+    assert sorted(times) == [(0, 1), (0, 1 << 40), (1 << 40, 1), (1 << 40, 1 << 40)]
+    assert all(len(v) == 2 and min(v) > 0 for v in times.values())
+    assert (_threads.SPLIT_MIN_MACS, _threads._serial_max) == before

@@ -83,8 +83,10 @@ def needs_lock() -> bool:
 # its serial twin on the calling thread. Waking numba's sleeping workers for a parallel region
 # costs about 55 us here (median; an empty two-task region), which is what a serial loop takes
 # for about a million float32 elements of simple work: below this size the wake-up is most of
-# the call. See docs/kernels.md, "Small calls run serially".
-SERIAL_MAX_WORK = 1 << 17
+# the call. 2^17 at first; 2^19 once the unfold and the small-plane pools were rewritten (the
+# digits step 2.16 -> 1.70 ms with the GEMM split below, ResNet-18 at batch 1 and its training
+# step unchanged: benchmarks/threads_ab.py). See docs/kernels.md, "Small calls run serially".
+SERIAL_MAX_WORK = 1 << 19
 # ``weight`` of the kernels that loop over many taps or tiles per value (Winograd transforms,
 # window pooling with argmax): serially they were 1.5-2x slower than in parallel at a digits
 # step's 50k-110k values, while a plain pass over that many values is 5-8x faster serially
@@ -222,9 +224,11 @@ _layer: str = _launch()
 _needs_lock: bool = _layer not in ("tbb", "omp")
 
 
-# A product smaller than this many multiply-adds runs on the calling thread alone: handing half
-# of it to another thread costs more (tens of microseconds) than it saves.
-SPLIT_MIN_MACS = 2_000_000
+# Each slice of a split product has at least this many multiply-adds; a smaller product runs on
+# the calling thread alone: handing half of it to another thread costs more (tens of
+# microseconds) than it saves. 2M split the digits convnet's 4.7M-MAC GEMMs, and 8M (which does
+# not) took its step from 2.10 to 1.70 ms; every ResNet-18 GEMM is far above either.
+SPLIT_MIN_MACS = 8_000_000
 
 _pool = None
 _pool_key = (0, 0)
