@@ -5,7 +5,8 @@ of load on a shared machine hits all of them alike).
     python -m benchmarks.threads_ab --model digits --serial-max 131072,524288 --split-min 2000000,8000000
 
 ``--model``: ``digits`` (an SGD step of the digits convnet at batch 64, 40 rounds of 15 steps),
-``b1`` (compiled ResNet-18 inference on one 224x224 image, 25 rounds of 5 calls) or ``train16``
+``b1`` (compiled ResNet-18 inference on one 224x224 image, 25 rounds of 5 calls), ``b8`` (the
+same on 8 images, 10 rounds of 2 calls) or ``train16``
 (an SGD step of ResNet-18 at batch 16, 6 rounds of 1 step); ``--rounds`` overrides the count.
 The steps are those ``minicnn bench e2e`` times. docs/kernels.md ("Small calls run serially")
 holds a run of it.
@@ -20,7 +21,7 @@ import numpy as np
 
 from . import harness
 
-PLANS = {"digits": (40, 15), "b1": (25, 5), "train16": (6, 1)}
+PLANS = {"digits": (40, 15), "b1": (25, 5), "b8": (10, 2), "train16": (6, 1)}
 
 
 def _workload(model: str, size: int = 224):
@@ -29,14 +30,14 @@ def _workload(model: str, size: int = 224):
 
     from .end_to_end import _minicnn_step, _training_setup
 
-    if model == "b1":
+    if model in ("b1", "b8"):
         from minicnn.inference import compile_inference
         from minicnn.models.resnet import resnet18, seeded_state_dict
 
         net = resnet18(weights=seeded_state_dict("resnet18", seed=0)).eval()
         with mc.backend("numba"):
             compiled = compile_inference(net)
-        x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal((int(model[1:]), 3, size, size)).astype(np.float32)
 
         def infer():
             with mc.backend("numba"):

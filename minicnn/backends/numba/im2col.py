@@ -28,6 +28,8 @@ TABLE, ROWS = 0, 1
 TABLE_MAX = 1 << 15
 # ... by im2col unless the rows are unstrided and at least this long: contiguous copies then win
 ROWS_MIN_Q = 12
+# the table holds int32 offsets into one (H, W) plane: larger planes always copy row runs
+PLANE_MAX = 2**31 - 1
 
 
 @njit(cache=True)
@@ -183,6 +185,8 @@ def im2col(x, n0, nc, cols, R, S, stride, padding, dilation, P, Q, mode=None):
     sh, sw = stride
     if mode is None:
         mode = unfold_mode(R, S, stride, P, Q)
+    if H * W > PLANE_MAX:
+        mode = ROWS
     if mode == TABLE:
         tab = _table(H, W, R, S, stride, padding, dilation, P, Q)
         _threads.run(_im2col_table, x.reshape(-1), n0, nc, C, H * W, cols, tab, work=cols.size)
@@ -276,6 +280,8 @@ def col2im(cols, dx, n0, nc, R, S, stride, padding, dilation, P, Q, mode=None):
     N, C, H, W = dx.shape
     if mode is None:
         mode = unfold_mode(R, S, stride, P, Q, adjoint=True)
+    if H * W > PLANE_MAX:
+        mode = ROWS
     if mode == TABLE:
         tab = _table(H, W, R, S, stride, padding, dilation, P, Q)
         _threads.run(_col2im_table, cols, dx.reshape(-1), n0, nc, C, H * W, tab, work=cols.size)
