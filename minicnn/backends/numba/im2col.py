@@ -6,15 +6,16 @@ Two ways to unfold, chosen per shape by :func:`unfold_mode` (the choice never ch
   where the tap falls in the padding, shared by every image and channel. One task per row of
   the column matrix (channel, tap) then writes that row from start to end as one stream, each
   value ``plane[tab[j]]`` or 0. Used where the table is small and the rows are short or strided
-  (the digits convnet's 4x4 and 8x8 planes, ResNet's 28x28 and smaller planes, strided layers):
-  per-row loops there cost more in bookkeeping than in bytes.
+  (the digits convnet's 4x4 and 8x8 planes, ResNet's 7x7 planes, strided layers): per-row loops
+  there cost more in bookkeeping than in bytes. The fold uses it wherever the table is small.
 - ``ROWS`` copies runs of contiguous input cells: stride-1 rows directly, strided rows from a
   copy of the input split by column phase (``w mod stride``), where the columns one tap reads are
-  contiguous. For long rows (56x56 and larger planes, the 7x7 stem's 112-wide output).
+  contiguous. For long rows (14x14 and larger unstrided planes, the 7x7 stem's 112-wide output).
 
-Serial, one thread, ``python -m benchmarks.variant_sweep`` machine (see docs/kernels.md): the
-digits convnet's 16-channel 4x4 unfold (batch 64) 309 -> 53 us; ResNet-18 stem, one image,
-676 -> 230 us; a 3x3 stride-2 layer on 56x56 planes (batch 8) 4.4 -> 1.4 ms.
+Against the previous unfold (the row form with slice copies), one thread, median per call: the
+digits convnet's 64x16x4x4 chunk 301 -> 49 us, ResNet-18's stem (one image) 687 -> 212 us, a
+3x3/2 chunk of 11x128x28x28 3.5 -> 0.87 ms. ``python -m benchmarks.unfold_sweep`` times both
+forms; docs/kernels.md holds a run.
 """
 from __future__ import annotations
 
