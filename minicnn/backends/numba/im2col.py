@@ -171,8 +171,10 @@ def unfold_mode(R, S, stride, P, Q, adjoint=False) -> int:
     return ROWS
 
 
-def _table(H, W, R, S, stride, padding, dilation, P, Q):
-    tab = _threads.workspace("im2col.table", (R * S, P * Q), np.int32)
+def tap_table(H, W, R, S, stride, padding, dilation, P, Q, tag="im2col.table"):
+    """The gather table of this window geometry (see ``_tap_table``) in the calling thread's
+    workspace ``tag`` (the max pool keeps its own, so one never overwrites the other's)."""
+    tab = _threads.workspace(tag, (R * S, P * Q), np.int32)
     _tap_table(tab, H, W, R, S, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], P, Q)
     return tab
 
@@ -189,7 +191,7 @@ def im2col(x, n0, nc, cols, R, S, stride, padding, dilation, P, Q, mode=None):
     if H * W > PLANE_MAX:
         mode = ROWS
     if mode == TABLE:
-        tab = _table(H, W, R, S, stride, padding, dilation, P, Q)
+        tab = tap_table(H, W, R, S, stride, padding, dilation, P, Q)
         _threads.run(_im2col_table, x.reshape(-1), n0, nc, C, H * W, cols, tab, work=cols.size)
         return cols
     if sw == 1:
@@ -284,7 +286,7 @@ def col2im(cols, dx, n0, nc, R, S, stride, padding, dilation, P, Q, mode=None):
     if H * W > PLANE_MAX:
         mode = ROWS
     if mode == TABLE:
-        tab = _table(H, W, R, S, stride, padding, dilation, P, Q)
+        tab = tap_table(H, W, R, S, stride, padding, dilation, P, Q)
         _threads.run(_col2im_table, cols, dx.reshape(-1), n0, nc, C, H * W, tab, work=cols.size)
         return dx
     _threads.run(_col2im_rows, cols, dx, n0, nc, R, S, stride[0], stride[1], padding[0], padding[1],

@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from . import _memory, _threads
 from ._util import compute_dtype, conv_output_size, empty_like_ndim, pair, prepare
-from .im2col import PLANE_MAX, TABLE_MAX, _q_range, _tap_table
+from .im2col import PLANE_MAX, TABLE_MAX, _q_range, tap_table
 
 __all__ = [
     "maxpool2d_forward",
@@ -387,8 +387,7 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
     H, W = x.shape[2:]
     if need_argmax and Q < ROWS_MIN_Q and R * S * P * Q <= TABLE_MAX and H * W <= PLANE_MAX:
         am = _memory.empty((N, C, P, Q), np.int64)
-        tab = _threads.workspace("pool.table", (R * S, P * Q), np.int32)
-        _tap_table(tab, H, W, R, S, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], P, Q)
+        tab = tap_table(H, W, R, S, stride, padding, dilation, P, Q, tag="pool.table")
         _threads.run(_max_table, x.reshape(N * C, H * W), y.reshape(N * C, P * Q), am.reshape(N * C, P * Q), tab,
                      work=y.size * R * S)
         return y, am
