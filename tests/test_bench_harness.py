@@ -395,3 +395,15 @@ def test_threads_ab_times_every_configuration_and_restores_the_settings():
     assert sorted(times) == [(0, 1), (0, 1 << 40), (1 << 40, 1), (1 << 40, 1 << 40)]
     assert all(len(v) == 2 and min(v) > 0 for v in times.values())
     assert (_threads.SPLIT_MIN_MACS, _threads._serial_max) == before
+
+
+def test_unfold_sweep_pools_checks_and_times_both_max_pool_forms(monkeypatch):
+    pytest.importorskip("numba")
+    from benchmarks import unfold_sweep
+    from minicnn.backends.numba import pool
+
+    before = pool.ROWS_MIN_Q, pool.TABLE_MAX
+    monkeypatch.setattr(unfold_sweep, "POOL_CASES", ((2, 3, 6, 6),))
+    rows = unfold_sweep.pool_sweep(rounds=1, threads=1, log=lambda line: None)
+    assert len(rows) == 1 and rows[0]["windows (us)"] > 0 and rows[0]["table (us)"] > 0
+    assert (pool.ROWS_MIN_Q, pool.TABLE_MAX) == before  # restored

@@ -133,7 +133,8 @@ def _max_table(x3, y3, am3, tab):  # pragma: no cover - jitted
     Same rule as MAX_ROWS: a window takes its first real tap, then any strictly greater value or
     any NaN (the last NaN wins, as in PyTorch); argmax stays -1 where no tap is real. One loop of
     P*Q values per tap instead of a short loop per window: the digits convnet's 2x2 pools at
-    batch 64 went from 214 to 50 us (8x8 planes) and 161 to 36 us (4x4), two threads.
+    batch 64 went from 372 to 53 us (8x8 planes) and 171 to 36 us (4x4), two threads
+    (``python -m benchmarks.unfold_sweep --pools``).
     """
     RS, PQ = tab.shape
     neg_inf = y3.dtype.type(-np.inf)
