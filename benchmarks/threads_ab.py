@@ -3,6 +3,7 @@ timed under every combination of the two, alternating configurations in one proc
 of load on a shared machine hits all of them alike).
 
     python -m benchmarks.threads_ab --model digits --serial-max 131072,524288 --split-min 2000000,8000000
+    python -m benchmarks.threads_ab --model b1 --serial-max 524288 --split-min 8000000 --gemm numba,pool
 
 ``--model``: ``digits`` (an SGD step of the digits convnet at batch 64, 40 rounds of 15 steps),
 ``b1`` (compiled ResNet-18 inference on one 224x224 image, 25 rounds of 5 calls), ``b8`` (the
@@ -52,26 +53,26 @@ def _workload(model: str, size: int = 224):
 
 
 @contextlib.contextmanager
-def _config(serial_max: int, split_min: int):
+def _config(serial_max: int, split_min: int, gemm: str = "numba"):
     from minicnn.backends.numba import _threads
 
-    saved = _threads.SPLIT_MIN_MACS
-    _threads.SPLIT_MIN_MACS = split_min
+    saved = _threads.SPLIT_MIN_MACS, _threads.GEMM_THREADS
+    _threads.SPLIT_MIN_MACS, _threads.GEMM_THREADS = split_min, gemm
     try:
         with _threads.serial_below(serial_max):
             yield
     finally:
-        _threads.SPLIT_MIN_MACS = saved
+        _threads.SPLIT_MIN_MACS, _threads.GEMM_THREADS = saved
 
 
 def ab(model="digits", serial_max=(1 << 17, 1 << 19), split_min=(2_000_000, 8_000_000), rounds=None, reps=None,
-       threads=2, size=224) -> dict:
-    """{(serial_max, split_min): [seconds per call]} over interleaved rounds."""
+       threads=2, size=224, gemm=("numba",)) -> dict:
+    """{(serial_max, split_min, gemm): [seconds per call]} over interleaved rounds."""
     harness.set_threads(threads)
     default_rounds, default_reps = PLANS[model]
     rounds, reps = rounds or default_rounds, reps or default_reps
     run = _workload(model, size)
-    configs = [(s, m) for s in serial_max for m in split_min]
+    configs = [(s, m, g) for s in serial_max for m in split_min for g in gemm]
     times = {c: [] for c in configs}
     for c in configs:
         with _config(*c):
@@ -93,17 +94,18 @@ def main(argv=None) -> int:
     ap.add_argument("--model", choices=sorted(PLANS), default="digits")
     ap.add_argument("--serial-max", default="131072,524288", help="comma-separated SERIAL_MAX_WORK values")
     ap.add_argument("--split-min", default="2000000,8000000", help="comma-separated SPLIT_MIN_MACS values")
+    ap.add_argument("--gemm", default="numba", help="comma-separated GEMM_THREADS values (numba, pool)")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     times = ab(args.model, [int(v) for v in args.serial_max.split(",")], [int(v) for v in args.split_min.split(",")],
-               rounds=args.rounds, threads=args.threads)
+               rounds=args.rounds, threads=args.threads, gemm=args.gemm.split(","))
     print(f"{args.model}: {harness.machine_info().get('cpu', '')}")
-    print("| SERIAL_MAX_WORK | SPLIT_MIN_MACS | median ms | p25 ms | min ms | calls |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for (s, m), v in times.items():
+    print("| SERIAL_MAX_WORK | SPLIT_MIN_MACS | GEMM_THREADS | median ms | p25 ms | min ms | calls |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
+    for (s, m, g), v in times.items():
         v = np.asarray(v) * 1e3
-        print(f"| {s} | {m} | {np.median(v):.3f} | {np.percentile(v, 25):.3f} | {v.min():.3f} | {len(v)} |")
+        print(f"| {s} | {m} | {g} | {np.median(v):.3f} | {np.percentile(v, 25):.3f} | {v.min():.3f} | {len(v)} |")
     return 0
 
 

@@ -22,7 +22,7 @@ import os
 
 import threading
 
-__all__ = ["blas_core", "blas_note", "blas_threads", "single_threaded"]
+__all__ = ["blas_core", "blas_note", "blas_threads", "cblas_function", "single_threaded"]
 
 
 def _openblas_libraries():
@@ -50,6 +50,21 @@ def _function(stem: str):
         except OSError:
             continue
         for sym in (f"scipy_openblas_{stem}64_", f"scipy_openblas_{stem}", f"openblas_{stem}64_", f"openblas_{stem}"):
+            fn = getattr(lib, sym, None)
+            if fn is not None:
+                return fn
+    return None
+
+
+def cblas_function(stem: str):
+    """numpy's OpenBLAS ``cblas_<stem>`` (``sgemm``, ``dgemm``) under whichever symbol spelling this
+    build exports, as a ctypes function without a declared signature; None if there is none."""
+    for path in _openblas_libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for sym in (f"scipy_cblas_{stem}64_", f"scipy_cblas_{stem}", f"cblas_{stem}64_", f"cblas_{stem}"):
             fn = getattr(lib, sym, None)
             if fn is not None:
                 return fn

@@ -306,6 +306,37 @@ def test_cli_bench_rejects_bad_arguments(capsys):
                                         "inference, training, memory, startup"]
     assert main(["bench", "ops", "--threads", "0"]) == 1
     assert "--threads must be at least 1" in capsys.readouterr().err
+    assert main(["bench", "e2e", "--rounds", "0"]) == 1
+    assert "--rounds must be at least 1" in capsys.readouterr().err
+
+
+def test_inference_rounds_keep_each_frameworks_best_round_and_any_failure():
+    kept = {}
+    row = lambda fw, ms, status="ok": {"framework": fw, "batch": 1, "median_ms": ms, "status": status}  # noqa: E731
+    for r in (row("a", 12.0), row("b", 20.0), row("a", 10.0), row("b", 25.0), row("a", 11.0), row("b", None, "FAIL")):
+        end_to_end._merge_round(kept, r)
+    assert kept[("a", 1)]["median_ms"] == 10.0 and kept[("a", 1)]["rounds_ms"] == [12.0, 10.0, 11.0]
+    # a failed round is reported whatever the others measured
+    assert kept[("b", 1)]["status"] == "FAIL" and kept[("b", 1)]["rounds_ms"] == [20.0, 25.0, None]
+    md = end_to_end.markdown({"inference": [dict(kept[("a", 1)], size=224, min_ms=9.5, ms_per_img=10.0,
+                                                 img_per_s=100.0, max_rel_err=1e-7)]})
+    assert "3 rounds, the frameworks' processes taking turns" in md
+    assert md.splitlines()[-1] == "| 1 | a | 10.0 | 9.5 | 10.0 | 100.0 | 1.0e-07 |  | ok | 12.0 / 10.0 / 11.0 |"
+
+
+def test_tiny_end_to_end_run_in_rounds(tmp_path, env):
+    """Two rounds of two numpy-backend frameworks at 32x32: every row checked and timed twice."""
+    frameworks = ["minicnn numpy", "minicnn numpy compiled"]
+    payload = end_to_end.run(quick=True, out_dir=str(tmp_path), parts=("inference",), batches=(1,), size=32,
+                             env=env, log=lambda *_: None, frameworks=frameworks, rounds=2)
+    rows = {r["framework"]: r for r in payload["inference"]}
+    assert set(rows) == set(frameworks)
+    for name, r in rows.items():
+        assert r["status"] == "ok", (name, r)
+        assert len(r["rounds_ms"]) == 2 and r["median_ms"] == min(r["rounds_ms"])
+    assert rows["minicnn numpy compiled"]["max_rel_err"] < 1e-4
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        end_to_end.inference(env, (1,), rounds=0)
 
 
 def test_quietly_redoes_disturbed_measurements_and_keeps_the_least_disturbed(monkeypatch):
@@ -390,11 +421,12 @@ def test_threads_ab_times_every_configuration_and_restores_the_settings():
     from benchmarks import threads_ab
     from minicnn.backends.numba import _threads
 
-    before = (_threads.SPLIT_MIN_MACS, _threads._serial_max)
-    times = threads_ab.ab("digits", serial_max=(0, 1 << 40), split_min=(1, 1 << 40), rounds=1, reps=2, threads=1)
-    assert sorted(times) == [(0, 1), (0, 1 << 40), (1 << 40, 1), (1 << 40, 1 << 40)]
+    before = (_threads.SPLIT_MIN_MACS, _threads._serial_max, _threads.GEMM_THREADS)
+    times = threads_ab.ab("digits", serial_max=(0, 1 << 40), split_min=(1, 1 << 40), rounds=1, reps=2, threads=1,
+                          gemm=("numba", "pool"))
+    assert sorted(times) == [(s, m, g) for s in (0, 1 << 40) for m in (1, 1 << 40) for g in ("numba", "pool")]
     assert all(len(v) == 2 and min(v) > 0 for v in times.values())
-    assert (_threads.SPLIT_MIN_MACS, _threads._serial_max) == before
+    assert (_threads.SPLIT_MIN_MACS, _threads._serial_max, _threads.GEMM_THREADS) == before
 
 
 def test_unfold_sweep_pools_checks_and_times_both_max_pool_forms(monkeypatch):

@@ -350,8 +350,10 @@ def test_unfold_mode_rule():
     ((1, 64, 3000), (1, 576, 3000), True),     # a transposed operand (conv backward's dW)
     ((8, 16), (16, 8), False),                 # too small to split: the calling thread alone
 ])
-def test_matmul_splits_match_numpy(a_shape, b_shape, transpose_b):
+@pytest.mark.parametrize("where", ["numba", "pool"])
+def test_matmul_splits_match_numpy(a_shape, b_shape, transpose_b, where, monkeypatch):
     from minicnn import _blas
+    monkeypatch.setattr(_threads, "GEMM_THREADS", where)
     rng = np.random.default_rng(6)
     a = rng.standard_normal(a_shape).astype(np.float32)
     b = rng.standard_normal(b_shape).astype(np.float32)
@@ -363,6 +365,64 @@ def test_matmul_splits_match_numpy(a_shape, b_shape, transpose_b):
     assert _threads.matmul(a, b, out) is out
     assert_close(out, want.astype(np.float32), 1e-5, f"matmul {a_shape} x {b_shape}")
     assert _blas.blas_threads() == before  # OpenBLAS gets its thread count back
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("a_shape,b_shape,ta,tb,parts", [
+    ((64, 300), (300, 3000), False, False, 2),        # columns
+    ((3000, 300), (300, 64), True, False, 2),         # rows of a transposed A
+    ((700, 300), (50, 300), False, True, 3),          # rows, B transposed, three slices
+    ((36, 64, 70), (36, 70, 900), False, False, 2),   # the batch axis
+    ((1, 48, 90), (5, 1, 90, 800), False, False, 2),  # A broadcast over two batch axes
+    ((4, 3, 20, 30), (30, 70), False, False, 5),      # B broadcast, more slices than threads
+    ((1, 200), (200, 5000), False, False, 2),         # one row
+    ((5000, 1), (1, 3), False, False, 2),             # K = 1
+])
+def test_gemm_on_numba_threads_matches_numpy(dtype, a_shape, b_shape, ta, tb, parts):
+    """_gemm.split (OpenBLAS called from numba's threads, one slice each) against numpy's matmul."""
+    from minicnn import _blas
+    from minicnn.backends.numba import _gemm
+    if not _gemm.available():
+        pytest.skip("numpy's BLAS offers no cblas symbols we can call here")
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal(a_shape).astype(dtype)
+    b = rng.standard_normal(b_shape).astype(dtype)
+    if ta:  # stored transposed, read through a view
+        a = np.ascontiguousarray(a.swapaxes(-1, -2)).swapaxes(-1, -2)
+    if tb:
+        b = b.swapaxes(-1, -2)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    out = np.full(want.shape, np.nan, dtype=dtype)
+    with _blas.single_threaded():
+        assert _gemm.split(a, b, out, parts)
+    assert_close(out, want.astype(dtype), 1e-5 if dtype == np.float32 else 1e-12, f"{a_shape} x {b_shape}")
+
+
+def test_gemm_on_numba_threads_declines_what_blas_cannot_take():
+    """Every case split() refuses leaves out untouched, and matmul still answers through the pool."""
+    from minicnn.backends.numba import _gemm
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((40, 30)).astype(np.float32)
+    b = rng.standard_normal((30, 50)).astype(np.float32)
+    refused = [
+        (a.astype(np.int64), b.astype(np.int64), np.zeros((40, 50), np.int64)),     # not a float
+        (a, b.astype(np.float64), np.zeros((40, 50), np.float32)),                # mixed dtypes
+        (a[:, ::2], b[::2], np.zeros((40, 50), np.float32)),                       # no unit stride
+        (a, b, np.zeros((50, 40), np.float32).T),                                  # a transposed out
+        (a, b, np.zeros((2, 2, 2, 40, 50), np.float32)),                           # three batch axes
+        (a[:, :0], b[:0], np.zeros((40, 50), np.float32)),                         # an empty product
+    ]
+    for pa, pb, out in refused:
+        before = out.copy()
+        assert not _gemm.split(pa, pb, out, 2)
+        assert np.array_equal(out, before)
+    buf = rng.standard_normal(40 * 30 + 40 * 50).astype(np.float32)
+    x, y = buf[:1200].reshape(40, 30), buf[1200:].reshape(40, 50)
+    assert not _gemm.split(x, b, buf[:2000].reshape(40, 50), 2)   # out overlaps an operand
+    want = x.astype(np.float64) @ b
+    assert _gemm.split(x, b, y, 2) == _gemm.available()
+    if _gemm.available():
+        assert_close(y, want.astype(np.float32), 1e-5, "split beside its operand")
 
 
 def test_single_threaded_blas_nests_and_restores():

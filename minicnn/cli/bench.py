@@ -36,6 +36,9 @@ def register(subparsers) -> None:
                    help="e2e only: comma-separated subset of inference,training,memory,startup")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                    help="first wait up to S seconds for other processes to leave the CPUs")
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="e2e inference: each framework's process takes N turns, frameworks alternating; "
+                        "the round with the lowest median is reported (default 1)")
     p.set_defaults(func=run)
 
 
@@ -55,6 +58,8 @@ def run(args) -> int:
     """Run the chosen suite(s)."""
     if args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
     if args.parts and args.suite == "ops":
         raise ValueError("--parts selects parts of the e2e suite; it does not apply to 'ops'")
     root = benchmarks_root()
@@ -70,6 +75,6 @@ def run(args) -> int:
     if args.suite in ("ops", "all"):
         ops.run(quick=args.quick, out_dir=out, threads=args.threads, env=env)
     if args.suite in ("e2e", "all"):
-        end_to_end.run(quick=args.quick, out_dir=out, threads=args.threads, parts=parts, env=env)
+        end_to_end.run(quick=args.quick, out_dir=out, threads=args.threads, parts=parts, env=env, rounds=args.rounds)
     print(f"results written to {out}")
     return 0

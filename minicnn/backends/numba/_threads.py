@@ -13,9 +13,10 @@ Scratch buffers (im2col columns, Winograd transforms, packed gradients) are reus
 because first-touching tens of megabytes costs as much as a small convolution. They live in a
 ``threading.local``, so two threads never share one, and nothing the ops return ever aliases them.
 
-GEMMs go through ``matmul``: OpenBLAS runs single-threaded on each of our threads, each taking a
-slice of the product, because OpenBLAS's own workers spin for about 0.1 s after every GEMM and
-would take the cores from the numba kernels that follow (minicnn/_blas.py has the measurements).
+GEMMs go through ``matmul``: OpenBLAS runs single-threaded on each of numba's threads (_gemm.py),
+each taking a slice of the product, because OpenBLAS's own workers spin for about 0.1 s after
+every GEMM and would take the cores from the numba kernels that follow (minicnn/_blas.py has the
+measurements); numba's own workers spin only briefly (``SPIN_COUNT``).
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ from . import _memory
 # A buffer larger than this is allocated per call instead of being kept around.
 MAX_CACHED_BYTES = 96 * 1024 * 1024
 
+# GNU OpenMP's spin count for idle workers (GOMP_SPINCOUNT; see _launch)
+SPIN_COUNT = 30000
+
 _region_lock = threading.Lock()
 _local = threading.local()
 
@@ -44,14 +48,20 @@ def _launch() -> str:
     import numba
     from numba.np.ufunc import parallel
 
-    # GNU OpenMP spins idle workers for a while after each region; with as many threads as cores
-    # the spinners compete with the thread that goes on (Python, BLAS) and a 1M-element kernel
-    # measured up to 80x slower. The policy is read once, when the OpenMP runtime starts inside
-    # _launch_threads, so it is set just for that moment (unless the user chose one) and then
-    # removed again: other OpenMP runtimes loaded later (torch bundles its own) keep their default.
-    ours = "OMP_WAIT_POLICY" not in os.environ
+    # How long GNU OpenMP's idle workers spin before they sleep. Its default (300000 spins, a few
+    # ms) let spinners compete with the threads that went on (Python, BLAS helpers) and a 1M-element
+    # kernel measured up to 80x slower, so we ran with OMP_WAIT_POLICY=PASSIVE; but on a VM a
+    # sleeping worker takes 50 us and more to wake (an empty two-task region: 50 us median passive,
+    # 1.4 us with a short spin), once per kernel. Since the GEMM slices run on these same workers
+    # (_gemm.py) nothing else needs the cores while they spin, and SPIN_COUNT spins (~0.3 ms)
+    # cover the gap between one kernel and the next: ResNet-18 at batch 1 15.9-19.0 -> 13.7-14.6 ms
+    # (benchmarks/threads_ab.py, docs/kernels.md). The count is read once, when the OpenMP
+    # runtime starts inside _launch_threads, so it is set just for that moment (unless the user
+    # chose a policy or a count) and then removed again: other OpenMP runtimes loaded later
+    # (torch bundles its own) keep their default.
+    ours = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
     if ours:
-        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     try:
         if not parallel._is_initialized and not os.environ.get("NUMBA_THREADING_LAYER"):
             previous = numba.config.THREADING_LAYER
@@ -65,7 +75,7 @@ def _launch() -> str:
             parallel._launch_threads()
     finally:
         if ours:
-            os.environ.pop("OMP_WAIT_POLICY", None)
+            os.environ.pop("GOMP_SPINCOUNT", None)
     return numba.threading_layer()
 
 
@@ -81,12 +91,14 @@ def needs_lock() -> bool:
 
 # Work (array elements the call is handed, or what the caller says) below which a kernel runs
 # its serial twin on the calling thread. Waking numba's sleeping workers for a parallel region
-# costs about 55 us here (median; an empty two-task region), which is what a serial loop takes
-# for about a million float32 elements of simple work: below this size the wake-up is most of
-# the call. 2^17 at first; 2^19 once the unfold and the small-plane pools were rewritten (the
-# digits step 2.16 -> 1.70 ms with the GEMM split below, ResNet-18 at batch 1 and its training
-# step unchanged: benchmarks/threads_ab.py). See docs/kernels.md, "Small calls run serially".
-SERIAL_MAX_WORK = 1 << 19
+# cost about 55 us here (median; an empty two-task region), which is what a serial loop takes
+# for about a million float32 elements of simple work: below this size the wake-up was most of
+# the call. 2^17 at first; 2^19 once the unfold and the small-plane pools were rewritten; 2^15
+# once the workers spin briefly between regions (SPIN_COUNT: a region that follows another
+# starts in microseconds), which took the digits step from 1.75 to 1.17 ms, ResNet-18 at batch
+# 1, 8 and its training step unchanged (benchmarks/threads_ab.py). See docs/kernels.md, "Small
+# calls run serially".
+SERIAL_MAX_WORK = 1 << 15
 # ``weight`` of the kernels that loop over many taps or tiles per value (Winograd transforms,
 # window pooling with argmax): serially they were 1.5-2x slower than in parallel at a digits
 # step's 50k-110k values, while a plain pass over that many values is 5-8x faster serially
@@ -221,14 +233,20 @@ def workspace_bytes() -> int:
 
 
 _layer: str = _launch()
+_launch_pid: int = os.getpid()  # a forked child has another: GNU OpenMP's threads did not come with it
 _needs_lock: bool = _layer not in ("tbb", "omp")
 
 
 # Each slice of a split product has at least this many multiply-adds; a smaller product runs on
-# the calling thread alone: handing half of it to another thread costs more (tens of
-# microseconds) than it saves. 2M split the digits convnet's 4.7M-MAC GEMMs, and 8M (which does
-# not) took its step from 2.10 to 1.70 ms; every ResNet-18 GEMM is far above either.
-SPLIT_MIN_MACS = 8_000_000
+# the calling thread alone: handing half of it to another thread costs more than it saves. With
+# Python helper threads 8M (which left the digits convnet's 4.7M-MAC GEMMs whole) beat 2M; on
+# numba's spinning workers 2M splits them and is as fast or faster (benchmarks/threads_ab.py);
+# every ResNet-18 GEMM is far above either.
+SPLIT_MIN_MACS = 2_000_000
+# Where the slices of a split GEMM run: "numba" (numba's own threads, each calling OpenBLAS; see
+# _gemm.py) or "pool" (the calling thread and Python helper threads). "numba" falls back to
+# "pool" for what it cannot take (other dtypes, layouts BLAS cannot read in place).
+GEMM_THREADS = "numba"
 
 _pool = None
 _pool_key = (0, 0)
@@ -279,8 +297,11 @@ def _split(a, b, out, parts: int):
 
 
 def matmul(a, b, out):
-    """``np.matmul(a, b, out=out)`` with OpenBLAS on one thread per slice of ``out``, the slices
-    run on as many threads as OpenBLAS was set to use (see the module docstring). Returns ``out``.
+    """``np.matmul(a, b, out=out)`` with OpenBLAS on one thread per slice of ``out``, as many slices
+    as OpenBLAS was set to use threads (see the module docstring). The slices run on numba's
+    threads (``_gemm.split``), or, for what that path declines (integer or mixed dtypes, layouts
+    BLAS cannot read in place) and under ``GEMM_THREADS = "pool"``, on the calling thread and
+    Python helper threads. Returns ``out``.
     """
     threads = _blas.blas_threads()
     if threads is None:  # not an OpenBLAS we can steer: let the BLAS thread itself
@@ -290,6 +311,10 @@ def matmul(a, b, out):
     with _blas.single_threaded():
         if parts == 1:
             return np.matmul(a, b, out=out)
+        from . import _gemm
+
+        if GEMM_THREADS == "numba" and _gemm.split(a, b, out, parts):
+            return out
         jobs = _split(a, b, out, parts)
         pool = _executor(len(jobs) - 1)
         futures = [pool.submit(np.matmul, pa, pb, out=po) for pa, pb, po in jobs[1:]]
