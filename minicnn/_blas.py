@@ -41,34 +41,30 @@ def _openblas_libraries():
     return paths
 
 
-def _function(stem: str):
-    """numpy's OpenBLAS function ``openblas_<stem>`` under whichever of its symbol spellings
-    this build exports (scipy-openblas wheels prefix and suffix them), or None."""
+def _symbol(name: str):
+    """numpy's OpenBLAS function ``name`` under whichever of its spellings this build exports
+    (scipy-openblas wheels prefix ``scipy_`` and, for 64-bit integers, suffix ``64_``), or None."""
     for path in _openblas_libraries():
         try:
             lib = ctypes.CDLL(path)  # numpy loaded it already: the same handle comes back
         except OSError:
             continue
-        for sym in (f"scipy_openblas_{stem}64_", f"scipy_openblas_{stem}", f"openblas_{stem}64_", f"openblas_{stem}"):
+        for sym in (f"scipy_{name}64_", f"scipy_{name}", f"{name}64_", name):
             fn = getattr(lib, sym, None)
             if fn is not None:
                 return fn
     return None
+
+
+def _function(stem: str):
+    """numpy's OpenBLAS ``openblas_<stem>`` (thread count, kernel set name), or None."""
+    return _symbol(f"openblas_{stem}")
 
 
 def cblas_function(stem: str):
-    """numpy's OpenBLAS ``cblas_<stem>`` (``sgemm``, ``dgemm``) under whichever symbol spelling this
-    build exports, as a ctypes function without a declared signature; None if there is none."""
-    for path in _openblas_libraries():
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for sym in (f"scipy_cblas_{stem}64_", f"scipy_cblas_{stem}", f"cblas_{stem}64_", f"cblas_{stem}"):
-            fn = getattr(lib, sym, None)
-            if fn is not None:
-                return fn
-    return None
+    """numpy's OpenBLAS ``cblas_<stem>`` (``sgemm``, ``dgemm``) as a ctypes function without a
+    declared signature, or None."""
+    return _symbol(f"cblas_{stem}")
 
 
 def blas_core() -> str | None:

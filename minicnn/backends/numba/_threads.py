@@ -53,7 +53,7 @@ def _launch() -> str:
     # kernel measured up to 80x slower, so we ran with OMP_WAIT_POLICY=PASSIVE; but on a VM a
     # sleeping worker takes 50 us and more to wake (an empty two-task region: 50 us median passive,
     # 1.4 us with a short spin), once per kernel. Since the GEMM slices run on these same workers
-    # (_gemm.py) nothing else needs the cores while they spin, and SPIN_COUNT spins (~0.3 ms)
+    # (_gemm.py) nothing else needs the cores while they spin, and SPIN_COUNT spins (a fraction of a ms)
     # cover the gap between one kernel and the next: ResNet-18 at batch 1 15.9-19.0 -> 13.7-14.6 ms
     # (benchmarks/threads_ab.py, docs/kernels.md). The count is read once, when the OpenMP
     # runtime starts inside _launch_threads, so it is set just for that moment (unless the user
