@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-
 import threading
 
 __all__ = ["blas_core", "blas_note", "blas_threads", "cblas_function", "single_threaded"]

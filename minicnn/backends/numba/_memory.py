@@ -17,6 +17,7 @@ and ``release()`` unmaps every free block now.
 """
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import sys
@@ -56,9 +57,7 @@ def empty(shape, dtype) -> np.ndarray:
     Pooled arrays are C-contiguous, writeable and start on a page boundary.
     """
     dtype = np.dtype(dtype)
-    n = 1
-    for d in shape:
-        n *= int(d)
+    n = math.prod(map(int, shape))
     nbytes = n * dtype.itemsize
     if nbytes < POOL_MIN_BYTES:
         return np.empty(shape, dtype)

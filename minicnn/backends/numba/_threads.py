@@ -20,6 +20,7 @@ measurements); numba's own workers spin only briefly (``SPIN_COUNT``).
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -190,9 +191,7 @@ def aligned_empty(shape, dtype, align: int = ALIGN) -> np.ndarray:
     varied from process to process, and so did ResNet-18's speed (batch 8: 125 to 165 ms).
     """
     dtype = np.dtype(dtype)
-    n = 1
-    for d in shape:
-        n *= int(d)
+    n = math.prod(map(int, shape))
     raw = np.empty(n * dtype.itemsize + align, dtype=np.uint8)
     start = (-raw.ctypes.data) % align
     return raw[start:start + n * dtype.itemsize].view(dtype).reshape(shape)
@@ -205,9 +204,7 @@ def workspace(tag: str, shape, dtype) -> np.ndarray:
     the same memory, so a caller must not hold two workspaces of one tag at once.
     """
     dtype = np.dtype(dtype)
-    n = 1
-    for d in shape:
-        n *= int(d)
+    n = math.prod(map(int, shape))
     nbytes = n * dtype.itemsize
     if nbytes > MAX_CACHED_BYTES:
         return _memory.empty(shape, dtype)
@@ -311,8 +308,6 @@ def matmul(a, b, out):
     with _blas.single_threaded():
         if parts == 1:
             return np.matmul(a, b, out=out)
-        from . import _gemm
-
         if GEMM_THREADS == "numba" and _gemm.split(a, b, out, parts):
             return out
         jobs = _split(a, b, out, parts)
@@ -323,3 +318,7 @@ def matmul(a, b, out):
         for f in futures:
             f.result()
     return out
+
+
+# imported last: _gemm reads this module's launch state when it runs (not at import)
+from . import _gemm  # noqa: E402

@@ -104,13 +104,14 @@ def _direct(x, w, y3, b, has_b, res, has_res, relu, sh, sw, ph, pw, dh, dw, G, P
 # Forward variants
 
 
-def _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where, out=None):
+def _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where, out=None, with_output=True):
     """Check arguments, bring arrays to one float dtype and C order, and provide the output.
 
     A constant filter (see ``_filters``) is not copied per call: it is used as it is when its
     dtype and layout already fit, else its converted copy is cached. ``out``, when given, must be
     a C-contiguous writeable array of the output's shape and dtype that overlaps neither x nor
-    the residual. Returns the prepared arrays plus ``wkey``: the caller's filter when it is
+    the residual; ``with_output=False`` provides none (y is None: the caller stores no whole
+    output). Returns the prepared arrays plus ``wkey``: the caller's filter when it is
     constant (the key for cached transforms), else None.
     """
     x, w = np.asarray(x), np.asarray(w)
@@ -132,7 +133,9 @@ def _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where
                 f"{where}: residual shape {tuple(residual.shape)} does not match the output shape {(N, K, P, Q)}"
             )
         res3 = prepare(residual, dt).reshape(N, K, P * Q)
-    if out is None:
+    if not with_output:
+        y = None
+    elif out is None:
         y = _memory.empty((N, K, P, Q), dt)
     else:
         y = _check_out(out, (N, K, P, Q), dt, x, res3, where)
@@ -436,13 +439,13 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
     from . import pool
 
     where = "conv2d_maxpool_fused"
-    x, w, b, _, y_conv, stride, padding, dilation, groups, P, Q, _ = _prepare_forward(
-        x, w, b, stride, padding, dilation, groups, None, where)
-    (PR, PS), pstride, ppad, pdil, PP, PQo = pool._window_out(y_conv, pool_kernel, pool_stride, pool_padding,
-                                                              pool_dilation, where)
-    del y_conv  # never touched: only its shape was needed
+    # no output array for the convolution: it is never stored whole
+    x, w, b, _, _, stride, padding, dilation, groups, P, Q, _ = _prepare_forward(
+        x, w, b, stride, padding, dilation, groups, None, where, with_output=False)
     N, C = x.shape[:2]
     K, Cg, R, S = w.shape
+    (PR, PS), pstride, ppad, pdil, PP, PQo = pool._window_out((N, K, P, Q), pool_kernel, pool_stride, pool_padding,
+                                                              pool_dilation, where)
     G, Kg, CRSg, PQ = groups, K // groups, Cg * R * S, P * Q
     dt = x.dtype
     if out is None:

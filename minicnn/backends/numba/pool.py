@@ -357,14 +357,15 @@ def _as4d(x, where):
     return prepare(x, compute_dtype(x))
 
 
-def _window_out(x, kernel_size, stride, padding, dilation, where):
+def _window_out(shape, kernel_size, stride, padding, dilation, where):
+    """((R, S), stride, padding, dilation, P, Q) of pooling an input of ``shape`` (N, C, H, W), checked."""
     R, S = pair(kernel_size, "kernel_size")
     stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     if min(R, S, *stride, *dilation) < 1 or min(padding) < 0:
         raise ValueError(f"{where}: kernel_size, stride, dilation must be >= 1 and padding >= 0")
-    P, Q = conv_output_size(x.shape[2], x.shape[3], R, S, stride, padding, dilation)
+    P, Q = conv_output_size(shape[2], shape[3], R, S, stride, padding, dilation)
     if P < 1 or Q < 1:
-        raise ValueError(f"{where}: input shape {tuple(x.shape)} is smaller than the pooling window {(R, S)}")
+        raise ValueError(f"{where}: input shape {tuple(shape)} is smaller than the pooling window {(R, S)}")
     return (R, S), stride, padding, dilation, P, Q
 
 
@@ -382,7 +383,7 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
     and skips computing and writing the int64 argmax.
     """
     x = _as4d(x, "maxpool2d")
-    (R, S), stride, padding, dilation, P, Q = _window_out(x, kernel_size, stride, padding, dilation, "maxpool2d")
+    (R, S), stride, padding, dilation, P, Q = _window_out(x.shape, kernel_size, stride, padding, dilation, "maxpool2d")
     N, C = x.shape[:2]
     y = _memory.empty((N, C, P, Q), x.dtype)
     H, W = x.shape[2:]
@@ -425,7 +426,7 @@ def maxpool2d_backward(dy, argmax, x_shape):
 def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True):
     """Mean of each window; ``count_include_pad`` divides by the full window, else by its inside part."""
     x = _as4d(x, "avgpool2d")
-    (R, S), stride, padding, _, P, Q = _window_out(x, kernel_size, stride, padding, 1, "avgpool2d")
+    (R, S), stride, padding, _, P, Q = _window_out(x.shape, kernel_size, stride, padding, 1, "avgpool2d")
     y = _memory.empty(x.shape[:2] + (P, Q), x.dtype)
     rows = _regular(P, R, stride[0], padding[0], 1, x.shape[2])
     cols = _regular(Q, S, stride[1], padding[1], 1, x.shape[3])
