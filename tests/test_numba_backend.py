@@ -891,8 +891,57 @@ def test_maxpool_backward_rejects_foreign_argmax():
     dy = np.ones((1, 1, 2, 2), np.float32)
     with pytest.raises(ValueError, match="outside the 3x3 input plane"):
         NB["maxpool2d_backward"](dy, np.full((1, 1, 2, 2), 9), (1, 1, 3, 3))
+    with pytest.raises(ValueError, match="outside the 3x3 input plane"):  # -1 is "no input", -2 is nothing
+        NB["maxpool2d_backward"](dy, np.array([[[[0, -1], [-2, 4]]]]), (1, 1, 3, 3))
+    # -1 (a window of only padding) routes nowhere, the rest lands on its cell
+    dx = NB["maxpool2d_backward"](np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2),
+                                  np.array([[[[0, -1], [8, 0]]]]), (1, 1, 3, 3))
+    assert np.array_equal(dx, np.array([[[[5, 0, 0], [0, 0, 0], [0, 0, 3]]]], np.float32))
     with pytest.raises(ValueError, match="argmax shape"):
         NB["maxpool2d_backward"](dy, np.zeros((1, 1, 3, 2), np.int64), (1, 1, 3, 3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("L", [1, 3, 16, 37])
+@pytest.mark.parametrize("has_scale,has_b,has_res,relu", [
+    (False, False, False, False), (False, True, False, False), (True, True, False, False),
+    (False, True, True, False), (False, True, False, True), (True, True, True, True)])
+def test_epilogue_every_flag_and_layout(dtype, L, has_scale, has_b, has_res, relu):
+    """The shared epilogue against numpy: the write-back from (K, nc*L) into (nc, K, L) at an
+    offset, the packing the other way, and in place; rows of one value take their own loop."""
+    from minicnn.backends.numba._util import run_epilogue
+
+    rng = np.random.default_rng(L)
+    nc, K = 5, 7
+    src = rng.standard_normal((K, nc * L)).astype(dtype)
+    src[0, 0] = np.nan
+    scale = rng.standard_normal(K).astype(dtype) if has_scale else None
+    b = rng.standard_normal(K).astype(dtype) if has_b else None
+    res = rng.standard_normal((nc + 1) * K * L).astype(dtype) if has_res else None
+
+    def act(v):
+        v = v * (scale[None, :, None] if has_scale else 1) + (b[None, :, None] if has_b else 0)
+        if has_res:
+            v = v + res.reshape(nc + 1, K, L)[1:]
+        return np.where(v < 0, 0, v) if relu else v  # NaN stays NaN
+
+    # (K, nc*L) -> (nc, K, L) written one image in, as a chunked write-back does
+    dst = np.full((nc + 1) * K * L, -7, dtype)
+    run_epilogue(src.reshape(-1), 0, L, nc * L, dst, K * L, K * L, L, nc, K, L,
+                 scale=scale, b=b, res=res, relu=relu)
+    want = act(src.reshape(K, nc, L).transpose(1, 0, 2))
+    assert np.array_equal(dst[:K * L], np.full(K * L, -7, dtype))  # before the offset: untouched
+    assert_close(dst[K * L:].reshape(nc, K, L), want, tol_for(dtype), "write-back")
+    # (nc, K, L) -> (K, nc*L): packing, no flags
+    packed = np.empty((K, nc * L), dtype)
+    y = np.ascontiguousarray(src.reshape(K, nc, L).transpose(1, 0, 2))
+    run_epilogue(y.reshape(-1), 0, K * L, L, packed.reshape(-1), 0, L, nc * L, nc, K, L)
+    assert np.array_equal(packed, src, equal_nan=True)
+    # in place on (nc, K, L)
+    y2 = y.copy().reshape(-1)
+    run_epilogue(y2, 0, K * L, L, y2, 0, K * L, L, nc, K, L, scale=scale, b=b,
+                 res=None if res is None else res[K * L:], relu=relu)
+    assert_close(y2.reshape(nc, K, L), want, tol_for(dtype), "in place")
 
 
 # -- batchnorm -------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ class SGD(Optimizer):
                         buf = st["momentum_buffer"] = g.copy()
                     else:
                         buf *= momentum
-                        buf += (1 - dampening) * g
+                        # g itself when there is no dampening (1.0 * g is g exactly): no temporary
+                        buf += (1 - dampening) * g if dampening != 0 else g
                     g = g + momentum * buf if group["nesterov"] else buf
                 p.data -= lr * g
         return loss
