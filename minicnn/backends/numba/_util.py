@@ -106,7 +106,7 @@ def epilogue(src, s_off, s_n, s_k, dst, d_off, d_n, d_k, nc, K, L,
     GEMM result laid out (K, nc*L) and write y's (N, K, L) layout (the im2col write-back, which
     then carries bias/residual/ReLU at no extra pass), work in place on y, pack (N, K, L) into
     (K, N*L) for the backward GEMMs, or apply batchnorm's per-channel affine map. The residual is
-    indexed like dst. One task per (i, k) row.
+    indexed like dst. One task per (i, k) row, or per i when rows are single values (L == 1).
 
     The flat arrays are indexed with unsigned integers: numba then knows no index is negative,
     drops its wrap-around test and LLVM vectorises the row loops. (Row views did the same but
