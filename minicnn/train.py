@@ -9,9 +9,10 @@ One training step is the whole of manual backprop in five lines::
     optimizer.step()
 
 (``model.backward(dy)`` would also return dL/dx, which only input-space methods such as
-gradient ascent or saliency maps want.) Reported losses and metrics are averages over *samples*, not over batches: every batch is
-weighted by its size, so a short last batch counts for exactly its share. ``evaluate`` goes one
-step further and computes each metric once over all the outputs of the data set.
+gradient ascent or saliency maps want.) Reported losses and metrics are averages over
+*samples*, not over batches: every batch is weighted by its size, so a short last batch counts
+for exactly its share. ``evaluate`` goes one step further and computes each metric once over
+all the outputs of the data set.
 See docs/training.md.
 """
 from __future__ import annotations

@@ -421,12 +421,12 @@ def test_threads_ab_times_every_configuration_and_restores_the_settings():
     from benchmarks import threads_ab
     from minicnn.backends.numba import _threads
 
-    before = (_threads.SPLIT_MIN_MACS, _threads._serial_max, _threads.GEMM_THREADS)
+    before = (_threads.SPLIT_MIN_MACS, _threads.SERIAL_MAX_WORK, _threads.GEMM_THREADS)
     times = threads_ab.ab("digits", serial_max=(0, 1 << 40), split_min=(1, 1 << 40), rounds=1, reps=2, threads=1,
                           gemm=("numba", "pool"))
     assert sorted(times) == [(s, m, g) for s in (0, 1 << 40) for m in (1, 1 << 40) for g in ("numba", "pool")]
     assert all(len(v) == 2 and min(v) > 0 for v in times.values())
-    assert (_threads.SPLIT_MIN_MACS, _threads._serial_max, _threads.GEMM_THREADS) == before
+    assert (_threads.SPLIT_MIN_MACS, _threads.SERIAL_MAX_WORK, _threads.GEMM_THREADS) == before
 
 
 def test_unfold_sweep_pools_checks_and_times_both_max_pool_forms(monkeypatch):

@@ -7,10 +7,10 @@ from .. import ops
 from ..grad_mode import is_grad_enabled
 from ..random import get_rng
 from ._utils import check_input, pair
-from .module import Module, Parameter
+from .module import Parameter, WeightBiasLayer
 
 
-class Conv2d(Module):
+class Conv2d(WeightBiasLayer):
     """2-D convolution over NCHW input.
 
     ``Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
@@ -89,24 +89,8 @@ class Conv2d(Module):
         self._cache = x if is_grad_enabled() else None
         return y
 
-    def backward(self, dy):
-        return self._backward(dy, True)
-
-    def backward_params(self, dy) -> None:
-        """dW and db only: no dL/dx (for the first layer of a network)."""
-        self._backward(dy, False)
-
-    def _backward(self, dy, need_dx):
-        x = self._need_forward()
-        need_dw = self.weight.requires_grad
-        need_db = self.bias is not None and self.bias.requires_grad
-        if not (need_dx or need_dw or need_db):
-            return None
-        dx, dw, db = ops.conv2d_backward(
+    def _grads(self, dy, x, need_dx, need_dw, need_db):
+        return ops.conv2d_backward(
             dy, x, self.weight.data, self.stride, self.padding, self.dilation, self.groups,
             need_dx=need_dx, need_dw=need_dw, need_db=need_db,
         )
-        self.weight.accumulate(dw)
-        if self.bias is not None:
-            self.bias.accumulate(db)
-        return dx

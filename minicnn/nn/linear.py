@@ -7,10 +7,10 @@ from .. import ops
 from ..grad_mode import is_grad_enabled
 from ..random import get_rng
 from ._utils import check_input
-from .module import Module, Parameter
+from .module import Module, Parameter, WeightBiasLayer
 
 
-class Linear(Module):
+class Linear(WeightBiasLayer):
     """y = x W^T + b, x of shape (N, in_features). Initialised as PyTorch (uniform +-1/sqrt(in))."""
 
     def __init__(self, in_features, out_features, bias=True):
@@ -32,24 +32,8 @@ class Linear(Module):
         self._cache = x if is_grad_enabled() else None
         return y
 
-    def backward(self, dy):
-        return self._backward(dy, True)
-
-    def backward_params(self, dy) -> None:
-        """dW and db only: no dL/dx (for the first layer of a network)."""
-        self._backward(dy, False)
-
-    def _backward(self, dy, need_dx):
-        x = self._need_forward()
-        need_dw = self.weight.requires_grad
-        need_db = self.bias is not None and self.bias.requires_grad
-        if not (need_dx or need_dw or need_db):
-            return None
-        dx, dw, db = ops.linear_backward(dy, x, self.weight.data, need_dx, need_dw, need_db)
-        self.weight.accumulate(dw)
-        if self.bias is not None:
-            self.bias.accumulate(db)
-        return dx
+    def _grads(self, dy, x, need_dx, need_dw, need_db):
+        return ops.linear_backward(dy, x, self.weight.data, need_dx, need_dw, need_db)
 
 
 class Flatten(Module):

@@ -356,6 +356,35 @@ class Module:
         return text
 
 
+class WeightBiasLayer(Module):
+    """A layer with a ``weight`` and an optional ``bias`` whose backward is one op returning
+    (dx, dw, db) (convolution, linear). Subclasses implement ``_grads``; this class asks for only
+    the gradients that are wanted, accumulates ``.grad`` and returns dx."""
+
+    def backward(self, dy):
+        return self._backward(dy, True)
+
+    def backward_params(self, dy) -> None:
+        """dW and db only: no dL/dx (for the first layer of a network)."""
+        self._backward(dy, False)
+
+    def _grads(self, dy, x, need_dx, need_dw, need_db):
+        """(dx, dw, db) from the op; entries not needed may be None."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement _grads")
+
+    def _backward(self, dy, need_dx):
+        x = self._need_forward()
+        need_dw = self.weight.requires_grad
+        need_db = self.bias is not None and self.bias.requires_grad
+        if not (need_dx or need_dw or need_db):
+            return None
+        dx, dw, db = self._grads(dy, x, need_dx, need_dw, need_db)
+        self.weight.accumulate(dw)
+        if self.bias is not None:
+            self.bias.accumulate(db)
+        return dx
+
+
 class Sequential(Module):
     """Modules applied in order; backward runs them in reverse."""
 

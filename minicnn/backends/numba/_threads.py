@@ -151,7 +151,7 @@ def run(kernel, *args, work=None, weight=1):
             if type(a) is np.ndarray:
                 work += a.size
         work = work * weight
-    if work < _serial_max:
+    if work < SERIAL_MAX_WORK:
         return serial_twin(kernel)(*args)
     if _needs_lock:
         with _region_lock:
@@ -159,24 +159,22 @@ def run(kernel, *args, work=None, weight=1):
     return kernel(*args)
 
 
-_serial_max = SERIAL_MAX_WORK
-
-
 class serial_below:
     """``with serial_below(n):`` calls with less than ``n`` work run serially (0: every call runs
-    the parallel kernel; a huge ``n``: none does). Process-wide; for tests and measurements."""
+    the parallel kernel; a huge ``n``: none does): ``SERIAL_MAX_WORK`` set for the block, then
+    restored. Process-wide; for tests and measurements."""
 
     def __init__(self, n: int):
         self.n = int(n)
 
     def __enter__(self):
-        global _serial_max
-        self._saved, _serial_max = _serial_max, self.n
+        global SERIAL_MAX_WORK
+        self._saved, SERIAL_MAX_WORK = SERIAL_MAX_WORK, self.n
         return self
 
     def __exit__(self, *exc):
-        global _serial_max
-        _serial_max = self._saved
+        global SERIAL_MAX_WORK
+        SERIAL_MAX_WORK = self._saved
         return False
 
 
