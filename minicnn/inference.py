@@ -19,20 +19,20 @@ seven full passes over the activations that conv, bn, relu, conv, bn, add, relu 
     emb = fast.embed(x)                 # what model.embed(x) returns (N, 512)
 
 The compiled object snapshots the weights when it is built: compile again after loading new ones.
-Any backend works; the fused op and, when a backend's kernels accept an ``out=`` array, output
-buffers kept per input shape (so a steady stream of same-sized batches allocates nothing big)
-come from the backend in force at call time.
+Any backend works: everything it uses is in the backend's table (``minicnn.ops``): the fused op,
+which writes into ``out=`` buffers kept per input shape (so a steady stream of same-sized batches
+allocates nothing big) made by the backend's ``empty``, and the optional ``conv_variants``,
+``release_unpicked``, ``threads`` and ``conv2d_maxpool_fused`` entries, whose defaults make the
+autotuner keep the op and the stem run as conv then pool.
 """
 from __future__ import annotations
 
 import copy
-import inspect
 import time
 
 import numpy as np
 
 from . import backends, ops
-from .backends.numpy.conv import conv_output_size
 from .grad_mode import no_grad
 from .nn.activation import Identity
 from .nn.batchnorm import BatchNorm2d
@@ -40,6 +40,7 @@ from .nn.conv import Conv2d
 from .nn.linear import Linear
 from .nn.module import Module, Parameter, Sequential
 from .nn.pooling import AdaptiveAvgPool2d, MaxPool2d
+from .shapes import conv_output_size
 
 __all__ = ["fold_conv_bn", "fold_batchnorm", "compile_inference", "CompiledModel"]
 
@@ -102,9 +103,9 @@ def _copy_without_caches(model: Module) -> Module:
     """deepcopy, minus whatever arrays the last forward pass left for backward."""
     memo = {}
     for m in model.modules():
-        cache = m.__dict__.get("_cache")
-        if cache is not None:
-            memo[id(cache)] = None
+        stack = m.__dict__.get("_saved_stack")
+        if stack:
+            memo[id(stack)] = []
     return copy.deepcopy(model, memo)
 
 
@@ -152,8 +153,7 @@ class _BufferPool:
         free = self._free.setdefault(key, [])
         if free:
             return free.pop()
-        make = getattr(be, "aligned_empty", None) or _array_module(be).empty
-        buf = make(shape, dtype=dtype)
+        buf = be.empty(shape, dtype)
         self._all.setdefault(key, []).append(buf)
         return buf
 
@@ -171,29 +171,6 @@ class _BufferPool:
     def nbytes(self) -> int:
         """Bytes held across calls."""
         return sum(int(b.nbytes) for bufs in self._all.values() for b in bufs)
-
-
-def _array_module(be):
-    if be.NAME == "cupy":
-        import cupy
-
-        return cupy
-    return np
-
-
-_ACCEPTS_OUT: dict = {}
-
-
-def _accepts_out(fn) -> bool:
-    """Whether a backend's kernel takes an ``out=`` array to write into (checked once per function)."""
-    known = _ACCEPTS_OUT.get(fn)
-    if known is None:
-        try:
-            known = "out" in inspect.signature(fn).parameters
-        except (TypeError, ValueError):  # builtins / jitted dispatchers without a Python signature
-            known = False
-        _ACCEPTS_OUT[fn] = known
-    return known
 
 
 class _FusedConv:
@@ -226,9 +203,7 @@ class _FusedConv:
 
     def __call__(self, x, ctx, residual=None):
         w, b = self.arrays(ctx.be)
-        kwargs = {}
-        if ctx.use_out:
-            kwargs["out"] = ctx.pool.take(self._out_shape(x, w), x.dtype, ctx.be)
+        kwargs = {"out": ctx.pool.take(self._out_shape(x, w), x.dtype, ctx.be)}
         args = (x, w, b, self.stride, self.padding, self.dilation, self.groups, residual, self.relu)
         fn = ctx.fused
         if ctx.tune:
@@ -236,9 +211,8 @@ class _FusedConv:
             pick = self.chosen.get(key)
             if pick is None:
                 pick = self.chosen[key] = _autotune(ctx, args, kwargs)
-                release = getattr(ctx.be, "release_unpicked", None)
-                if release is not None:  # the losers' cached filter transforms are not needed
-                    release(w, {name for name, _ in self.chosen.values()})
+                # what the backend cached for the losers (numba: Winograd filter transforms) goes
+                ctx.be.release_unpicked(w, {name for name, _ in self.chosen.values()})
             fn = pick[1]
         return fn(*args, **kwargs)
 
@@ -272,17 +246,17 @@ def _autotune(ctx, args, kwargs):
     run decides: interleaving and taking the minimum keep a burst of load from another process
     (which only ever adds time) from deciding the pick. Backends without variants keep the op.
     """
-    offer = getattr(ctx.be, "conv_variants", None)
     x, w = args[0], args[1]
-    cands = offer(x.shape, w.shape, args[3], args[4], args[5], args[6]) if offer is not None else {}
+    cands = ctx.be.conv_variants(x.shape, w.shape, args[3], args[4], args[5], args[6])
     if len(cands) < 2:
         return ("op", ctx.fused)
-    ref = np.array(ctx.fused(*args, **kwargs))  # a copy: the candidates reuse the out buffer
+    # compared on the host: a copy (the candidates reuse the out buffer), whatever the backend
+    ref = np.array(ctx.be.to_numpy(ctx.fused(*args, **kwargs)), copy=True)
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
     ok = {}
     for name, fn in cands.items():
         try:
-            y = fn(*args, **kwargs)
+            y = ctx.be.to_numpy(fn(*args, **kwargs))
         except (ValueError, TypeError, MemoryError):
             continue
         if y.shape == ref.shape and np.all(np.abs(y - ref) <= TUNE_TOLERANCE * scale + 1e-30):
@@ -305,14 +279,12 @@ class _Ctx:
     def __init__(self, pool: _BufferPool, autotune: bool):
         self.be = backends.current()
         self.fused = self.be.OPS["conv2d_fused_forward"]
-        self.use_out = _accepts_out(self.fused)
         self.pool = pool
-        self.tune = autotune and hasattr(self.be, "conv_variants")
-        self.threads = self.be.threads() if self.tune and hasattr(self.be, "threads") else None
+        self.tune = autotune
+        self.threads = self.be.threads() if autotune else None
 
     def done_with(self, a):
-        if self.use_out:
-            self.pool.give(a, self.be)
+        self.pool.give(a, self.be)
 
 
 class _Block:
@@ -417,15 +389,8 @@ class CompiledModel:
         return x
 
     def _features_map(self, x, ctx):
-        pooled = getattr(ctx.be, "conv2d_maxpool_fused", None) if ctx.use_out else None
-        if pooled is not None and self.stem.relu:
-            # the stem conv's output goes straight into the max pool, a cached image at a time
-            x = self.stem.pooled(x, ctx, pooled, self.pool_args)
-        else:
-            x = self.stem(x, ctx)
-            y, _ = ops.maxpool2d_forward(x, *self.pool_args, need_argmax=False)
-            ctx.done_with(x)
-            x = y
+        # the stem conv's output goes into the max pool (numba: a cached image at a time, never stored)
+        x = self.stem.pooled(x, ctx, ctx.be.conv2d_maxpool_fused, self.pool_args)
         for blk in self.blocks:
             out = blk(x, ctx)
             ctx.done_with(x)  # a no-op for arrays the pool did not hand out (the maxpool output)
@@ -436,10 +401,8 @@ class CompiledModel:
         """The last feature map, layer4's output (N, 512, ceil(H/32), ceil(W/32)), as ``model.forward_features``."""
         ctx = _Ctx(self._pool, self.autotune)
         self._pool.reset()
-        fmap = self._features_map(self._check(x), ctx)
-        if ctx.use_out:  # the caller keeps this array, so it must not be a pool buffer the next call overwrites
-            fmap = fmap.copy()
-        return fmap
+        # the caller keeps this array, so it must not be a pool buffer the next call overwrites
+        return self._features_map(self._check(x), ctx).copy()
 
     def embed(self, x):
         """The globally average-pooled features (N, 512) the classifier reads, as ``model.embed``."""

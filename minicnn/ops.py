@@ -11,8 +11,10 @@ conv2d_forward(x, w, b, stride, padding, dilation, groups) -> y
     x (N,C,H,W), w (K,C/groups,R,S), b (K,) or None -> y (N,K,P,Q)
 conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx, need_dw, need_db) -> (dx, dw, db)
     entries not needed are None
-conv2d_fused_forward(x, w, b, stride, padding, dilation, groups, residual, relu) -> y
-    inference epilogue: y = conv(x) + b (+ residual) (then ReLU if relu)
+conv2d_fused_forward(x, w, b, stride, padding, dilation, groups, residual, relu, out=None) -> y
+    inference epilogue: y = conv(x) + b (+ residual) (then ReLU if relu); with ``out`` (an
+    array of y's shape and dtype from the backend's ``empty``, overlapping neither x nor the
+    residual) the result is written there and ``out`` is returned
 maxpool2d_forward(x, kernel_size, stride, padding, dilation, need_argmax=True) -> (y, argmax)
     argmax: int64 array shaped like y, flat index h*W+w of the winner in its (n, c) plane;
     None when need_argmax=False (no backward will run: inference skips computing it).
@@ -36,7 +38,7 @@ tanh_forward(x) -> y;        tanh_backward(dy, y) -> dx
 add_relu_forward(a, b) -> y  (y = max(a + b, 0), the residual join)
 linear_forward(x, w, b) -> y        x (N,F), w (O,F), b (O,) or None
 linear_backward(dy, x, w, need_dx, need_dw, need_db) -> (dx, dw, db)
-dropout_forward(x, p, rng) -> (y, mask)   mask holds 0 or 1/(1-p); rng is a numpy Generator
+dropout_forward(x, p, rng) -> (y, mask)   mask holds 0 or 1/(1-p); rng is the backend's ``generator()``
 dropout_backward(dy, mask) -> dx
 softmax_forward(x) -> y       softmax over axis 1
 log_softmax_forward(x) -> y
@@ -47,6 +49,28 @@ bce_with_logits_forward(logits, targets) -> loss   mean over all elements, stabl
 bce_with_logits_backward(logits, targets) -> dlogits
 mse_forward(pred, target) -> loss                  mean over all elements
 mse_backward(pred, target) -> dpred
+
+Besides the ops, a backend's table holds array functions (required) and optional entries
+(a backend that leaves one out gets the default from ``backends/_defaults.py``):
+
+asarray(a) -> array          bring a host (numpy) array or scalar into the backend's memory; an
+                             array on another device is refused with a TypeError naming it
+is_native(a) -> bool         True for the backend's own array type
+to_numpy(a) -> np.ndarray    a host copy (no copy for numpy input)
+empty(shape, dtype) -> array uninitialised array in the backend's memory
+generator() -> rng           the random generator dropout draws from, seeded by ``minicnn.manual_seed``
+                             (default: the library's numpy Generator)
+threads() -> int             threads the kernels run on (default 1); part of an autotuned pick's key
+conv_variants(x_shape, w_shape, stride, padding, dilation, groups) -> {name: fn}
+                             forward conv algorithms with the ``conv2d_fused_forward`` signature
+                             that can compute this shape, for an autotuner (default: none)
+release_unpicked(w, picked) -> int
+                             drop what the backend cached for constant filter ``w`` for variants
+                             not in ``picked``; returns bytes freed (default: nothing cached, 0)
+conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_kernel, pool_stride,
+                     pool_padding, pool_dilation, out=None) -> y
+                             maxpool(relu?(conv(x) + b)) (a ResNet stem); default: the fused conv
+                             then ``maxpool2d_forward`` without argmax
 """
 from __future__ import annotations
 
@@ -85,6 +109,14 @@ OP_NAMES = (
     "mse_forward",
     "mse_backward",
 )
+
+# the array functions every backend's table holds (see the docstring)
+ARRAY_FUNCS = ("asarray", "is_native", "to_numpy", "empty")
+
+# entries a backend may leave out; backends.load fills them from backends/_defaults.py
+OPTIONAL = ("generator", "threads", "conv_variants", "release_unpicked", "conv2d_maxpool_fused")
+
+TABLE = OP_NAMES + ARRAY_FUNCS + OPTIONAL
 
 
 def _dispatcher(name: str):

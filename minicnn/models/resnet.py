@@ -74,7 +74,6 @@ class BasicBlock(Module):
         self.bn2 = BatchNorm2d(planes)
         self.downsample = downsample
         self.stride = stride
-        self._cache = None
 
     def extra_repr(self):
         return f"{self.conv1.in_channels}, {self.conv2.out_channels}, stride={self.stride}"
@@ -90,12 +89,12 @@ class BasicBlock(Module):
                 f"{tuple(identity.shape)}; a block that changes stride or width needs a downsample"
             )
         y = ops.add_relu_forward(out, identity)
-        self._cache = y if is_grad_enabled() else None
+        self._save(y)
         return y
 
     def backward(self, dy):
         """dL/dx: the gradient splits at the residual join and the two paths' gradients add up."""
-        y = self._need_forward()
+        y = self._saved()
         # the ReLU after the join routes dy to both summands unchanged where the sum was positive
         g = ops.relu_backward(dy, y)
         d_main = self.conv1.backward(self.bn1.backward(self.relu.backward(self.conv2.backward(self.bn2.backward(g)))))

@@ -1,17 +1,5 @@
-"""Argument normalisation and the one shape check every layer uses at its boundary."""
-
-
-def pair(v, name="argument"):
-    """PyTorch accepts an int or an (h, w) pair for kernel_size, stride, padding and dilation."""
-    if isinstance(v, int) and not isinstance(v, bool):
-        return (v, v)
-    try:
-        a, b = v
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}") from None
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in (a, b)):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-    return (a, b)
+"""The one shape check every layer uses at its boundary (``pair`` lives in ``minicnn.shapes``)."""
+from ..shapes import conv_output_size, pair  # noqa: F401 - re-exported for the layers
 
 
 def check_input(layer, x, ndim, dim=None, size=None, what="channels"):

@@ -1,6 +1,5 @@
 """Elementwise activations: ReLU, Sigmoid, Tanh. Each keeps its output for backward."""
 from .. import ops
-from ..grad_mode import is_grad_enabled
 from .module import Module
 
 
@@ -10,16 +9,15 @@ class _Elementwise(Module):
     def __init__(self, inplace: bool = False):
         super().__init__()
         self.inplace = inplace  # accepted for PyTorch compatibility; outputs are always new arrays
-        self._cache = None
 
     def forward(self, x):
         x = self._prepare_input(x)
         y = getattr(ops, self._fwd)(x)
-        self._cache = y if is_grad_enabled() else None
+        self._save(y)
         return y
 
     def backward(self, dy):
-        return getattr(ops, self._bwd)(dy, self._need_forward())
+        return getattr(ops, self._bwd)(dy, self._saved())
 
 
 class ReLU(_Elementwise):

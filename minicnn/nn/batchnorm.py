@@ -2,7 +2,6 @@
 import numpy as np
 
 from .. import ops
-from ..grad_mode import is_grad_enabled
 from ._utils import check_input
 from .module import Module, Parameter
 
@@ -31,7 +30,6 @@ class BatchNorm2d(Module):
             self.register_buffer("running_mean", zeros.copy())
             self.register_buffer("running_var", ones.copy())
             self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
-        self._cache = None
 
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -61,14 +59,14 @@ class BatchNorm2d(Module):
                 unbiased = var * (m / (m - 1))
                 self._set_buffer("running_mean", ((1 - mom) * self.running_mean + mom * mean).astype(self.dtype))
                 self._set_buffer("running_var", ((1 - mom) * self.running_var + mom * unbiased).astype(self.dtype))
-            self._cache = ("train", x, mean, var) if is_grad_enabled() else None
+            self._save(("train", x, mean, var))
         else:
             y = ops.batchnorm2d_forward_eval(x, gamma, beta, self.running_mean, self.running_var, self.eps)
-            self._cache = ("eval", x) if is_grad_enabled() else None
+            self._save(("eval", x))
         return y
 
     def backward(self, dy):
-        cache = self._need_forward()
+        cache = self._saved()
         gamma, _ = self._gamma_beta()
         need_params = self.affine and (self.weight.requires_grad or self.bias.requires_grad)
         if cache[0] == "train":

@@ -4,7 +4,6 @@ import math
 import numpy as np
 
 from .. import ops
-from ..grad_mode import is_grad_enabled
 from ..random import get_rng
 from ._utils import check_input, pair
 from .module import Parameter, WeightBiasLayer
@@ -51,7 +50,6 @@ class Conv2d(WeightBiasLayer):
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self.weight = Parameter(rng.uniform(-bound, bound, shape).astype(np.float32))
         self.bias = Parameter(rng.uniform(-bound, bound, out_channels).astype(np.float32)) if bias else None
-        self._cache = None
 
     def extra_repr(self):
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -86,7 +84,7 @@ class Conv2d(WeightBiasLayer):
         self._check(x)
         b = self.bias.data if self.bias is not None else None
         y = ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding, self.dilation, self.groups)
-        self._cache = x if is_grad_enabled() else None
+        self._save(x)
         return y
 
     def _grads(self, dy, x, need_dx, need_dw, need_db):

@@ -1,6 +1,5 @@
 """Dropout (inverted): identity in eval mode."""
 from .. import ops
-from ..grad_mode import is_grad_enabled
 from ..random import get_rng
 from .module import Module
 
@@ -13,23 +12,21 @@ class Dropout(Module):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
         self.p = float(p)
-        self._cache = None
 
     def extra_repr(self):
         return f"p={self.p}"
 
     def forward(self, x):
         x = self._prepare_input(x)
-        keep = is_grad_enabled()
         if not self.training or self.p == 0.0:
-            self._cache = "identity" if keep else None
+            self._save("identity")
             return x
         y, mask = ops.dropout_forward(x, self.p, get_rng())
-        self._cache = mask if keep else None
+        self._save(mask)
         return y
 
     def backward(self, dy):
-        mask = self._need_forward()
+        mask = self._saved()
         if isinstance(mask, str):
             return dy
         return ops.dropout_backward(dy, mask)

@@ -4,7 +4,6 @@ import math
 import numpy as np
 
 from .. import ops
-from ..grad_mode import is_grad_enabled
 from ..random import get_rng
 from ._utils import check_input
 from .module import Module, Parameter, WeightBiasLayer
@@ -20,7 +19,6 @@ class Linear(WeightBiasLayer):
         rng = get_rng()
         self.weight = Parameter(rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32))
         self.bias = Parameter(rng.uniform(-bound, bound, out_features).astype(np.float32)) if bias else None
-        self._cache = None
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -29,7 +27,7 @@ class Linear(WeightBiasLayer):
         x = self._prepare_input(x)
         check_input(self, x, 2, 1, self.in_features, "features")
         y = ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
-        self._cache = x if is_grad_enabled() else None
+        self._save(x)
         return y
 
     def _grads(self, dy, x, need_dx, need_dw, need_db):
@@ -42,15 +40,14 @@ class Flatten(Module):
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
-        self._cache = None
 
     def forward(self, x):
         x = self._prepare_input(x)
         shape = x.shape
         s = self.start_dim % x.ndim
         e = self.end_dim % x.ndim
-        self._cache = shape if is_grad_enabled() else None
+        self._save(shape)
         return x.reshape(shape[:s] + (-1,) + shape[e + 1:])
 
     def backward(self, dy):
-        return dy.reshape(self._need_forward())
+        return dy.reshape(self._saved())

@@ -2,7 +2,6 @@
 import numpy as np
 
 from .. import backends, ops
-from ..grad_mode import is_grad_enabled
 from .module import Module
 
 
@@ -12,7 +11,6 @@ class _Loss(Module):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"{type(self).__name__}: reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
-        self._cache = None
 
     def _scale(self, n):
         """Ops return the mean; 'sum' multiplies by the count the mean was taken over."""
@@ -58,11 +56,11 @@ class CrossEntropyLoss(_Loss):
             raise ValueError(f"CrossEntropyLoss: targets must lie in [0, {logits.shape[1]}), got min {t.min()} max {t.max()}")
         t = backends.current().asarray(t.astype(np.int64))
         loss, probs = ops.softmax_cross_entropy_forward(logits, t)
-        self._cache = (probs, t) if is_grad_enabled() else None
+        self._save((probs, t))
         return float(loss) * self._scale(logits.shape[0])
 
     def backward(self, dloss=1.0):
-        probs, t = self._need_forward()
+        probs, t = self._saved()
         return ops.softmax_cross_entropy_backward(probs, t) * (dloss * self._scale(probs.shape[0]))
 
 
@@ -71,11 +69,11 @@ class BCEWithLogitsLoss(_Loss):
 
     def forward(self, logits, targets):
         logits, targets = self._float_pair(logits, targets)
-        self._cache = (logits, targets) if is_grad_enabled() else None
+        self._save((logits, targets))
         return float(ops.bce_with_logits_forward(logits, targets)) * self._scale(logits.size)
 
     def backward(self, dloss=1.0):
-        logits, targets = self._need_forward()
+        logits, targets = self._saved()
         return ops.bce_with_logits_backward(logits, targets) * (dloss * self._scale(logits.size))
 
 
@@ -84,9 +82,9 @@ class MSELoss(_Loss):
 
     def forward(self, pred, target):
         pred, target = self._float_pair(pred, target)
-        self._cache = (pred, target) if is_grad_enabled() else None
+        self._save((pred, target))
         return float(ops.mse_forward(pred, target)) * self._scale(pred.size)
 
     def backward(self, dloss=1.0):
-        pred, target = self._need_forward()
+        pred, target = self._saved()
         return ops.mse_backward(pred, target) * (dloss * self._scale(pred.size))

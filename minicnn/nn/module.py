@@ -11,15 +11,80 @@ Input dtype, the one documented rule: every module has a compute dtype (float32 
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
+import threading
 from collections import OrderedDict, namedtuple
 from typing import Iterator
 
 import numpy as np
 
 from .. import backends
+from ..grad_mode import is_grad_enabled
 
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+# -- passes: which forward a cache belongs to ----------------------------------------------------
+#
+# A module keeps a *stack* of caches: each forward call pushes what its backward needs and each
+# backward call pops the newest, so a module used k times in one forward pass (a shared ReLU, a
+# Linear applied in a loop) gets k backward calls in reverse order, which is the order a manual
+# backward walks anyway. Every call of a module from outside any other module call starts a new
+# *pass* (a number); a cache is tagged with its pass, and the first push of a new pass drops the
+# module's older caches, so forward calls without a backward (eval without no_grad) never grow
+# memory. One backward (the outermost ``backward``/``backward_params`` call and everything it
+# calls) must pop caches of a single pass: if another forward pass ran one of its modules in
+# between, the backward raises instead of mixing two passes' caches into wrong gradients.
+_pass_ids = itertools.count(1)
+_state = threading.local()  # depth (nested module calls), pass_id, bwd_depth, bwd_pass
+
+
+def _pass_depth() -> int:
+    return getattr(_state, "depth", 0)
+
+
+def _enter_pass() -> None:
+    depth = getattr(_state, "depth", 0)
+    if depth == 0:
+        _state.pass_id = next(_pass_ids)
+    _state.depth = depth + 1
+
+
+def _exit_pass() -> None:
+    _state.depth -= 1
+
+
+@contextlib.contextmanager
+def forward_pass():
+    """Run a block as one forward pass: module calls inside it share one pass (what a model method
+    other than ``__call__``, such as ``ResNet.embed``, wraps its work in)."""
+    _enter_pass()
+    try:
+        yield
+    finally:
+        _exit_pass()
+
+
+def _backward_entry(fn):
+    """Wrap a subclass's ``backward``/``backward_params`` so the outermost call checks that every
+    cache it pops comes from one forward pass (see the note above)."""
+
+    def wrapper(self, *args, **kwargs):
+        depth = getattr(_state, "bwd_depth", 0)
+        if depth == 0:
+            _state.bwd_pass = None
+        _state.bwd_depth = depth + 1
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            _state.bwd_depth = depth
+
+    wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    wrapper.__wrapped__ = fn
+    wrapper._pass_checked = True
+    return wrapper
 
 
 class StateDictError(ValueError, RuntimeError):
@@ -80,6 +145,15 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "dtype", np.dtype(np.float32))
+        object.__setattr__(self, "_saved_stack", [])  # [(pass id, cache)], see "passes" above
+        object.__setattr__(self, "_forward_hooks", OrderedDict())
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("backward", "backward_params"):
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_pass_checked", False):
+                setattr(cls, name, _backward_entry(fn))
 
     # -- attribute bookkeeping -------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -116,7 +190,17 @@ class Module:
     # -- calling -----------------------------------------------------------------------------
     def __call__(self, x, *args, **kwargs):
         self._move_to_backend()
-        return self.forward(x, *args, **kwargs)
+        _enter_pass()
+        try:
+            out = self.forward(x, *args, **kwargs)
+        finally:
+            _exit_pass()
+        if self._forward_hooks:
+            for hook in list(self._forward_hooks.values()):
+                result = hook(self, (x, *args), out)
+                if result is not None:
+                    out = result
+        return out
 
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
@@ -144,12 +228,12 @@ class Module:
         be = backends.current()
         for p in self._parameters.values():
             if not be.is_native(p.data):
-                p.data = be.asarray(p.data)
+                p.data = backends.move(p.data, be)
                 if p.grad is not None:
-                    p.grad = be.asarray(p.grad)
+                    p.grad = backends.move(p.grad, be)
         for name, b in list(self._buffers.items()):
             if b is not None and not be.is_native(b):
-                self._set_buffer(name, be.asarray(b))
+                self._set_buffer(name, backends.move(b, be))
 
     def _prepare_input(self, x):
         """Convert input to this module's dtype and the backend's array type (see module doc)."""
@@ -164,14 +248,47 @@ class Module:
             x = x.astype(self.dtype)
         return x
 
-    def _need_forward(self, attr: str = "_cache"):
-        cache = getattr(self, attr, None)
-        if cache is None:
+    def _save(self, cache) -> None:
+        """Push what this call's backward needs (nothing under ``no_grad``); see "passes" above."""
+        if not is_grad_enabled():
+            return
+        stack = self._saved_stack
+        pid = getattr(_state, "pass_id", 0) if _pass_depth() else next(_pass_ids)
+        if stack and stack[-1][0] != pid:
+            stack.clear()  # caches of an older pass that no backward consumed
+        stack.append((pid, cache))
+
+    def _saved(self):
+        """Pop the newest cache for a backward call; raise if there is none or it belongs to
+        another forward pass than the rest of this backward."""
+        stack = self._saved_stack
+        if not stack:
             raise RuntimeError(
-                f"{self._short()}: backward() called before forward() "
-                "(or the forward pass ran under minicnn.no_grad(), which keeps nothing for backward)"
+                f"{self._short()}: backward() called before forward(), or more times than forward() was called "
+                "in the last forward pass (or the forward pass ran under minicnn.no_grad(), which keeps nothing "
+                "for backward)"
             )
+        pid, cache = stack[-1]
+        if getattr(_state, "bwd_depth", 0):
+            want = _state.bwd_pass
+            if want is None:
+                _state.bwd_pass = pid
+            elif want != pid:
+                raise RuntimeError(
+                    f"{self._short()}: this backward does not match its forward pass: the module was run by "
+                    "another forward pass since (a module shared between models, or two forward passes "
+                    "before one backward); run the forward pass again before its backward"
+                )
+        stack.pop()
         return cache
+
+    def _has_saved(self) -> bool:
+        """True when a forward call left a cache that no backward has consumed yet."""
+        return bool(self._saved_stack)
+
+    def _need_forward(self):
+        """Deprecated spelling of :meth:`_saved`."""
+        return self._saved()
 
     def _short(self) -> str:
         extra = self.extra_repr()
@@ -373,7 +490,7 @@ class WeightBiasLayer(Module):
         raise NotImplementedError(f"{type(self).__name__} does not implement _grads")
 
     def _backward(self, dy, need_dx):
-        x = self._need_forward()
+        x = self._saved()
         need_dw = self.weight.requires_grad
         need_db = self.bias is not None and self.bias.requires_grad
         if not (need_dx or need_dw or need_db):

@@ -22,7 +22,6 @@ class _Pool2d(Module):
             raise ValueError(
                 f"{type(self).__name__}: padding {self.padding} must be at most half of kernel_size {self.kernel_size}"
             )
-        self._cache = None
 
     def extra_repr(self):
         s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -67,11 +66,11 @@ class MaxPool2d(_Pool2d):
         grad = is_grad_enabled()
         y, argmax = ops.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding, self.dilation,
                                           need_argmax=grad)
-        self._cache = (argmax, x.shape) if grad else None
+        self._save((argmax, x.shape))
         return y
 
     def backward(self, dy):
-        argmax, shape = self._need_forward()
+        argmax, shape = self._saved()
         return ops.maxpool2d_backward(dy, argmax, shape)
 
 
@@ -93,11 +92,11 @@ class AvgPool2d(_Pool2d):
         x = self._prepare_input(x)
         self._check(x)
         y = ops.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
-        self._cache = x.shape if is_grad_enabled() else None
+        self._save(x.shape)
         return y
 
     def backward(self, dy):
-        shape = self._need_forward()
+        shape = self._saved()
         return ops.avgpool2d_backward(dy, shape, self.kernel_size, self.stride, self.padding, self.count_include_pad)
 
 
@@ -109,7 +108,6 @@ class _AdaptivePool2d(Module):
         self.output_size = tuple(output_size)
         if len(self.output_size) != 2 or any(o is not None and (not isinstance(o, int) or o < 1) for o in self.output_size):
             raise ValueError(f"{type(self).__name__}: output_size must be a positive int or pair, got {output_size!r}")
-        self._cache = None
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
@@ -125,11 +123,11 @@ class AdaptiveAvgPool2d(_AdaptivePool2d):
     def forward(self, x):
         x = self._prepare_input(x)
         y = ops.adaptive_avgpool2d_forward(x, self._out(x))
-        self._cache = x.shape if is_grad_enabled() else None
+        self._save(x.shape)
         return y
 
     def backward(self, dy):
-        return ops.adaptive_avgpool2d_backward(dy, self._need_forward())
+        return ops.adaptive_avgpool2d_backward(dy, self._saved())
 
 
 class AdaptiveMaxPool2d(_AdaptivePool2d):
@@ -143,9 +141,9 @@ class AdaptiveMaxPool2d(_AdaptivePool2d):
     def forward(self, x):
         x = self._prepare_input(x)
         y, argmax = ops.adaptive_maxpool2d_forward(x, self._out(x))
-        self._cache = (argmax, x.shape) if is_grad_enabled() else None
+        self._save((argmax, x.shape))
         return y
 
     def backward(self, dy):
-        argmax, shape = self._need_forward()
+        argmax, shape = self._saved()
         return ops.maxpool2d_backward(dy, argmax, shape)

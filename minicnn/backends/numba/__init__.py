@@ -10,15 +10,16 @@ docs/kernels.md.
 """
 import numpy as np
 
+from .. import refuse_device_array
 from . import _filters, _threads, activation, batchnorm, conv, dropout, linear, loss, pool
 
 NAME = "numba"
 
 
 def asarray(a):
-    """Bring ``a`` into host memory as a numpy array (cupy arrays are copied back)."""
-    get = getattr(a, "get", None)  # a cupy array coming back to the host
-    return get() if callable(get) and not isinstance(a, np.ndarray) else np.asarray(a)
+    """``a`` as a numpy array (no copy when it is one); a GPU array is refused, not copied."""
+    refuse_device_array(a, NAME)
+    return np.asarray(a)
 
 
 def is_native(a) -> bool:
@@ -32,8 +33,11 @@ def to_numpy(a):
 
 
 threading_layer = _threads.threading_layer
-# cache-line aligned host arrays (compiled models keep their activation buffers in these)
-aligned_empty = _threads.aligned_empty
+
+
+def empty(shape, dtype):
+    """A cache-line aligned host array (compiled models keep their activation buffers in these)."""
+    return _threads.aligned_empty(shape, dtype=dtype)
 
 
 def conv_variants(x_shape, w_shape, stride, padding, dilation, groups) -> dict:
@@ -63,7 +67,11 @@ def threads() -> int:
 
     return numba.get_num_threads()
 
-OPS = {}
+OPS = {
+    "asarray": asarray, "is_native": is_native, "to_numpy": to_numpy, "empty": empty, "threads": threads,
+    "conv_variants": conv_variants, "release_unpicked": release_unpicked,
+    "conv2d_maxpool_fused": conv2d_maxpool_fused,
+}
 for _mod in (conv, pool, batchnorm, activation, linear, loss, dropout):
     OPS.update({name: getattr(_mod, name) for name in _mod.__all__})
 del _mod

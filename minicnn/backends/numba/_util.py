@@ -45,22 +45,7 @@ def empty_like_ndim(ndim: int, dtype) -> np.ndarray:
     return arr
 
 
-def pair(v, name: str):
-    """Accept an int or an (h, w) pair, as the layers do."""
-    if isinstance(v, (int, np.integer)):
-        return int(v), int(v)
-    try:
-        a, b = v
-        return int(a), int(b)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}") from None
-
-
-def conv_output_size(h, w, r, s, stride, padding, dilation):
-    """Output (P, Q): floor((H + 2p - d(R-1) - 1) / stride) + 1 per axis."""
-    p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    q = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
-    return p, q
+from ...shapes import conv_output_size, pair  # noqa: E402,F401 - one definition for every backend
 
 
 def check_conv(x, w, b, stride, padding, dilation, groups, where="conv2d"):

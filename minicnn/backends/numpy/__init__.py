@@ -5,14 +5,16 @@ plain function with its shapes passed explicitly. Speed is not the point here: c
 """
 import numpy as np
 
+from .. import refuse_device_array
 from . import activation, batchnorm, conv, dropout, linear, loss, pool
 
 NAME = "numpy"
 
 
 def asarray(a):
-    get = getattr(a, "get", None)  # a cupy array coming back to the host
-    return get() if callable(get) and not isinstance(a, np.ndarray) else np.asarray(a)
+    """``a`` as a numpy array (no copy when it is one); a GPU array is refused, not copied."""
+    refuse_device_array(a, NAME)
+    return np.asarray(a)
 
 
 def is_native(a) -> bool:
@@ -23,7 +25,11 @@ def to_numpy(a):
     return asarray(a)
 
 
-OPS = {}
+def empty(shape, dtype):
+    return np.empty(shape, dtype=dtype)
+
+
+OPS = {"asarray": asarray, "is_native": is_native, "to_numpy": to_numpy, "empty": empty}
 for _mod in (conv, pool, batchnorm, activation, linear, loss, dropout):
     OPS.update({name: getattr(_mod, name) for name in _mod.__all__})
 del _mod

@@ -8,11 +8,7 @@ import numpy as np
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_fused_forward"]
 
 
-def conv_output_size(h, w, r, s, stride, padding, dilation):
-    """Output (P, Q) of a convolution or pooling window: floor((H + 2p - d(R-1) - 1) / stride) + 1."""
-    p = (h + 2 * padding[0] - dilation[0] * (r - 1) - 1) // stride[0] + 1
-    q = (w + 2 * padding[1] - dilation[1] * (s - 1) - 1) // stride[1] + 1
-    return p, q
+from ...shapes import conv_output_size
 
 
 def conv2d_forward_naive(x, w, b, stride, padding, dilation, groups):
@@ -104,11 +100,15 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
     return dx, dw, db
 
 
-def conv2d_fused_forward(x, w, b, stride, padding, dilation, groups, residual=None, relu=False):
-    """The inference epilogue spelled out: conv, bias, optional residual add, optional ReLU."""
+def conv2d_fused_forward(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
+    """The inference epilogue spelled out: conv, bias, optional residual add, optional ReLU
+    (written into ``out`` when one is given)."""
     y = conv2d_forward(x, w, b, stride, padding, dilation, groups)
     if residual is not None:
         y += residual
     if relu:
         np.maximum(y, 0, out=y)
-    return y
+    if out is None:
+        return y
+    out[...] = y
+    return out

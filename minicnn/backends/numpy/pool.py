@@ -6,7 +6,7 @@ order wins, as in PyTorch). Average pooling spreads each gradient evenly over it
 """
 import numpy as np
 
-from .conv import conv_output_size
+from ...shapes import conv_output_size
 
 __all__ = [
     "maxpool2d_forward",

@@ -1,0 +1,50 @@
+"""What a backend gets for each optional entry of its table that it leaves out (see ``minicnn.ops``).
+
+Each default is written against the op seam only, so it is right for any backend; a backend
+overrides one when it can do better (numba: aligned buffers, conv variants, a fused stem).
+"""
+from __future__ import annotations
+
+
+def generator():
+    """The library's numpy Generator (``minicnn.manual_seed`` reseeds it)."""
+    from ..random import get_rng
+
+    return get_rng()
+
+
+def threads() -> int:
+    """One: a backend that does not say otherwise is not multi-threaded."""
+    return 1
+
+
+def conv_variants(x_shape, w_shape, stride, padding, dilation, groups) -> dict:
+    """No alternative algorithms: an autotuner keeps ``conv2d_fused_forward``."""
+    return {}
+
+
+def release_unpicked(w, picked) -> int:
+    """Nothing is cached per filter, so nothing is freed."""
+    return 0
+
+
+def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_kernel, pool_stride,
+                         pool_padding, pool_dilation, out=None):
+    """maxpool(relu?(conv(x) + b)) as two ops of the backend in force."""
+    from .. import ops
+
+    y = ops.conv2d_fused_forward(x, w, b, stride, padding, dilation, groups, None, relu)
+    pooled, _ = ops.maxpool2d_forward(y, pool_kernel, pool_stride, pool_padding, pool_dilation, need_argmax=False)
+    if out is None:
+        return pooled
+    out[...] = pooled
+    return out
+
+
+DEFAULTS = {
+    "generator": generator,
+    "threads": threads,
+    "conv_variants": conv_variants,
+    "release_unpicked": release_unpicked,
+    "conv2d_maxpool_fused": conv2d_maxpool_fused,
+}
