@@ -20,6 +20,7 @@ import contextlib
 import numpy as np
 
 from .backends import current, to_numpy
+from .nn.module import backward_pass, forward_pass
 
 __all__ = ["input_gradient", "grad_cam", "layer_activation", "gradient_ascent", "deep_dream", "class_target"]
 
@@ -51,6 +52,7 @@ def _is_resnet(model):
 
 
 def _children(model):
+    """Every (name, child) of a Sequential in run order; a module used twice is listed twice."""
     from .nn.module import Sequential
 
     if not isinstance(model, Sequential):
@@ -58,7 +60,7 @@ def _children(model):
             f"{type(model).__name__}: layer-wise gradients need a ResNet (with activations/backward_from) "
             "or an nn.Sequential"
         )
-    return list(model.named_children())
+    return list(model._modules.items())
 
 
 def _seq_index(model, layer):
@@ -100,8 +102,9 @@ def _forward_to(model, x, layer):
         return model.activations(x, upto=layer)[layer]
     k = _seq_index(model, layer)
     h = x
-    for _, m in _children(model)[:k + 1]:
-        h = m(h)
+    with forward_pass():  # the children run as one pass, so a module used twice keeps both caches
+        for _, m in _children(model)[:k + 1]:
+            h = m(h)
     return h
 
 
@@ -110,8 +113,9 @@ def _backward_from(model, layer, grad):
     if _is_resnet(model):
         return model.backward_from(layer, grad)
     k = _seq_index(model, layer)
-    for _, m in reversed(_children(model)[:k + 1]):
-        grad = m.backward(grad)
+    with backward_pass():
+        for _, m in reversed(_children(model)[:k + 1]):
+            grad = m.backward(grad)
     return grad
 
 
@@ -124,10 +128,11 @@ def _forward_split(model, x, layer):
         return acts[layer], acts["fc"]
     k = _seq_index(model, layer)
     h, a = x, None
-    for i, (_, m) in enumerate(_children(model)):
-        h = m(h)
-        if i == k:
-            a = h
+    with forward_pass():
+        for i, (_, m) in enumerate(_children(model)):
+            h = m(h)
+            if i == k:
+                a = h
     return a, h
 
 
@@ -136,8 +141,9 @@ def _backward_to(model, layer, dout):
     if _is_resnet(model):
         return model.backward_from("fc", dout, to=layer)
     k = _seq_index(model, layer)
-    for _, m in reversed(_children(model)[k + 1:]):
-        dout = m.backward(dout)
+    with backward_pass():
+        for _, m in reversed(_children(model)[k + 1:]):
+            dout = m.backward(dout)
     return dout
 
 

@@ -177,6 +177,11 @@ class _FusedConv:
     """One conv with folded bias and optional residual + ReLU epilogue (``ops.conv2d_fused_forward``)."""
 
     def __init__(self, conv: Conv2d, bn: BatchNorm2d | None, relu: bool, name: str):
+        if conv._pads is not None:  # padding_mode other than zeros, or an odd padding='same'
+            raise ValueError(
+                f"compile_inference: {name} ({conv._short()}) pads with the pad op (padding_mode="
+                f"{conv.padding_mode!r}, padding={conv.padding!r}); compiled models take zero-padded convs only"
+            )
         if bn is not None:
             w, b = fold_conv_bn(conv, bn)
         else:

@@ -85,7 +85,8 @@ def find_head(model):
     """``(parent, name, module)`` of the classifier head: the last ``Linear`` in module order
     (``fc`` in a ResNet, the last layer of a Sequential)."""
     found = None
-    for full, m in model.named_modules():
+    # every path, not each module once: a Linear shared with an earlier place is still the head here
+    for full, m in model.named_modules(remove_duplicate=False):
         if isinstance(m, Linear) and full:
             found = full
     if found is None:
@@ -99,8 +100,7 @@ def find_head(model):
 
 def _install(parent, name, module):
     """Put ``module`` at ``parent.<name>`` keeping the children's order (Sequential runs in order)."""
-    parent._modules[name] = module  # assignment to an existing key keeps its place
-    object.__setattr__(parent, name, module)
+    setattr(parent, name, module)  # as in PyTorch, assigning to an existing child's name keeps its place
 
 
 def replace_head(model, num_classes=None, head=None):

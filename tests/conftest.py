@@ -1,11 +1,14 @@
 """Shared test setup: the hypothesis profile and the list of backends the tests run on.
 
-Every backend named in ``minicnn.backends.AVAILABLE`` becomes a test parameter; one that cannot
-load here (cupy without a GPU, a backend that does not exist yet) is reported as skipped with the
-reason, so a new backend is covered by the same tests the day it loads.
+Every backend named in ``minicnn.backends.AVAILABLE`` becomes a test parameter. A backend that
+should load here and does not is a failing test, never a skip: the tests that take it call
+``backends.load`` (or ``mc.backend``) and report the error. The one exception is ``cupy`` where
+CuPy is truly absent: CuPy does not import, or it finds no usable CUDA driver or device; those
+params are skipped with the reason (see :func:`cupy_absent`).
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -38,27 +41,41 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
 
 
-def _why_unusable(name: str) -> str | None:
-    """None when backend ``name`` loads and fills the op table, else the reason it does not."""
+@functools.lru_cache(maxsize=None)
+def cupy_absent() -> str | None:
+    """Why CuPy cannot run here (not importable, or no usable CUDA driver or device), else None.
+
+    Only these two reasons excuse the ``cupy`` backend from the tests; any other failure to load
+    it (a kernel that does not compile, a missing table entry) fails the tests that use it.
+    """
     try:
-        backends.load(name)
-    except Exception as e:  # noqa: BLE001 - any failure to load means "not usable here"
-        return f"{type(e).__name__}: {e}"
+        import cupy
+    except Exception as e:  # noqa: BLE001 - ImportError, or CUDA libraries CuPy cannot open
+        return f"CuPy is not importable: {type(e).__name__}: {e}"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # noqa: BLE001 - CUDARuntimeError: no driver, driver too old, no device
+        return f"no usable CUDA driver or device: {type(e).__name__}: {e}"
+    if count < 1:
+        return "no usable CUDA driver or device: CUDA reports 0 devices"
     return None
 
 
 def backend_params(names=None):
-    """``pytest.param`` per backend, marked skip (with the reason) where it does not load.
+    """``pytest.param`` per backend; cupy params are marked ``gpu``, and skipped (with the reason)
+    only where :func:`cupy_absent` says CuPy cannot run here.
 
-    ``names`` defaults to every backend in ``minicnn.backends.AVAILABLE``; cupy params are
-    also marked ``gpu``.
+    ``names`` defaults to every backend in ``minicnn.backends.AVAILABLE``. Nothing here loads a
+    backend: a test that receives a name which does not load fails when it selects it.
     """
     out = []
     for name in names or backends.AVAILABLE:
-        marks = [pytest.mark.gpu] if name == "cupy" else []
-        reason = _why_unusable(name)
-        if reason is not None:
-            marks.append(pytest.mark.skip(reason=f"backend {name!r} not usable here ({reason})"))
+        marks = []
+        if name == "cupy":
+            marks.append(pytest.mark.gpu)
+            reason = cupy_absent()
+            if reason is not None:
+                marks.append(pytest.mark.skip(reason=f"backend 'cupy' not usable here ({reason})"))
         out.append(pytest.param(name, marks=marks, id=name))
     return out
 
@@ -68,7 +85,8 @@ BACKENDS = backend_params()
 
 @pytest.fixture(params=BACKENDS, scope="session")
 def backend_name(request):
-    """Each usable backend's name in turn; tests enter it with ``with mc.backend(backend_name):``.
+    """Each backend's name in turn (see :func:`backend_params`); tests enter it with
+    ``with mc.backend(backend_name):``, which fails for a backend that should load and does not.
 
     Session-scoped (and only a name, no state) so hypothesis tests may use it.
     """

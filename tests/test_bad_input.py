@@ -24,13 +24,11 @@ def _raises(exc, fn, *parts):
     (lambda: nn.Conv2d(3, 4, 3), np.zeros((3, 5, 5)), "(N, 3, H, W)"),
     (lambda: nn.Conv2d(3, 4, 3), np.zeros((1, 1, 3, 5, 5)), "(N, 3, H, W)"),
     (lambda: nn.BatchNorm2d(3), np.zeros((2, 3)), "(N, 3, H, W)"),
-    (lambda: nn.Linear(4, 2), np.zeros((2, 1, 4)), "(N, 4)"),
-    (lambda: nn.Linear(4, 2), np.zeros(4), "(N, 4)"),
     (lambda: nn.MaxPool2d(2), np.zeros((2, 5, 5)), "(N, C, H, W)"),
     (lambda: nn.AvgPool2d(2), np.zeros((5, 5)), "(N, C, H, W)"),
     (lambda: nn.AdaptiveAvgPool2d(2), np.zeros((2, 5)), "(N, C, H, W)"),
     (lambda: nn.AdaptiveMaxPool2d(2), np.zeros((1, 2, 5)), "(N, C, H, W)"),
-], ids=["conv-3d", "conv-5d", "bn-2d", "linear-3d", "linear-1d", "maxpool-3d", "avgpool-2d", "adaptive-avg",
+], ids=["conv-3d", "conv-5d", "bn-2d", "maxpool-3d", "avgpool-2d", "adaptive-avg",
         "adaptive-max"])
 def test_wrong_rank(backend_name, make, x, expected):
     with mc.backend(backend_name):
@@ -157,7 +155,8 @@ def test_cross_entropy_targets():
     _raises(ValueError, lambda: ce(logits, np.array([0, -1, 1])), "[0, 4)", "min -1")
     _raises(ValueError, lambda: ce(logits, np.array([0, 1])), "(3, 4)", "(3,)", "(2,)")
     _raises(ValueError, lambda: ce(logits, np.array([[0], [1], [2]])), "(3,)", "(3, 1)")
-    _raises(ValueError, lambda: ce(np.zeros((3, 4, 1)), np.array([0, 1, 2])), "(N, C)", "(3, 4, 1)")
+    # (N, C, d1) logits need (N, d1) targets (segmentation layout)
+    _raises(ValueError, lambda: ce(np.zeros((3, 4, 1)), np.array([0, 1, 2])), "(3, 4, 1)", "(3, 1)", "(3,)")
     # integer-valued floats and plain lists are fine, and mean what they say
     assert ce(logits, np.array([0.0, 3.0, 1.0])) == pytest.approx(np.log(4), rel=1e-6)
     assert ce(logits, [0, 3, 1]) == pytest.approx(np.log(4), rel=1e-6)
@@ -171,7 +170,7 @@ def test_elementwise_loss_shape_mismatch(make):
 
 @pytest.mark.parametrize("make", [nn.CrossEntropyLoss, nn.MSELoss, nn.BCEWithLogitsLoss])
 def test_loss_reduction_must_be_known(make):
-    _raises(ValueError, lambda: make(reduction="none"), make.__name__, "'none'")
+    _raises(ValueError, lambda: make(reduction="avg"), make.__name__, "'avg'", "'none', 'mean' or 'sum'")
 
 
 # -- constructor arguments ------------------------------------------------------------------------------
@@ -189,7 +188,6 @@ def test_conv_groups_must_divide_channels(cin, cout, groups):
     (dict(kernel_size=3, padding=-1), "padding"),
     (dict(kernel_size=3, padding="full"), "'full'"),
     (dict(kernel_size=3, padding="same", stride=2), "same"),
-    (dict(kernel_size=2, padding="same"), "same"),
     (dict(kernel_size=3, dilation=1.5), "dilation"),
 ])
 def test_conv_bad_arguments(kwargs, part):
@@ -204,7 +202,6 @@ def test_conv_padding_same_keeps_size():
 @pytest.mark.parametrize("make,part", [
     (lambda: nn.MaxPool2d(2, padding=2), "at most half"),
     (lambda: nn.AvgPool2d(3, stride=0), "stride"),
-    (lambda: nn.MaxPool2d(2, ceil_mode=True), "ceil_mode"),
     (lambda: nn.MaxPool2d((2, 2, 2)), "kernel_size"),
     (lambda: nn.AdaptiveAvgPool2d(0), "output_size"),
     (lambda: nn.AdaptiveMaxPool2d((2, 2, 2)), "output_size"),

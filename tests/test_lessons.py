@@ -95,7 +95,7 @@ def test_lesson_rejects_a_bad_weights_file(tmp_path):
 # -- the docs ---------------------------------------------------------------------------------------
 
 PAGES = ["index.md", "architecture.md", "conv.md", "pooling.md", "batchnorm.md", "relu.md", "dense.md",
-         "softmax_cross_entropy.md", "adding_an_op.md", "resnet_layout.md"]
+         "softmax_cross_entropy.md", "adding_an_op.md", "resnet_layout.md", "losses.md"]
 CODE_LINK = re.compile(r"\[`([A-Za-z_][\w.]*)(?:\(\))?`\]\((\.\./[^)#\s]+)#L(\d+)-L(\d+)\)")
 ANY_LINK = re.compile(r"\]\(([^)\s]+)\)")
 

@@ -1,4 +1,12 @@
-"""The numba backend against the numpy reference: every op, forward and backward, float32 and float64.
+"""The numba backend's own machinery, against the numpy reference where it computes.
+
+Each op of the table is checked against the reference on drawn shapes by the conformance suite
+(``tests/test_conformance.py`` with ``tests/conformance/cases_*.py``, both kernel forms). What
+stays here is what only this backend has: its named conv variants (each one, forced) and the
+rule that picks among them, Winograd's transforms and its dX/dW paths, the chunking and unfold
+modes of im2col, the three forms of max pooling, the fused stem, the GEMM split over threads,
+the constant-filter cache, the serial twins, workspaces and the block pool, its error messages,
+and whole models run on it.
 
 Tolerances (float32, relative to the largest reference value, so a tolerance means "this many
 units of the output's scale"):
@@ -23,11 +31,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import minicnn as mc
+import minicnn.backends.numba as nbk
 from minicnn import backends
-from minicnn.ops import OP_NAMES
+from minicnn.backends.numba import _filters, _threads, conv, pool, winograd
+from minicnn.models import resnet
+from minicnn.ops import ARRAY_FUNCS, OP_NAMES, OPTIONAL
 
-nbk = pytest.importorskip("minicnn.backends.numba")
-from minicnn.backends.numba import _filters, _threads, conv, pool, winograd  # noqa: E402
+from conformance import assert_close
 
 REF = backends.load("numpy").OPS
 NB = nbk.OPS
@@ -35,21 +45,6 @@ NB = nbk.OPS
 F32_TOL = {"im2col_gemm": 1e-5, "pointwise_gemm": 1e-5, "direct": 1e-5,
            "winograd_f2x2_3x3": 1e-5, "winograd_f4x4_3x3": 2e-4}
 F64_TOL = 1e-10
-
-
-def assert_close(got, want, tol, what=""):
-    """max |got - want| <= tol * max(1, max |want|), shapes and dtypes equal."""
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
-    if got.size == 0:
-        return
-    scale = max(1.0, float(np.nanmax(np.abs(want[np.isfinite(want)]))) if np.isfinite(want).any() else 1.0)
-    assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaNs in different places"
-    finite = np.isfinite(want)
-    assert np.array_equal(got[~finite & ~np.isnan(want)], want[~finite & ~np.isnan(want)]), f"{what}: infinities differ"
-    err = float(np.max(np.abs(got[finite].astype(np.float64) - want[finite]))) if finite.any() else 0.0
-    assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol:g} * {scale:.3g}"
 
 
 def tol_for(dtype, variant="im2col_gemm"):
@@ -69,11 +64,15 @@ def kernel_form(request):
 # -- the op table ----------------------------------------------------------------------------------
 
 def test_backend_fills_the_whole_op_table():
+    """Every op and array function, and every optional entry but the generator (dropout draws from
+    the library's numpy Generator, as the reference does); the loaded table is this one."""
     assert nbk.NAME == "numba"
-    assert set(NB) == set(OP_NAMES)
+    assert set(NB) == set(OP_NAMES) | set(ARRAY_FUNCS) | (set(OPTIONAL) - {"generator"})
     a = np.ones(3)
     assert nbk.is_native(a) and nbk.asarray(a) is a and nbk.to_numpy(a) is a
-    assert backends.load("numba") is nbk
+    be = backends.load("numba")
+    assert be.module is nbk and be is backends.load("numba")
+    assert all(be.OPS[name] is fn for name, fn in NB.items())
 
 
 def test_threading_layer_is_thread_safe_or_locked():
@@ -139,8 +138,6 @@ def test_conv_every_variant_matches_reference(case, dtype):
         assert_close(fn(x, w, b, stride, padding, dilation, groups, residual=residual, relu=True),
                      want_fused, tol, f"{name} fused")
     assert ran >= 2  # im2col_gemm and direct take every shape
-    assert_close(NB["conv2d_forward"](x, w, b, stride, padding, dilation, groups), want,
-                 tol_for(dtype, "winograd_f4x4_3x3"), "conv2d_forward")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -155,22 +152,6 @@ def test_winograd_on_3x3_stride1_shapes(case, dtype):
         assert_close(fn(x, w, b, stride, padding, dilation, groups), want, tol_for(dtype, name), name)
         got = fn(x, w, b, stride, padding, dilation, groups, residual=residual, relu=False)
         assert_close(got, want + residual, tol_for(dtype, name), f"{name} + residual")
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@settings(max_examples=20, deadline=None)
-@given(case=conv_case(), need=st.tuples(st.booleans(), st.booleans(), st.booleans()))
-def test_conv_backward_matches_reference(case, need, dtype):
-    x, w, b, stride, padding, dilation, groups, rng = _conv_arrays(case, dtype)
-    y = REF["conv2d_forward"](x, w, b, stride, padding, dilation, groups)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    got = NB["conv2d_backward"](dy, x, w, stride, padding, dilation, groups, *need)
-    want = REF["conv2d_backward"](dy, x, w, stride, padding, dilation, groups, *need)
-    for name, g, r, flag in zip(("dx", "dw", "db"), got, want, need):
-        if not flag:
-            assert g is None, f"{name} computed though not needed"
-            continue
-        assert_close(g, r, tol_for(dtype), name)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -451,22 +432,6 @@ def test_pointwise_paths(hw):
         assert_close(conv.pointwise_gemm(x, w, b, stride, (0, 0), (1, 1), 1), want, 1e-5, "pointwise")
         assert_close(conv.pointwise_gemm(x, w, b, stride, (0, 0), (1, 1), 1, residual=res, relu=True),
                      np.maximum(want + res, 0), 1e-5, "pointwise fused")
-        dy = rng.standard_normal(want.shape).astype(np.float32)
-        for g, r in zip(NB["conv2d_backward"](dy, x, w, stride, (0, 0), (1, 1), 1),
-                        REF["conv2d_backward"](dy, x, w, stride, (0, 0), (1, 1), 1)):
-            assert_close(g, r, 1e-5, "pointwise backward")
-
-
-def test_fused_forward_op_matches_reference():
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((2, 8, 12, 12)).astype(np.float32)
-    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(8).astype(np.float32)
-    res = rng.standard_normal((2, 8, 12, 12)).astype(np.float32)
-    for residual, relu in ((None, False), (None, True), (res, False), (res, True)):
-        got = NB["conv2d_fused_forward"](x, w, b, (1, 1), (1, 1), (1, 1), 1, residual, relu)
-        want = REF["conv2d_fused_forward"](x, w, b, (1, 1), (1, 1), (1, 1), 1, residual, relu)
-        assert_close(got, want, F32_TOL["winograd_f4x4_3x3"], f"fused residual={residual is not None} relu={relu}")
 
 
 RESNET18_3x3 = [  # (x shape, w shape, stride, padding) of ResNet-18's convolutions at 224x224
@@ -813,7 +778,11 @@ def pool_case(draw):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @settings(max_examples=25, deadline=None)
 @given(case=pool_case())
-def test_pooling_matches_reference(case, dtype, max_form):
+def test_every_max_pool_form_matches_reference(case, dtype, max_form):
+    """The three forms of the max pool with argmax, each forced on every shape: row by row (any
+    row length), tap by tap over the plane through the gather table, and window by window. The
+    op as the rule runs it (and the values-only form, the backward, average pooling) is checked by
+    the conformance cases."""
     shape, k, stride, padding, dilation, seed, specials = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(dtype)
@@ -821,8 +790,6 @@ def test_pooling_matches_reference(case, dtype, max_form):
         x = np.round(x)
         x[rng.random(shape) < 0.1] = -np.inf
         x[rng.random(shape) < 0.05] = np.nan
-    # the three forms of the max pool with argmax: row by row (any row length), tap by tap over
-    # the plane through the gather table, and window by window
     saved = pool.ROWS_MIN_Q, pool.TABLE_MAX
     pool.ROWS_MIN_Q = 1 if max_form == "rows" else 10**9
     pool.TABLE_MAX = 0 if max_form == "windows" else 10**9
@@ -833,58 +800,6 @@ def test_pooling_matches_reference(case, dtype, max_form):
     ry, ram = REF["maxpool2d_forward"](x, k, stride, padding, dilation)
     assert np.array_equal(y, ry, equal_nan=True) and y.dtype == ry.dtype
     assert np.array_equal(am, ram) and am.dtype == np.int64
-    # the inference kernel (no argmax) takes the same taps: same values, NaN and -inf included
-    yv, none = NB["maxpool2d_forward"](x, k, stride, padding, dilation, need_argmax=False)
-    assert none is None and yv.dtype == ry.dtype and np.array_equal(yv, ry, equal_nan=True)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    assert_close(NB["maxpool2d_backward"](dy, am, x.shape), REF["maxpool2d_backward"](dy, ram, x.shape), 0, "max bwd")
-    if dilation == (1, 1):
-        xa = np.nan_to_num(x, nan=0.5, neginf=-3.0)
-        for cip in (True, False):
-            ya = NB["avgpool2d_forward"](xa, k, stride, padding, cip)
-            assert_close(ya, REF["avgpool2d_forward"](xa, k, stride, padding, cip), tol_for(dtype), "avg")
-            assert_close(NB["avgpool2d_backward"](dy, x.shape, k, stride, padding, cip),
-                         REF["avgpool2d_backward"](dy, x.shape, k, stride, padding, cip), tol_for(dtype), "avg bwd")
-
-
-@pytest.mark.parametrize("special", [None, np.nan, np.inf, -np.inf])
-@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 1), (3, 1, 1), (3, 2, 0), (2, 2, 0)])
-def test_inference_maxpool_specials_per_plane(special, kernel, stride, padding):
-    """The values-only pool pools a plane once and, only when a NaN or infinity went by, again with
-    NaN counts: planes with and without specials side by side, interior and edge windows (the
-    written-out three-tap interior included), against the reference."""
-    rng = np.random.default_rng(9)
-    x = rng.standard_normal((2, 5, 13, 14)).astype(np.float32)
-    if special is not None:
-        x[0, 1, 4, 5] = special    # an interior window
-        x[1, 3, 0, 0] = special    # the corner
-        x[1, 4, 12, 13] = special  # the far corner (outside every window when the stride skips it)
-    k, st_, pad = (kernel, kernel), (stride, stride), (padding, padding)
-    want, _ = REF["maxpool2d_forward"](x, k, st_, pad)
-    got, none = NB["maxpool2d_forward"](x, k, st_, pad, need_argmax=False)
-    assert none is None and np.array_equal(got, want, equal_nan=True)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 2), h=st.integers(1, 11), w=st.integers(1, 11), oh=st.integers(1, 13), ow=st.integers(1, 13),
-       seed=st.integers(0, 2**16), specials=st.booleans())
-def test_adaptive_pooling_matches_reference(n, h, w, oh, ow, seed, specials, dtype):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, 3, h, w)).astype(dtype)
-    if specials:
-        x = np.round(x)
-        x[rng.random(x.shape) < 0.1] = np.nan
-    y, am = NB["adaptive_maxpool2d_forward"](x, (oh, ow))
-    ry, ram = REF["adaptive_maxpool2d_forward"](x, (oh, ow))
-    assert np.array_equal(y, ry, equal_nan=True) and np.array_equal(am, ram)
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    assert_close(NB["maxpool2d_backward"](dy, am, x.shape), REF["maxpool2d_backward"](dy, ram, x.shape), 0, "bwd")
-    xa = np.nan_to_num(x, nan=0.25)
-    assert_close(NB["adaptive_avgpool2d_forward"](xa, (oh, ow)), REF["adaptive_avgpool2d_forward"](xa, (oh, ow)),
-                 tol_for(dtype), "adaptive avg")
-    assert_close(NB["adaptive_avgpool2d_backward"](dy, x.shape), REF["adaptive_avgpool2d_backward"](dy, x.shape),
-                 tol_for(dtype), "adaptive avg bwd")
 
 
 def test_maxpool_backward_rejects_foreign_argmax():
@@ -944,106 +859,7 @@ def test_epilogue_every_flag_and_layout(dtype, L, has_scale, has_b, has_res, rel
     assert_close(y2.reshape(nc, K, L), want, tol_for(dtype), "in place")
 
 
-# -- batchnorm -------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@settings(max_examples=20, deadline=None)
-@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 7), st.integers(1, 7)),
-       offset=st.sampled_from([0.0, 3.0]), seed=st.integers(0, 2**16),
-       need=st.tuples(st.booleans(), st.booleans()))
-def test_batchnorm_matches_reference(shape, offset, seed, need, dtype):
-    assume(shape[0] * shape[2] * shape[3] > 1)
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) + offset).astype(dtype)
-    c = shape[1]
-    g, b = rng.uniform(0.5, 1.5, c).astype(dtype), rng.standard_normal(c).astype(dtype)
-    rm, rv = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 1.5, c).astype(dtype)
-    dy = rng.standard_normal(shape).astype(dtype)
-    tol = tol_for(dtype)
-    for got, want, name in zip(NB["batchnorm2d_forward_train"](x, g, b, 1e-5),
-                               REF["batchnorm2d_forward_train"](x, g, b, 1e-5), ("y", "mean", "var")):
-        assert_close(got, want, tol, name)
-    _, mean, var = REF["batchnorm2d_forward_train"](x, g, b, 1e-5)
-    for mode, args in (("train", (mean, var)), ("eval", (rm, rv))):
-        got = NB[f"batchnorm2d_backward_{mode}"](dy, x, g, *args, 1e-5, *need)
-        want = REF[f"batchnorm2d_backward_{mode}"](dy, x, g, *args, 1e-5, *need)
-        for gg, ww, name, flag in zip(got, want, ("dx", "dgamma", "dbeta"), (need[0], need[1], need[1])):
-            if not flag:
-                assert gg is None, f"{mode} {name} computed though not needed"
-            else:
-                assert_close(gg, ww, tol * 4, f"{mode} {name}")
-    assert_close(NB["batchnorm2d_forward_eval"](x, g, b, rm, rv, 1e-5),
-                 REF["batchnorm2d_forward_eval"](x, g, b, rm, rv, 1e-5), tol, "eval y")
-
-
-def test_batchnorm_statistics_survive_a_large_mean():
-    """Single-pass statistics must not cancel when |mean| >> std (the shifted sums in float64)."""
-    rng = np.random.default_rng(10)
-    x64 = rng.standard_normal((4, 3, 16, 16)) * 0.01 + 1000.0
-    x = x64.astype(np.float32)
-    _, mean, var = NB["batchnorm2d_forward_train"](x, np.ones(3, np.float32), np.zeros(3, np.float32), 1e-5)
-    exact = x.astype(np.float64).var(axis=(0, 2, 3))
-    np.testing.assert_allclose(var, exact, rtol=1e-4)
-    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=(0, 2, 3)), rtol=1e-7)
-
-
-# -- elementwise, linear, losses, dropout --------------------------------------------------------------
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@settings(max_examples=15, deadline=None)
-@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=4).map(tuple), seed=st.integers(0, 2**16))
-def test_elementwise_ops_match_reference(shape, seed, dtype):
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) * 30).astype(dtype)  # wide enough for exp to overflow if done naively
-    x.flat[0] = np.nan
-    dy = rng.standard_normal(shape).astype(dtype)
-    for op in ("relu", "sigmoid", "tanh"):
-        y = REF[f"{op}_forward"](x)
-        assert_close(NB[f"{op}_forward"](x), y, tol_for(dtype), op)
-        assert_close(NB[f"{op}_backward"](dy, y), REF[f"{op}_backward"](dy, y), tol_for(dtype), f"{op} bwd")
-    assert_close(NB["add_relu_forward"](x, dy), REF["add_relu_forward"](x, dy), tol_for(dtype), "add_relu")
-    if len(shape) >= 2:
-        xs = np.nan_to_num(x)
-        for op in ("softmax_forward", "log_softmax_forward"):
-            assert_close(NB[op](xs), REF[op](xs), tol_for(dtype), op)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@settings(max_examples=15, deadline=None)
-@given(n=st.integers(1, 9), f=st.integers(1, 17), o=st.integers(1, 11), bias=st.booleans(),
-       need=st.tuples(st.booleans(), st.booleans(), st.booleans()), seed=st.integers(0, 2**16))
-def test_linear_matches_reference(n, f, o, bias, need, seed, dtype):
-    rng = np.random.default_rng(seed)
-    x, w = rng.standard_normal((n, f)).astype(dtype), rng.standard_normal((o, f)).astype(dtype)
-    b = rng.standard_normal(o).astype(dtype) if bias else None
-    assert_close(NB["linear_forward"](x, w, b), REF["linear_forward"](x, w, b), tol_for(dtype), "linear")
-    dy = rng.standard_normal((n, o)).astype(dtype)
-    for g, r, flag, name in zip(NB["linear_backward"](dy, x, w, *need), REF["linear_backward"](dy, x, w, *need),
-                                need, ("dx", "dw", "db")):
-        assert (g is None) == (not flag), name
-        if flag:
-            assert_close(g, r, tol_for(dtype), name)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@settings(max_examples=15, deadline=None)
-@given(n=st.integers(1, 9), c=st.integers(1, 12), seed=st.integers(0, 2**16))
-def test_losses_match_reference(n, c, seed, dtype):
-    rng = np.random.default_rng(seed)
-    z = (rng.standard_normal((n, c)) * 40).astype(dtype)  # large logits: stability matters
-    t = rng.integers(0, c, n)
-    loss, probs = NB["softmax_cross_entropy_forward"](z, t)
-    rloss, rprobs = REF["softmax_cross_entropy_forward"](z, t)
-    assert loss.shape == () and loss.dtype == rloss.dtype
-    assert_close(loss, rloss, tol_for(dtype), "ce loss")
-    assert_close(probs, rprobs, tol_for(dtype), "ce probs")
-    assert_close(NB["softmax_cross_entropy_backward"](rprobs, t), REF["softmax_cross_entropy_backward"](rprobs, t),
-                 tol_for(dtype), "ce bwd")
-    tt = rng.random((n, c)).astype(dtype)
-    for op in ("bce_with_logits", "mse"):
-        assert_close(NB[f"{op}_forward"](z, tt), REF[f"{op}_forward"](z, tt), tol_for(dtype), op)
-        assert_close(NB[f"{op}_backward"](z, tt), REF[f"{op}_backward"](z, tt), tol_for(dtype), f"{op} bwd")
-
+# -- losses, dropout: what only this backend promises ----------------------------------------------
 
 def test_losses_reject_bad_targets():
     z = np.zeros((2, 3), np.float32)
@@ -1051,18 +867,6 @@ def test_losses_reject_bad_targets():
         NB["softmax_cross_entropy_forward"](z, np.array([0, 3]))
     with pytest.raises(ValueError, match=r"prediction shape \(2, 3\) and target shape \(3, 2\) differ"):
         NB["mse_forward"](z, np.zeros((3, 2), np.float32))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("p", [0.0, 0.3, 0.9, 1.0])
-def test_dropout_masks_identical_to_reference(p, dtype):
-    x = np.random.default_rng(11).standard_normal((4, 5, 6)).astype(dtype)
-    y, mask = NB["dropout_forward"](x, p, np.random.default_rng(42))
-    ry, rmask = REF["dropout_forward"](x, p, np.random.default_rng(42))
-    assert np.array_equal(y, ry) and np.array_equal(mask, rmask)  # bit for bit
-    assert y.dtype == ry.dtype and mask.dtype == rmask.dtype
-    dy = np.random.default_rng(12).standard_normal(x.shape).astype(dtype)
-    assert np.array_equal(NB["dropout_backward"](dy, mask), REF["dropout_backward"](dy, rmask))
 
 
 def test_dropout_consumes_the_generator_like_the_reference():
@@ -1077,7 +881,6 @@ def test_dropout_consumes_the_generator_like_the_reference():
 def test_resnet18_through_numba_matches_numpy_backend():
     """ResNet-18 at 224x224 uses Winograd F(4x4) (layers 1-2), F(2x2) (layer 3), im2col and pointwise:
     its logits must stay within 1e-4 relative of the numpy backend's."""
-    resnet = pytest.importorskip("minicnn.models.resnet")
     model = resnet.resnet18(num_classes=1000)
     model.load_state_dict(resnet.seeded_state_dict("resnet18", 0))
     model.eval()

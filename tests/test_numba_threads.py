@@ -10,13 +10,10 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import minicnn as mc
 from minicnn import nn
-
-nbk = pytest.importorskip("minicnn.backends.numba")
-from minicnn.backends.numba import _threads  # noqa: E402
+from minicnn.backends.numba import _threads
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -273,14 +273,18 @@ def test_backward_from_any_stage_and_gradcam_gradient():
         # logits = fc(mean over the 2x2 map of layer4): dlogits/dlayer4 is W^T g spread over the map
         expect = np.broadcast_to((g @ model.fc.weight.data)[:, :, None, None] / 4.0, acts["layer4"].shape)
         np.testing.assert_allclose(d4, expect, rtol=1e-5, atol=1e-7)
+        # each backward pops what its forward pass kept: run the forward again before the next one
+        model.activations(x)
         d_avg = model.backward_from("fc", g, to="avgpool")
         np.testing.assert_allclose(d_avg, g @ model.fc.weight.data, rtol=1e-5, atol=1e-7)
+        model.activations(x)
         dx_direct = model.backward_from("layer4", d4)
         model.zero_grad()
         model.activations(x)
         dx_full = model.backward(g)
         np.testing.assert_allclose(dx_direct, dx_full, rtol=1e-5, atol=1e-8)
         # a stage in the middle: backward from layer2 equals the full backward's gradient there
+        model.activations(x)
         d2 = model.backward_from("fc", g, to="layer2")
         model.activations(x)
         np.testing.assert_allclose(model.backward_from("layer2", d2), dx_full, rtol=1e-5, atol=1e-8)

@@ -25,13 +25,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from .. import ops
-from ..grad_mode import is_grad_enabled
 from ..nn._utils import check_input
 from ..nn.activation import ReLU
 from ..nn.batchnorm import BatchNorm2d
 from ..nn.conv import Conv2d
 from ..nn.linear import Linear
-from ..nn.module import Module, Sequential
+from ..nn.module import Module, Sequential, backward_pass, forward_pass
 from ..nn.pooling import AdaptiveAvgPool2d, MaxPool2d
 from ..random import get_rng
 from ..io.weights import ARCHS, expected_resnet_shapes, infer_arch
@@ -67,8 +66,9 @@ class BasicBlock(Module):
         super().__init__()
         self.conv1 = Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = BatchNorm2d(planes)
-        # torchvision reuses one ReLU for both places; here it serves only the inner one, because a
-        # layer keeps one forward's cache and the join has its own fused op
+        # torchvision calls this one ReLU twice, after bn1 and after the residual sum; here the sum and
+        # its ReLU are one fused op (ops.add_relu_forward, one pass over the activations instead of
+        # two), so the module serves the inner place only
         self.relu = ReLU(inplace=True)
         self.conv2 = Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = BatchNorm2d(planes)
@@ -150,8 +150,6 @@ class ResNet(Module):
             for m in self.modules():
                 if isinstance(m, BasicBlock):
                     m.bn2.weight.data[...] = 0
-        self._reached = None
-        self._pooled_shape = None
 
     def _make_layer(self, planes, blocks, stride):
         downsample = None
@@ -188,23 +186,14 @@ class ResNet(Module):
                 )
 
     # -- forward -------------------------------------------------------------------------------
-    def _forward_stage(self, name, x):
-        if name == "stem":
-            return self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        if name == "avgpool":
-            y = self.avgpool(x)
-            self._pooled_shape = y.shape
-            return y.reshape(y.shape[0], -1)
-        return getattr(self, name)(x)
-
-    def _backward_stage(self, name, dy, input_grad=True):
+    def _backward_stage(self, name, dy, pooled_shape, input_grad=True):
         """dL/d(stage input) from dL/d(stage output); with ``input_grad=False`` only the stage's
         parameter gradients (see :meth:`backward_params`), returning None."""
         if name == "stem":
             d = self.bn1.backward(self.relu.backward(self.maxpool.backward(dy)))
             return self.conv1.backward(d) if input_grad else self.conv1.backward_params(d)
         if name == "avgpool":
-            return self.avgpool.backward(dy.reshape(self._pooled_shape)) if input_grad else None
+            return self.avgpool.backward(dy.reshape(pooled_shape)) if input_grad else None
         stage = getattr(self, name)
         return stage.backward(dy) if input_grad else stage.backward_params(dy)
 
@@ -216,19 +205,36 @@ class ResNet(Module):
         return getattr(self, name).has_trainable()
 
     def _run(self, x, upto="fc", record=False):
+        """The stages up to ``upto``; pushes (upto, pooled shape), the model's own cache for
+        backward (a ResNet called twice in one pass keeps one per call, like any layer)."""
         if upto not in STAGES:
             raise ValueError(f"{self.arch}: unknown stage {upto!r}; stages are {', '.join(STAGES)}")
         x = self._prepare_input(x)
         self._check(x)
         outs = OrderedDict()
+        pooled_shape = None
         for name in STAGES:
-            x = self._forward_stage(name, x)
+            if name == "stem":
+                x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            elif name == "avgpool":
+                y = self.avgpool(x)
+                pooled_shape = y.shape
+                x = y.reshape(y.shape[0], -1)
+            else:
+                x = getattr(self, name)(x)
             if record:
                 outs[name] = x
             if name == upto:
                 break
-        self._reached = upto if is_grad_enabled() else None
+        self._save((upto, pooled_shape))
         return x, outs
+
+    def _entry(self, x, upto, record=False):
+        """A forward pass that does not come through ``__call__`` (``forward_features``, ``embed``,
+        ``activations``): one pass, so every module it runs keeps its cache for one backward."""
+        self._move_to_backend()
+        with forward_pass():
+            return self._run(x, upto, record)
 
     def forward(self, x):
         """Logits (N, num_classes)."""
@@ -236,13 +242,11 @@ class ResNet(Module):
 
     def forward_features(self, x):
         """The last feature map, layer4's output: (N, 512, ceil(H/32), ceil(W/32))."""
-        self._move_to_backend()
-        return self._run(x, "layer4")[0]
+        return self._entry(x, "layer4")[0]
 
     def embed(self, x):
         """Globally average-pooled features (N, 512): what the classifier reads, a common image embedding."""
-        self._move_to_backend()
-        return self._run(x, "avgpool")[0]
+        return self._entry(x, "avgpool")[0]
 
     def activations(self, x, upto="fc"):
         """Every stage's output in forward order, up to ``upto``: an OrderedDict with
@@ -250,8 +254,7 @@ class ResNet(Module):
 
         With gradients enabled, ``backward_from(stage, grad)`` may then start from any returned stage.
         """
-        self._move_to_backend()
-        return self._run(x, upto, record=True)[1]
+        return self._entry(x, upto, record=True)[1]
 
     # -- backward ------------------------------------------------------------------------------
     def backward(self, dy):
@@ -265,27 +268,40 @@ class ResNet(Module):
         (as PyTorch does for an input that does not require grad), and a frozen backbone under a
         trainable head costs only the head's backward. Returns None (``backward`` returns dL/dx).
         """
-        self._check_backward_from("fc")
+        _, pooled_shape = self._pop_forward("fc")
         first = next((i for i, stage in enumerate(STAGES) if self._stage_trainable(stage)), None)
         if first is None:
             return None
         for stage in reversed(STAGES[first + 1:]):
-            dy = self._backward_stage(stage, dy)
-        self._backward_stage(STAGES[first], dy, input_grad=False)
+            dy = self._backward_stage(stage, dy, pooled_shape)
+        self._backward_stage(STAGES[first], dy, pooled_shape, input_grad=False)
         return None
 
-    def _check_backward_from(self, name) -> int:
+    def _pop_forward(self, name, to=None):
+        """Check that a backward from stage ``name`` (down to ``to``) fits the newest forward call,
+        then pop that call's cache: (index of ``name``, pooled shape). Nothing is popped when the
+        check fails."""
         if name not in STAGES:
             raise ValueError(f"{self.arch}: unknown stage {name!r}; stages are {', '.join(STAGES)}")
-        if self._reached is None:
-            raise RuntimeError(f"{self.arch}: backward called before a forward pass with gradients enabled")
         hi = STAGES.index(name)
-        if hi > STAGES.index(self._reached):
+        if to is not None:
+            if to not in STAGES:
+                raise ValueError(f"{self.arch}: unknown stage {to!r}; stages are {', '.join(STAGES)}")
+            if STAGES.index(to) > hi:
+                raise ValueError(f"{self.arch}: stage {to!r} comes after {name!r}; backward runs toward the input")
+        if not self._has_saved():
             raise RuntimeError(
-                f"{self.arch}: the last forward pass stopped at {self._reached!r}, so there is nothing to "
+                f"{self.arch}: backward called before a forward pass with gradients enabled (or more backward "
+                "calls than forward calls)"
+            )
+        reached = self._saved_stack[-1][1][0]
+        if hi > STAGES.index(reached):
+            raise RuntimeError(
+                f"{self.arch}: the last forward pass stopped at {reached!r}, so there is nothing to "
                 f"backpropagate from {name!r}"
             )
-        return hi
+        _, pooled_shape = self._saved()
+        return hi, pooled_shape
 
     def backward_from(self, name, grad, to=None):
         """Backpropagate ``grad`` (dL/d output of stage ``name``) through the stages before it.
@@ -295,16 +311,11 @@ class ResNet(Module):
         through accumulate into ``.grad``. The last forward pass (``forward``, ``forward_features``,
         ``embed`` or ``activations``) must have reached ``name`` with gradients enabled.
         """
-        hi = self._check_backward_from(name)
-        lo = -1
-        if to is not None:
-            if to not in STAGES:
-                raise ValueError(f"{self.arch}: unknown stage {to!r}; stages are {', '.join(STAGES)}")
-            lo = STAGES.index(to)
-            if lo > hi:
-                raise ValueError(f"{self.arch}: stage {to!r} comes after {name!r}; backward runs toward the input")
-        for stage in reversed(STAGES[lo + 1:hi + 1]):
-            grad = self._backward_stage(stage, grad)
+        with backward_pass():  # one backward: every cache it pops must come from one forward pass
+            hi, pooled_shape = self._pop_forward(name, to)
+            lo = -1 if to is None else STAGES.index(to)
+            for stage in reversed(STAGES[lo + 1:hi + 1]):
+                grad = self._backward_stage(stage, grad, pooled_shape)
         return grad
 
 

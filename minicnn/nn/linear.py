@@ -10,7 +10,13 @@ from .module import Module, Parameter, WeightBiasLayer
 
 
 class Linear(WeightBiasLayer):
-    """y = x W^T + b, x of shape (N, in_features). Initialised as PyTorch (uniform +-1/sqrt(in))."""
+    """y = x W^T + b over the last axis. Initialised as PyTorch (uniform +-1/sqrt(in)).
+
+    Shape: (*, in_features) -> (*, out_features): any leading axes, as PyTorch, including none
+    (a 1-D input (in_features,) gives (out_features,)). The leading axes are flattened into one
+    batch axis for ``ops.linear_forward`` and restored after; the backward reshapes the same way,
+    so dW and db sum over every leading position.
+    """
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
@@ -25,13 +31,24 @@ class Linear(WeightBiasLayer):
 
     def forward(self, x):
         x = self._prepare_input(x)
-        check_input(self, x, 2, 1, self.in_features, "features")
-        y = ops.linear_forward(x, self.weight.data, None if self.bias is None else self.bias.data)
-        self._save(x)
-        return y
+        if x.ndim == 2:
+            check_input(self, x, 2, 1, self.in_features, "features")
+        elif x.ndim == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"{self._short()}: expected input of shape (*, {self.in_features}) "
+                             f"({self.in_features} features), got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        x2 = x if x.ndim == 2 else x.reshape(-1, self.in_features)
+        y = ops.linear_forward(x2, self.weight.data, None if self.bias is None else self.bias.data)
+        self._save((x2, lead))
+        return y if x.ndim == 2 else y.reshape(lead + (self.out_features,))
 
-    def _grads(self, dy, x, need_dx, need_dw, need_db):
-        return ops.linear_backward(dy, x, self.weight.data, need_dx, need_dw, need_db)
+    def _grads(self, dy, saved, need_dx, need_dw, need_db):
+        x2, lead = saved
+        dy2 = dy if dy.ndim == 2 else dy.reshape(-1, self.out_features)
+        dx, dw, db = ops.linear_backward(dy2, x2, self.weight.data, need_dx, need_dw, need_db)
+        if dx is not None and len(lead) != 1:
+            dx = dx.reshape(lead + (self.in_features,))
+        return dx, dw, db
 
 
 class Flatten(Module):

@@ -1,4 +1,4 @@
-"""Parameter, Module and Sequential: the tree every model is built from.
+"""Parameter, Module and the containers (Sequential, ModuleList, ModuleDict): the tree every model is built from.
 
 A Module keeps its parameters, buffers and child modules in insertion order, so ``state_dict()``
 keys come out in the same order and with the same dotted names as PyTorch's (``layer1.0.bn1.weight``).
@@ -11,10 +11,11 @@ Input dtype, the one documented rule: every module has a compute dtype (float32 
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
+import operator
 import threading
 from collections import OrderedDict, namedtuple
+from collections.abc import Mapping
 from typing import Iterator
 
 import numpy as np
@@ -34,37 +35,71 @@ IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_k
 # backward walks anyway. Every call of a module from outside any other module call starts a new
 # *pass* (a number); a cache is tagged with its pass, and the first push of a new pass drops the
 # module's older caches, so forward calls without a backward (eval without no_grad) never grow
-# memory. One backward (the outermost ``backward``/``backward_params`` call and everything it
-# calls) must pop caches of a single pass: if another forward pass ran one of its modules in
-# between, the backward raises instead of mixing two passes' caches into wrong gradients.
+# memory. Under ``no_grad`` nothing is pushed, and older passes' caches are dropped all the same
+# (a backward after a no_grad forward raises instead of using the pass before it). One backward
+# (the outermost ``backward``/``backward_params`` call and everything it calls, or a
+# ``backward_pass()`` block) must pop caches of a single pass: if another forward pass ran one of
+# its modules in between, the backward raises instead of mixing two passes' caches into wrong
+# gradients. A method that runs a forward pass without ``__call__`` (``ResNet.embed``) wraps it in
+# ``forward_pass()``; a layer's ``forward`` called directly is a pass of its own.
 _pass_ids = itertools.count(1)
-_state = threading.local()  # depth (nested module calls), pass_id, bwd_depth, bwd_pass
 
 
-def _pass_depth() -> int:
-    return getattr(_state, "depth", 0)
+class _PassState(threading.local):
+    """Per thread: ``depth`` of nested module calls (0 outside any), ``pass_id`` of the pass in
+    progress, ``bwd_depth`` of nested backward calls, and ``bwd_pass``, the pass the backward in
+    progress pops from (None until its first pop)."""
+
+    depth = 0
+    pass_id = 0
+    bwd_depth = 0
+    bwd_pass = None
 
 
-def _enter_pass() -> None:
-    depth = getattr(_state, "depth", 0)
-    if depth == 0:
-        _state.pass_id = next(_pass_ids)
-    _state.depth = depth + 1
+_state = _PassState()
 
 
-def _exit_pass() -> None:
-    _state.depth -= 1
+class forward_pass:
+    """Run a block as one forward pass: module calls inside it share one pass.
+
+    What a model method other than ``__call__`` wraps its work in (``ResNet.embed``, a Grad-CAM
+    loop that runs a Sequential's children one by one), so that a module called twice in the block
+    keeps both caches. A plain class rather than a generator context manager: it is cheap to enter.
+    """
+
+    __slots__ = ()
+
+    def __enter__(self):
+        st = _state
+        if st.depth == 0:
+            st.pass_id = next(_pass_ids)
+        st.depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        _state.depth -= 1
+        return False
 
 
-@contextlib.contextmanager
-def forward_pass():
-    """Run a block as one forward pass: module calls inside it share one pass (what a model method
-    other than ``__call__``, such as ``ResNet.embed``, wraps its work in)."""
-    _enter_pass()
-    try:
-        yield
-    finally:
-        _exit_pass()
+class backward_pass:
+    """Run a block as one backward: every cache popped inside it must come from one forward pass.
+
+    ``backward``/``backward_params`` of every Module subclass already do this for their own call;
+    this is for code that walks a model's children by hand (``minicnn.gradcam`` on a Sequential).
+    """
+
+    __slots__ = ()
+
+    def __enter__(self):
+        st = _state
+        if st.bwd_depth == 0:
+            st.bwd_pass = None
+        st.bwd_depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        _state.bwd_depth -= 1
+        return False
 
 
 def _backward_entry(fn):
@@ -72,19 +107,43 @@ def _backward_entry(fn):
     cache it pops comes from one forward pass (see the note above)."""
 
     def wrapper(self, *args, **kwargs):
-        depth = getattr(_state, "bwd_depth", 0)
+        st = _state
+        depth = st.bwd_depth
         if depth == 0:
-            _state.bwd_pass = None
-        _state.bwd_depth = depth + 1
+            st.bwd_pass = None
+        st.bwd_depth = depth + 1
         try:
             return fn(self, *args, **kwargs)
         finally:
-            _state.bwd_depth = depth
+            st.bwd_depth = depth
 
     wrapper.__name__, wrapper.__qualname__, wrapper.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    wrapper.__module__ = fn.__module__
     wrapper.__wrapped__ = fn
     wrapper._pass_checked = True
     return wrapper
+
+
+class RemovableHandle:
+    """What ``register_forward_hook`` and ``register_forward_pre_hook`` return: ``remove()``
+    takes the hook out again (a second ``remove`` does nothing). Also a context manager that
+    removes the hook on exit."""
+
+    _ids = itertools.count()
+
+    def __init__(self, hooks: "OrderedDict"):
+        self._hooks = hooks
+        self.id = next(RemovableHandle._ids)
+
+    def remove(self) -> None:
+        self._hooks.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
 
 
 class StateDictError(ValueError, RuntimeError):
@@ -147,6 +206,7 @@ class Module:
         object.__setattr__(self, "dtype", np.dtype(np.float32))
         object.__setattr__(self, "_saved_stack", [])  # [(pass id, cache)], see "passes" above
         object.__setattr__(self, "_forward_hooks", OrderedDict())
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -159,12 +219,23 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() first")
-        for store in (self._parameters, self._buffers, self._modules):
-            store.pop(name, None)
+        # as PyTorch: a name keeps its place in its own store (state_dict order), and an array or
+        # None assigned to a buffer's name updates the buffer
+        params, buffers, modules = self._parameters, self._buffers, self._modules
         if isinstance(value, Parameter):
-            self._parameters[name] = value
+            buffers.pop(name, None)
+            modules.pop(name, None)
+            params[name] = value
         elif isinstance(value, Module):
-            self._modules[name] = value
+            params.pop(name, None)
+            buffers.pop(name, None)
+            modules[name] = value
+        elif name in buffers and (value is None or (hasattr(value, "shape") and hasattr(value, "dtype"))):
+            buffers[name] = value
+        else:
+            params.pop(name, None)
+            buffers.pop(name, None)
+            modules.pop(name, None)
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
@@ -172,8 +243,31 @@ class Module:
             store.pop(name, None)
         object.__delattr__(self, name)
 
+    def _check_new_name(self, kind: str, name, value_ok: bool, value) -> None:
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() before register_{kind}")
+        if not isinstance(name, str):
+            raise TypeError(f"{type(self).__name__}.register_{kind}: name must be a str, got {type(name).__name__}")
+        if not name or "." in name:
+            raise KeyError(f"{type(self).__name__}.register_{kind}: {kind} name must be non-empty and contain no '.', "
+                           f"got {name!r}")
+        if not value_ok:
+            want = "a Parameter" if kind == "parameter" else "an array"
+            raise TypeError(f"{type(self).__name__}.register_{kind}: {name!r} must be {want} or None, "
+                            f"got {type(value).__name__}")
+        own = {"parameter": self._parameters, "buffer": self._buffers}[kind]
+        if name not in own and (name in self._parameters or name in self._buffers or name in self._modules):
+            raise KeyError(f"{type(self).__name__}.register_{kind}: attribute {name!r} already exists")
+
     def register_buffer(self, name: str, value, persistent: bool = True) -> None:
-        """A non-trainable array that belongs to the state (e.g. batchnorm running stats)."""
+        """A non-trainable array that belongs to the state (e.g. batchnorm running stats).
+
+        ``persistent=False`` keeps it out of ``state_dict``. ``value`` may be None (a slot listed by
+        nothing until it is set). As in PyTorch, the name must be a str without '.', and must not be
+        taken by a parameter or child module (KeyError).
+        """
+        self._check_new_name("buffer", name, value is None or (hasattr(value, "shape") and hasattr(value, "dtype")),
+                             value)
         self.__setattr__(name, value)
         self._buffers[name] = value
         if not persistent:
@@ -184,23 +278,93 @@ class Module:
         self._buffers[name] = value
         object.__setattr__(self, name, value)
 
+    def register_parameter(self, name: str, param) -> None:
+        """Add ``param`` (a Parameter, or None) under ``name``, as ``self.name = param`` does."""
+        self._check_new_name("parameter", name, param is None or isinstance(param, Parameter), param)
+        self.__setattr__(name, param)
+        if param is None:
+            self._parameters.pop(name, None)
+
     def add_module(self, name: str, module: "Module") -> None:
+        """Add a child module under ``name`` (None is allowed and lists nothing). As in PyTorch the
+        name must be a non-empty str without '.' that is not already another attribute (KeyError)."""
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}.add_module: {name!r} must be a Module or None, "
+                            f"got {type(module).__name__}")
+        if not isinstance(name, str):
+            raise TypeError(f"{type(self).__name__}.add_module: module name must be a str, got {type(name).__name__}")
+        if not name or "." in name:
+            raise KeyError(f"{type(self).__name__}.add_module: module name must be non-empty and contain no '.', "
+                           f"got {name!r}")
+        if name not in self._modules and hasattr(self, name):
+            raise KeyError(f"{type(self).__name__}.add_module: attribute {name!r} already exists")
         self.__setattr__(name, module)
+        if module is None:
+            self._modules[name] = None
+
+    register_module = add_module
 
     # -- calling -----------------------------------------------------------------------------
-    def __call__(self, x, *args, **kwargs):
+    def __call__(self, *args, **kwargs):
+        """Run ``forward`` as (part of) a forward pass, with the registered hooks around it.
+
+        A call from outside any other module call starts a new pass (see "passes" above); the
+        hooks run inside it, so a module a hook calls belongs to the same pass.
+        """
         self._move_to_backend()
-        _enter_pass()
+        st = _state
+        depth = st.depth
+        if depth == 0:
+            st.pass_id = next(_pass_ids)
+        st.depth = depth + 1
         try:
-            out = self.forward(x, *args, **kwargs)
+            if self._forward_pre_hooks:
+                args = self._run_pre_hooks(args)
+            out = self.forward(*args, **kwargs)
+            if self._forward_hooks:
+                out = self._run_hooks(args, out)
         finally:
-            _exit_pass()
-        if self._forward_hooks:
-            for hook in list(self._forward_hooks.values()):
-                result = hook(self, (x, *args), out)
-                if result is not None:
-                    out = result
+            st.depth = depth
         return out
+
+    def _run_pre_hooks(self, args):
+        for hook in list(self._forward_pre_hooks.values()):
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        return args
+
+    def _run_hooks(self, args, out):
+        for hook in list(self._forward_hooks.values()):
+            result = hook(self, args, out)
+            if result is not None:
+                out = result
+        return out
+
+    def register_forward_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(module, args, output)`` after every forward call; ``args`` is the tuple of
+        positional inputs. A hook that returns something other than None replaces the output (the
+        backward is still this module's: a replacement must not change what it is the gradient
+        of, as with PyTorch's in-place caveats). Hooks run in registration order. Returns a handle
+        whose ``remove()`` unregisters the hook.
+        """
+        if not callable(hook):
+            raise TypeError(f"{type(self).__name__}.register_forward_hook: hook must be callable, "
+                            f"got {type(hook).__name__}")
+        handle = RemovableHandle(self._forward_hooks)
+        self._forward_hooks[handle.id] = hook
+        return handle
+
+    def register_forward_pre_hook(self, hook) -> RemovableHandle:
+        """Call ``hook(module, args)`` before every forward call; a non-None return replaces the
+        positional inputs (a single value is taken as a one-element tuple). Returns a handle whose
+        ``remove()`` unregisters the hook."""
+        if not callable(hook):
+            raise TypeError(f"{type(self).__name__}.register_forward_pre_hook: hook must be callable, "
+                            f"got {type(hook).__name__}")
+        handle = RemovableHandle(self._forward_pre_hooks)
+        self._forward_pre_hooks[handle.id] = hook
+        return handle
 
     def forward(self, x):
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
@@ -250,13 +414,13 @@ class Module:
 
     def _save(self, cache) -> None:
         """Push what this call's backward needs (nothing under ``no_grad``); see "passes" above."""
-        if not is_grad_enabled():
-            return
+        st = _state
+        pid = st.pass_id if st.depth else next(_pass_ids)
         stack = self._saved_stack
-        pid = getattr(_state, "pass_id", 0) if _pass_depth() else next(_pass_ids)
         if stack and stack[-1][0] != pid:
             stack.clear()  # caches of an older pass that no backward consumed
-        stack.append((pid, cache))
+        if is_grad_enabled():
+            stack.append((pid, cache))
 
     def _saved(self):
         """Pop the newest cache for a backward call; raise if there is none or it belongs to
@@ -269,10 +433,11 @@ class Module:
                 "for backward)"
             )
         pid, cache = stack[-1]
-        if getattr(_state, "bwd_depth", 0):
-            want = _state.bwd_pass
+        st = _state
+        if st.bwd_depth:
+            want = st.bwd_pass
             if want is None:
-                _state.bwd_pass = pid
+                st.bwd_pass = pid
             elif want != pid:
                 raise RuntimeError(
                     f"{self._short()}: this backward does not match its forward pass: the module was run by "
@@ -345,40 +510,74 @@ class Module:
         return self.to(np.float32)
 
     # -- traversal -----------------------------------------------------------------------------
+    # As in PyTorch, a module reachable along several paths (one ReLU used twice in a Sequential) is
+    # listed once, under its first name; ``remove_duplicate=False`` lists it along every path
+    # (what ``state_dict`` does, so a shared layer's weights appear under each of its names).
     def children(self) -> Iterator["Module"]:
-        return iter(self._modules.values())
+        """The direct child modules, each once."""
+        for _, m in self.named_children():
+            yield m
 
     def named_children(self):
-        return iter(self._modules.items())
+        """(name, module) for each direct child, each module once (under its first name)."""
+        seen = set()
+        for name, m in self._modules.items():
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
+                yield name, m
 
-    def named_modules(self, prefix: str = ""):
+    def named_modules(self, memo=None, prefix: str = "", remove_duplicate: bool = True):
+        """(dotted name, module) for this module and every one below it, depth first, in
+        definition order; ``memo`` is a set of ids already listed (PyTorch's signature)."""
+        if memo is None:
+            memo = set()
+        if id(self) in memo:
+            return
+        if remove_duplicate:
+            memo.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            if child is not None:
+                yield from child.named_modules(memo, f"{prefix}.{name}" if prefix else name, remove_duplicate)
 
     def modules(self):
+        """This module and every module below it, each once."""
         for _, m in self.named_modules():
             yield m
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True):
+    def apply(self, fn) -> "Module":
+        """Call ``fn(module)`` on every child (recursively, children first) and then on this
+        module, as PyTorch's ``apply`` (e.g. ``model.apply(init_weights)``); returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def _named_members(self, store, prefix, recurse, remove_duplicate):
         seen = set()
-        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        mods = self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
         for mprefix, m in mods:
-            for name, p in m._parameters.items():
-                if id(p) in seen:
+            for name, v in getattr(m, store).items():
+                if v is None or (remove_duplicate and id(v) in seen):
                     continue
-                seen.add(id(p))
-                yield (f"{mprefix}.{name}" if mprefix else name), p
+                seen.add(id(v))
+                yield (f"{mprefix}.{name}" if mprefix else name), v
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """(dotted name, Parameter), each parameter once (a shared layer's under its first name)."""
+        return self._named_members("_parameters", prefix, recurse, remove_duplicate)
 
     def parameters(self, recurse: bool = True):
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix: str = ""):
-        for mprefix, m in self.named_modules(prefix):
-            for name, b in m._buffers.items():
-                if b is not None:
-                    yield (f"{mprefix}.{name}" if mprefix else name), b
+    def named_buffers(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        """(dotted name, array) for every buffer that is not None, persistent or not, each once."""
+        return self._named_members("_buffers", prefix, recurse, remove_duplicate)
+
+    def buffers(self, recurse: bool = True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -387,7 +586,7 @@ class Module:
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Parameters and persistent buffers by dotted name, as numpy arrays (copies)."""
         out = OrderedDict()
-        for mprefix, m in self.named_modules():
+        for mprefix, m in self.named_modules(remove_duplicate=False):
             def key(n):
                 return f"{mprefix}.{n}" if mprefix else n
 
@@ -408,7 +607,7 @@ class Module:
         shape mismatches always raise. Values are cast to each slot's dtype.
         """
         targets = OrderedDict()
-        for mprefix, m in self.named_modules():
+        for mprefix, m in self.named_modules(remove_duplicate=False):
             for name in m._parameters:
                 targets[f"{mprefix}.{name}" if mprefix else name] = (m, name, "param")
             for name, b in m._buffers.items():
@@ -528,7 +727,9 @@ class Sequential(Module):
 
     def backward_params(self, dy) -> None:
         """Backward down to the first module with a trainable parameter, which skips its own dL/dx
-        (see :meth:`Module.backward_params`); the modules before it are not visited."""
+        (see :meth:`Module.backward_params`); the modules before it are not visited. A module that
+        appears more than once gets a backward for each of its uses from that first one on (a
+        shared layer pops one cache per use, newest first)."""
         mods = list(self._modules.values())
         first = next((i for i, m in enumerate(mods) if m.has_trainable()), None)
         if first is None:
@@ -553,3 +754,174 @@ class Sequential(Module):
         if isinstance(idx, slice):
             return Sequential(OrderedDict(list(self._modules.items())[idx]))
         return mods[idx]
+
+
+def _index(container, idx, size: int) -> int:
+    """``idx`` as a position in 0..size-1, with Python's negative indices; IndexError otherwise."""
+    try:
+        i = operator.index(idx)
+    except TypeError:
+        raise TypeError(f"{type(container).__name__} indices must be integers or slices, "
+                        f"got {type(idx).__name__}") from None
+    if not -size <= i < size:
+        raise IndexError(f"{type(container).__name__}: index {i} is out of range for {size} modules")
+    return i + size if i < 0 else i
+
+
+class ModuleList(Module):
+    """A list of modules, registered as children ``0``, ``1``, ... so their parameters appear in
+    ``parameters()`` and ``state_dict()`` (``0.weight``, ``1.bias``), as PyTorch's ``nn.ModuleList``.
+
+    It has no ``forward``: the module that holds it decides how to run its entries (and runs its
+    backward in reverse). Indexing, slicing (a new ModuleList of the same modules), ``len``,
+    iteration, ``append``, ``extend``, ``insert``, ``pop``, ``del``, ``+=`` and ``+`` work as on a
+    list; the entries are renumbered after an insertion or a deletion.
+    """
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.extend(modules)
+
+    def _renumber(self, mods) -> None:
+        for name in list(self._modules):
+            self.__dict__.pop(name, None)
+        self._modules.clear()
+        for i, m in enumerate(mods):
+            self.add_module(str(i), m)
+
+    def __getitem__(self, idx):
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            return ModuleList(mods[idx])
+        return mods[_index(self, idx, len(mods))]
+
+    def __setitem__(self, idx, module) -> None:
+        self.add_module(str(_index(self, idx, len(self._modules))), module)
+
+    def __delitem__(self, idx) -> None:
+        mods = list(self._modules.values())
+        if isinstance(idx, slice):
+            del mods[idx]
+        else:
+            del mods[_index(self, idx, len(mods))]
+        self._renumber(mods)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __iadd__(self, modules) -> "ModuleList":
+        return self.extend(modules)
+
+    def __add__(self, other) -> "ModuleList":
+        return ModuleList(list(self) + list(other))
+
+    def append(self, module: Module) -> "ModuleList":
+        """Add ``module`` at the end; returns self."""
+        self.add_module(str(len(self._modules)), module)
+        return self
+
+    def extend(self, modules) -> "ModuleList":
+        """Append every module of an iterable; returns self."""
+        if isinstance(modules, Module) and not isinstance(modules, (ModuleList, Sequential)):
+            raise TypeError(f"ModuleList.extend should be called with an iterable of Modules, "
+                            f"but got {type(modules).__name__}")
+        try:
+            items = list(modules)
+        except TypeError:
+            raise TypeError(f"ModuleList.extend should be called with an iterable of Modules, "
+                            f"but got {type(modules).__name__}") from None
+        for m in items:
+            self.append(m)
+        return self
+
+    def insert(self, index: int, module: Module) -> None:
+        """Insert ``module`` before position ``index`` (as ``list.insert``)."""
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList.insert: expected a Module, got {type(module).__name__}")
+        mods = list(self._modules.values())
+        mods.insert(operator.index(index), module)
+        self._renumber(mods)
+
+    def pop(self, idx: int = -1) -> Module:
+        """Remove and return the module at ``idx`` (the last by default)."""
+        mods = list(self._modules.values())
+        m = mods.pop(_index(self, idx, len(mods)))
+        self._renumber(mods)
+        return m
+
+
+class ModuleDict(Module):
+    """An ordered dict of modules, registered as children under their keys so their parameters
+    appear in ``parameters()`` and ``state_dict()`` (``encoder.weight``), as PyTorch's
+    ``nn.ModuleDict``. Insertion order is kept; ``update`` takes a mapping or (key, module) pairs.
+
+    It has no ``forward``: the module that holds it decides how to run its entries.
+    """
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def __getitem__(self, key: str) -> Module:
+        return self._modules[key]
+
+    def __setitem__(self, key: str, module: Module) -> None:
+        self.add_module(key, module)
+
+    def __delitem__(self, key: str) -> None:
+        del self._modules[key]
+        self.__dict__.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def __contains__(self, key) -> bool:
+        return key in self._modules
+
+    def clear(self) -> None:
+        for key in list(self._modules):
+            del self[key]
+
+    def pop(self, key: str) -> Module:
+        """Remove ``key`` and return its module (KeyError if absent)."""
+        m = self[key]
+        del self[key]
+        return m
+
+    def keys(self):
+        return self._modules.keys()
+
+    def items(self):
+        return self._modules.items()
+
+    def values(self):
+        return self._modules.values()
+
+    def update(self, modules) -> None:
+        """Add or replace entries from a mapping (in its order) or an iterable of (key, module) pairs."""
+        if isinstance(modules, (Mapping, ModuleDict)):
+            for key, m in modules.items():
+                self[key] = m
+            return
+        try:
+            entries = list(modules)
+        except TypeError:
+            raise TypeError(f"ModuleDict.update should be called with an iterable of key/value pairs, "
+                            f"but got {type(modules).__name__}") from None
+        for j, entry in enumerate(entries):
+            try:
+                pair = tuple(entry)
+            except TypeError:
+                raise TypeError(f"ModuleDict update sequence element #{j} should be a (key, module) pair, "
+                                f"but got {type(entry).__name__}") from None
+            if len(pair) != 2:
+                raise ValueError(f"ModuleDict update sequence element #{j} has length {len(pair)}; 2 is required")
+            self[pair[0]] = pair[1]

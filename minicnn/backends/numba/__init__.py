@@ -12,6 +12,8 @@ import numpy as np
 
 from .. import refuse_device_array
 from . import _filters, _threads, activation, batchnorm, conv, dropout, linear, loss, pool
+from . import dropout2d, pad
+from . import conv_transpose, upsample
 
 NAME = "numba"
 
@@ -72,6 +74,6 @@ OPS = {
     "conv_variants": conv_variants, "release_unpicked": release_unpicked,
     "conv2d_maxpool_fused": conv2d_maxpool_fused,
 }
-for _mod in (conv, pool, batchnorm, activation, linear, loss, dropout):
+for _mod in (conv, pool, batchnorm, activation, linear, loss, dropout, pad, dropout2d, conv_transpose, upsample):
     OPS.update({name: getattr(_mod, name) for name in _mod.__all__})
 del _mod

@@ -1,16 +1,24 @@
-"""Elementwise activations (flat parallel loops) and softmax / log-softmax over axis 1.
+"""Elementwise activations (flat parallel loops), PReLU, and softmax / log-softmax over any axis.
 
-Backward takes the forward *output* y, which is all each needs. NaN handling matches the
-reference: ReLU keeps a NaN (``x < 0`` is false for it) and its backward passes dy only where y > 0.
-Softmax rows are reduced in float64 and the max is subtracted first, so exp never overflows.
+ReLU, sigmoid and tanh go through ``unary`` / ``binary`` and their backward takes the forward
+*output* y. The parametrised family of the reference (``backends/numpy/activation.py``:
+leaky_relu, elu, selu, gelu, gelu_tanh, silu, hardswish, hardsigmoid, softplus, softsign) is
+one forward kernel and one backward kernel, ``act_forward`` / ``act_backward``, with the kind as
+a number tested inside the loop and at most two parameters; selu is elu with PyTorch's constants.
+Their backward takes the input x. NaN handling follows the reference branch by branch (every
+comparison with NaN is false in both). Softmax rows are reduced in float64 and the max is
+subtracted first, so exp never overflows.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
+from numpy.lib.array_utils import normalize_axis_index
 
 from . import _memory, _threads
-from ._util import compute_dtype, prepare
+from ._util import FLOATS, compute_dtype, empty_like_ndim, prepare
 
 __all__ = [
     "relu_forward",
@@ -20,8 +28,14 @@ __all__ = [
     "tanh_forward",
     "tanh_backward",
     "add_relu_forward",
+    "activation_forward",
+    "activation_backward",
+    "prelu_forward",
+    "prelu_backward",
     "softmax_forward",
+    "softmax_backward",
     "log_softmax_forward",
+    "log_softmax_backward",
 ]
 
 
@@ -91,6 +105,130 @@ def binary(mode, a, b, out, alpha):  # pragma: no cover - jitted
             out[i] = 2.0 * (np.float64(a[i]) - b[i]) * alpha
 
 
+# kinds of the parametrised family: kind name -> (number, how many params)
+LEAKY_RELU, ELU, GELU, GELU_TANH, SILU, HARDSWISH, HARDSIGMOID, SOFTPLUS, SOFTSIGN = range(9)
+KINDS = {
+    "leaky_relu": (LEAKY_RELU, 1), "elu": (ELU, 1), "selu": (ELU, 0), "gelu": (GELU, 0),
+    "gelu_tanh": (GELU_TANH, 0), "silu": (SILU, 0), "hardswish": (HARDSWISH, 0),
+    "hardsigmoid": (HARDSIGMOID, 0), "softplus": (SOFTPLUS, 2), "softsign": (SOFTSIGN, 0),
+}
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+SQRT1_2 = math.sqrt(0.5)
+INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+GELU_TANH_BETA = math.sqrt(2.0 / math.pi)
+GELU_TANH_KAPPA = 0.044715
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _sigmoid(v):  # pragma: no cover - jitted
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)  # split by sign so exp never overflows
+    return e / (1.0 + e)
+
+
+# error_model="numpy": a division by zero (softplus with beta=0) gives inf as in the reference
+# instead of raising ZeroDivisionError
+@njit(cache=True, parallel=True, error_model="numpy")
+def act_forward(kind, x, y, p0, p1):  # pragma: no cover - jitted
+    """y = f(x) on flat arrays for one kind of the family, in float64; p0, p1 its parameters
+    (elu: alpha, scale; leaky_relu: slope; softplus: beta, threshold)."""
+    beta = x.dtype.type(p0)  # softplus forms beta * x in the input's dtype, as the reference and PyTorch
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        if kind == LEAKY_RELU:
+            r = v if v > 0 else v * p0
+        elif kind == ELU:
+            r = p1 * (v if v > 0 else p0 * math.expm1(v))
+        elif kind == GELU:
+            r = 0.5 * v * (1.0 + math.erf(v * SQRT1_2))
+        elif kind == GELU_TANH:
+            r = 0.5 * v * (1.0 + math.tanh(GELU_TANH_BETA * (v + GELU_TANH_KAPPA * v * v * v)))
+        elif kind == SILU:
+            r = v * _sigmoid(v)
+        elif kind == HARDSWISH or kind == HARDSIGMOID:
+            t = v + 3.0  # clipped to [0, 6] with NaN kept (both comparisons false)
+            if t < 0.0:
+                t = 0.0
+            elif t > 6.0:
+                t = 6.0
+            r = (v * t if kind == HARDSWISH else t) / 6.0
+        elif kind == SOFTPLUS:
+            z = np.float64(x[i] * beta)
+            r = v if z > p1 else math.log1p(math.exp(z)) / p0
+        else:
+            r = v / (1.0 + abs(v))
+        y[i] = r
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def act_backward(kind, dy, x, dx, p0, p1):  # pragma: no cover - jitted
+    """dx = dy * f'(x) on flat arrays; f' at the kinks as the reference (PyTorch's)."""
+    beta = x.dtype.type(p0)
+    for i in prange(x.size):
+        v = np.float64(x[i])
+        if kind == LEAKY_RELU:
+            d = 1.0 if v > 0 else p0
+        elif kind == ELU:
+            d = p1 * (p0 * math.exp(v) if v <= 0 else 1.0)
+        elif kind == GELU:
+            d = 0.5 * (1.0 + math.erf(v * SQRT1_2)) + v * math.exp(-0.5 * v * v) * INV_SQRT_2PI
+        elif kind == GELU_TANH:
+            t = math.tanh(GELU_TANH_BETA * (v + GELU_TANH_KAPPA * v * v * v))
+            d = 0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * GELU_TANH_BETA * (1.0 + 3.0 * GELU_TANH_KAPPA * v * v)
+        elif kind == SILU:
+            s = _sigmoid(v)
+            d = s * (1.0 + v * (1.0 - s))
+        elif kind == HARDSWISH:
+            d = 0.0 if v <= -3.0 else (v / 3.0 + 0.5 if v < 3.0 else 1.0)
+        elif kind == HARDSIGMOID:
+            d = 1.0 / 6.0 if v > -3.0 and v < 3.0 else 0.0
+        elif kind == SOFTPLUS:
+            bx = np.float64(x[i] * beta)
+            z = math.exp(bx)
+            d = 1.0 if bx > p1 else z / (z + 1.0)
+        else:
+            a = 1.0 + abs(v)
+            d = 1.0 / (a * a)
+        dx[i] = np.float64(dy[i]) * d
+
+
+@njit(cache=True, parallel=True)
+def _prelu_forward(x3, w, y3):  # pragma: no cover - jitted
+    """y = x or w[c] * x on x3 (N, C, L), one task per (n, c) plane."""
+    N, C, L = x3.shape
+    for task in prange(N * C):
+        n = task // C
+        c = task - n * C
+        a = w[c]
+        for j in range(L):
+            v = x3[n, c, j]
+            y3[n, c, j] = v if v > 0 else a * v
+
+
+@njit(cache=True, parallel=True)
+def _prelu_backward(dy3, x3, w, dx3, part, need_dx):  # pragma: no cover - jitted
+    """dx (when need_dx) and part[n, c] = sum over the plane of x * dy where x <= 0, in float64."""
+    N, C, L = x3.shape
+    for task in prange(N * C):
+        n = task // C
+        c = task - n * C
+        a = w[c]
+        s = 0.0
+        for j in range(L):
+            v = x3[n, c, j]
+            g = dy3[n, c, j]
+            if v > 0:
+                if need_dx:
+                    dx3[n, c, j] = g
+            else:
+                if need_dx:
+                    dx3[n, c, j] = a * g
+                s += np.float64(v) * g
+        part[n, c] = s
+
+
 @njit(cache=True, parallel=True)
 def _softmax(x3, y3, log):  # pragma: no cover - jitted
     """Softmax (or log-softmax) over axis 1 of x3 (N, C, L), one task per (n, l) column."""
@@ -114,6 +252,22 @@ def _softmax(x3, y3, log):  # pragma: no cover - jitted
             inv = 1.0 / s
             for c in range(C):
                 y3[n, c, j] = np.exp(np.float64(x3[n, c, j]) - mx) * inv
+
+
+@njit(cache=True, parallel=True)
+def _softmax_backward(dy3, y3, dx3, log):  # pragma: no cover - jitted
+    """Over axis 1 of (N, C, L): dx = y (dy - sum(dy y)), or for log-softmax dx = dy - exp(y) sum(dy)."""
+    N, C, L = y3.shape
+    for task in prange(N * L):
+        n = task // L
+        j = task - n * L
+        s = 0.0
+        for c in range(C):
+            s += np.float64(dy3[n, c, j]) * (1.0 if log else np.float64(y3[n, c, j]))
+        for c in range(C):
+            g = np.float64(dy3[n, c, j])
+            y = np.float64(y3[n, c, j])
+            dx3[n, c, j] = g - np.exp(y) * s if log else y * (g - s)
 
 
 def _flat(x):
@@ -176,21 +330,132 @@ def add_relu_forward(a, b):
     return run_binary(ADD_RELU, a, b, "add_relu_forward")
 
 
-def _softmax_like(x, log, where):
+def _params(kind, params, dtype, where):
+    """(kernel number, p0, p1) for ``kind``; the same checks as the reference.
+
+    The parameters are rounded to the computing dtype, as in the reference (numpy) and PyTorch,
+    so that a test such as softplus's ``beta * x > threshold`` takes the same branch.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"{where}: unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+    code, count = KINDS[kind]
+    if len(params) != count:
+        raise ValueError(f"{where}: kind {kind!r} takes {count} params, got {tuple(params)}")
+    if kind == "selu":
+        params = (SELU_ALPHA, SELU_SCALE)
+    elif kind == "elu":
+        params = (params[0], 1.0)
+    p = [float(np.dtype(dtype).type(v)) for v in params] + [0.0, 0.0]
+    return code, p[0], p[1]
+
+
+def activation_forward(x, kind, params=()):
+    """y = f(x) for the activation ``kind`` with its ``params`` (see the reference's ``KINDS``)."""
     x = _flat(x)
-    if x.ndim < 2:
-        raise ValueError(f"{where}: needs at least 2-D input (N, C, ...), got shape {tuple(x.shape)}")
+    code, p0, p1 = _params(kind, params, x.dtype, "activation_forward")
     y = _memory.empty(x.shape, x.dtype)
-    x3 = x.reshape(x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64)))
+    _threads.run(act_forward, code, x.reshape(-1), y.reshape(-1), p0, p1)
+    return y
+
+
+def activation_backward(dy, x, kind, params=()):
+    """dx = dy * f'(x)."""
+    dy, x = np.asarray(dy), np.asarray(x)
+    if dy.shape != x.shape:
+        raise ValueError(f"activation_backward: dy shape {tuple(dy.shape)} and x shape {tuple(x.shape)} differ")
+    dt = compute_dtype(dy, x)
+    code, p0, p1 = _params(kind, params, x.dtype if x.dtype in FLOATS else dt, "activation_backward")
+    dy, x = prepare(dy, dt), prepare(x, dt)
+    dx = _memory.empty(x.shape, dt)
+    _threads.run(act_backward, code, dy.reshape(-1), x.reshape(-1), dx.reshape(-1), p0, p1)
+    return dx
+
+
+def _planes(x, weight, where):
+    """x viewed as (N, C, L) with C the number of slopes (1 for a shared slope)."""
+    if weight.ndim != 1 or (weight.size != 1 and (x.ndim < 2 or x.shape[1] != weight.size)):
+        raise ValueError(
+            f"{where}: weight of shape {tuple(weight.shape)} needs input with {weight.size} channels along "
+            f"axis 1 (or a single slope), got input shape {tuple(x.shape)}"
+        )
+    n = x.shape[0] if x.ndim >= 2 else 1
+    return x.reshape(n, weight.size, -1) if x.size else x.reshape(n, weight.size, 0)
+
+
+def prelu_forward(x, weight):
+    """y = x where x > 0, else weight[c] * x (c the channel, axis 1, or the one shared slope)."""
+    x, weight = np.asarray(x), np.asarray(weight)
+    dt = compute_dtype(x, weight)
+    x, w = prepare(x, dt), prepare(weight, dt)
+    x3 = _planes(x, w, "prelu_forward")
+    y = _memory.empty(x.shape, dt)
+    _threads.run(_prelu_forward, x3, w, y.reshape(x3.shape))
+    return y
+
+
+def prelu_backward(dy, x, weight, need_dx=True, need_dw=True):
+    """(dx, dweight): dx = dy or weight[c] * dy; dweight[c] = sum of x * dy where x <= 0."""
+    dy, x, weight = np.asarray(dy), np.asarray(x), np.asarray(weight)
+    if dy.shape != x.shape:
+        raise ValueError(f"prelu_backward: dy shape {tuple(dy.shape)} and x shape {tuple(x.shape)} differ")
+    if not (need_dx or need_dw):
+        return None, None
+    dt = compute_dtype(dy, x, weight)
+    dy, x, w = prepare(dy, dt), prepare(x, dt), prepare(weight, dt)
+    x3 = _planes(x, w, "prelu_backward")
+    dx = _memory.empty(x.shape, dt) if need_dx else None
+    part = np.empty(x3.shape[:2], dtype=np.float64)
+    _threads.run(_prelu_backward, dy.reshape(x3.shape), x3, w,
+                 dx.reshape(x3.shape) if need_dx else empty_like_ndim(3, dt), part, bool(need_dx))
+    dw = part.sum(axis=0).astype(dt).reshape(weight.shape) if need_dw else None
+    return dx, dw
+
+
+def _columns(x, axis, where):
+    """x viewed as (before, size of axis, after), the layout the softmax kernels loop over."""
+    if x.ndim == 0:
+        raise ValueError(f"{where}: needs an array with at least one axis, got a 0-d array")
+    axis = normalize_axis_index(int(axis), x.ndim)
+    before = int(np.prod(x.shape[:axis], dtype=np.int64))
+    after = int(np.prod(x.shape[axis + 1:], dtype=np.int64))
+    return x.reshape(before, x.shape[axis], after)
+
+
+def _softmax_like(x, axis, log, where):
+    x = _flat(x)
+    x3 = _columns(x, axis, where)
+    y = _memory.empty(x.shape, x.dtype)
     _threads.run(_softmax, x3, y.reshape(x3.shape), bool(log))
     return y
 
 
-def softmax_forward(x):
-    """Softmax over axis 1."""
-    return _softmax_like(x, False, "softmax_forward")
+def _softmax_like_backward(dy, y, axis, log, where):
+    dy, y = np.asarray(dy), np.asarray(y)
+    if dy.shape != y.shape:
+        raise ValueError(f"{where}: dy shape {tuple(dy.shape)} and y shape {tuple(y.shape)} differ")
+    dt = compute_dtype(dy, y)
+    dy, y = prepare(dy, dt), prepare(y, dt)
+    y3 = _columns(y, axis, where)
+    dx = _memory.empty(y.shape, dt)
+    _threads.run(_softmax_backward, dy.reshape(y3.shape), y3, dx.reshape(y3.shape), bool(log))
+    return dx
 
 
-def log_softmax_forward(x):
-    """log(softmax(x)) over axis 1, computed as x - max - log(sum(exp(x - max)))."""
-    return _softmax_like(x, True, "log_softmax_forward")
+def softmax_forward(x, axis=1):
+    """Softmax over ``axis``."""
+    return _softmax_like(x, axis, False, "softmax_forward")
+
+
+def softmax_backward(dy, y, axis=1):
+    """dx = y * (dy - sum(dy * y)) over ``axis``, from the forward output y."""
+    return _softmax_like_backward(dy, y, axis, False, "softmax_backward")
+
+
+def log_softmax_forward(x, axis=1):
+    """log(softmax(x)) over ``axis``, computed as x - max - log(sum(exp(x - max)))."""
+    return _softmax_like(x, axis, True, "log_softmax_forward")
+
+
+def log_softmax_backward(dy, y, axis=1):
+    """dx = dy - exp(y) * sum(dy) over ``axis``, from the forward output y."""
+    return _softmax_like_backward(dy, y, axis, True, "log_softmax_backward")

@@ -1,4 +1,5 @@
-"""Max, average and adaptive pooling, forward and backward, one parallel task per (n, c) plane.
+"""Max, average and adaptive pooling and max unpooling, forward and backward, one parallel task
+per (n, c) plane.
 
 One forward kernel (``_pool_fwd``) serves every forward: each pooling window is described per
 output row and column by a start and a tap count (regular pooling: p*stride - padding and the
@@ -13,6 +14,12 @@ atomics, and the summation order (hence the result) does not depend on the threa
 Semantics follow the numpy reference: ``argmax`` holds h*W + w of the first maximum in scan order
 (-1 for a window of only padding), padding never wins a max, NaN propagates, and the bins of
 adaptive pooling are [floor(iL/O), ceil((i+1)L/O)).
+
+``ceil_mode`` only changes the output size (``shapes.conv_output_size``): every kernel already
+takes per-window inside-tap ranges, so a last window hanging past the padding needs no other
+code, and the floor-mode paths run exactly as before. Average pooling's divisor counts the
+window clipped to the padded input (``_avg_windows``), which is the full window without ceil_mode.
+Max unpooling (``_unpool_fwd``/``_unpool_bwd``) is a scatter and a gather through the indices.
 """
 from __future__ import annotations
 
@@ -31,6 +38,8 @@ __all__ = [
     "adaptive_avgpool2d_forward",
     "adaptive_avgpool2d_backward",
     "adaptive_maxpool2d_forward",
+    "maxunpool2d_forward",
+    "maxunpool2d_backward",
 ]
 
 
@@ -366,6 +375,14 @@ def _regular(out, k, stride, pad, dil, L):
     return (lo, cnt, *_inside(lo, cnt, dil, L))
 
 
+def _avg_windows(out, k, stride, pad, L):
+    """``_regular`` for average pooling, with each tap count clipped to the padded input
+    [-pad, L + pad): the divisor PyTorch uses with count_include_pad. Only a ceil_mode window
+    hanging past the padding is clipped; every other window keeps its k taps."""
+    lo, cnt, a, b = _regular(out, k, stride, pad, 1, L)
+    return lo, np.minimum(cnt, L + pad - lo), a, b
+
+
 def _adaptive(L, out):
     """PyTorch's adaptive bins [floor(i*L/O), ceil((i+1)*L/O)) along one axis (all taps inside)."""
     i = np.arange(out, dtype=np.int64)
@@ -384,13 +401,13 @@ def _as4d(x, where):
     return prepare(x, compute_dtype(x))
 
 
-def _window_out(shape, kernel_size, stride, padding, dilation, where):
+def _window_out(shape, kernel_size, stride, padding, dilation, where, ceil_mode=False):
     """((R, S), stride, padding, dilation, P, Q) of pooling an input of ``shape`` (N, C, H, W), checked."""
     R, S = pair(kernel_size, "kernel_size")
     stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
     if min(R, S, *stride, *dilation) < 1 or min(padding) < 0:
         raise ValueError(f"{where}: kernel_size, stride, dilation must be >= 1 and padding >= 0")
-    P, Q = conv_output_size(shape[2], shape[3], R, S, stride, padding, dilation)
+    P, Q = conv_output_size(shape[2], shape[3], R, S, stride, padding, dilation, ceil_mode)
     if P < 1 or Q < 1:
         raise ValueError(f"{where}: input shape {tuple(shape)} is smaller than the pooling window {(R, S)}")
     return (R, S), stride, padding, dilation, P, Q
@@ -403,14 +420,15 @@ def _check_dy(dy, shape, where):
     return prepare(dy, compute_dtype(dy))
 
 
-def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_argmax=True):
+def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_argmax=True, ceil_mode=False):
     """(y, argmax): max over each window (padding never wins); argmax = h*W + w of the winner, -1 if none.
 
     ``need_argmax=False`` (inference: no backward will run) returns ``(y, None)`` with the same y,
-    and skips computing and writing the int64 argmax.
+    and skips computing and writing the int64 argmax. ``ceil_mode`` rounds the output size up.
     """
     x = _as4d(x, "maxpool2d")
-    (R, S), stride, padding, dilation, P, Q = _window_out(x.shape, kernel_size, stride, padding, dilation, "maxpool2d")
+    (R, S), stride, padding, dilation, P, Q = _window_out(x.shape, kernel_size, stride, padding, dilation, "maxpool2d",
+                                                          ceil_mode)
     N, C = x.shape[:2]
     y = _memory.empty((N, C, P, Q), x.dtype)
     H, W = x.shape[2:]
@@ -451,26 +469,28 @@ def maxpool2d_backward(dy, argmax, x_shape):
     return dx
 
 
-def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True):
-    """Mean of each window; ``count_include_pad`` divides by the full window, else by its inside part."""
+def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True, ceil_mode=False):
+    """Mean of each window; ``count_include_pad`` divides by the window within the padded input
+    (the full window unless ceil_mode lets it hang past the padding), else by its inside part."""
     x = _as4d(x, "avgpool2d")
-    (R, S), stride, padding, _, P, Q = _window_out(x.shape, kernel_size, stride, padding, 1, "avgpool2d")
+    (R, S), stride, padding, _, P, Q = _window_out(x.shape, kernel_size, stride, padding, 1, "avgpool2d", ceil_mode)
     y = _memory.empty(x.shape[:2] + (P, Q), x.dtype)
-    rows = _regular(P, R, stride[0], padding[0], 1, x.shape[2])
-    cols = _regular(Q, S, stride[1], padding[1], 1, x.shape[3])
+    rows = _avg_windows(P, R, stride[0], padding[0], x.shape[2])
+    cols = _avg_windows(Q, S, stride[1], padding[1], x.shape[3])
     _threads.run(_pool_fwd, AVG, x, y, _NO_ARGMAX, *rows, 1, *cols, 1, stride[1], False, bool(count_include_pad))
     return y
 
 
-def avgpool2d_backward(dy, x_shape, kernel_size, stride, padding, count_include_pad=True):
+def avgpool2d_backward(dy, x_shape, kernel_size, stride, padding, count_include_pad=True, ceil_mode=False):
     """Spread each gradient evenly over its window (divided as in the forward)."""
     x_shape = tuple(int(s) for s in x_shape)
     dy = _check_dy(dy, x_shape, "avgpool2d_backward")
-    R, S = pair(kernel_size, "kernel_size")
-    stride, padding = pair(stride, "stride"), pair(padding, "padding")
-    P, Q = dy.shape[2:]
-    hlo, hcnt = _regular(P, R, stride[0], padding[0], 1, x_shape[2])[:2]
-    wlo, wcnt = _regular(Q, S, stride[1], padding[1], 1, x_shape[3])[:2]
+    (R, S), stride, padding, _, P, Q = _window_out(x_shape, kernel_size, stride, padding, 1, "avgpool2d_backward",
+                                                   ceil_mode)
+    if dy.shape[2:] != (P, Q):
+        raise ValueError(f"avgpool2d_backward: dy shape {tuple(dy.shape)} does not fit input shape {x_shape}")
+    hlo, hcnt = _avg_windows(P, R, stride[0], padding[0], x_shape[2])[:2]
+    wlo, wcnt = _avg_windows(Q, S, stride[1], padding[1], x_shape[3])[:2]
     dx = _memory.empty(x_shape, dy.dtype)
     _threads.run(_avg_bwd, dy, dx, hlo, hcnt, wlo, wcnt, bool(count_include_pad))
     return dx
@@ -513,3 +533,70 @@ def adaptive_maxpool2d_forward(x, output_size):
     rows, cols = _adaptive(x.shape[2], OH), _adaptive(x.shape[3], OW)
     _threads.run(_pool_fwd, MAX, x, y, am, *rows, 1, *cols, 1, 1, True, True, weight=_threads.HEAVY)
     return y, am
+
+
+@njit(cache=True, parallel=True)
+def _unpool_fwd(x2, idx2, y2):  # pragma: no cover - jitted
+    """y2 (planes, OH*OW) = 0, then y2[t, idx2[t, j]] = x2[t, j] in order j (the last of a repeated
+    index stays, as in the reference and PyTorch). Returns how many indices lay outside the plane
+    (those were skipped; the caller raises)."""
+    zero = y2.dtype.type(0)
+    OHW = y2.shape[1]
+    bad = 0
+    for t in prange(x2.shape[0]):
+        yp = y2[t]
+        for k in range(OHW):
+            yp[k] = zero
+        for j in range(x2.shape[1]):
+            i = idx2[t, j]
+            if i >= 0 and i < OHW:
+                yp[i] = x2[t, j]
+            else:
+                bad += 1
+    return bad
+
+
+@njit(cache=True, parallel=True)
+def _unpool_bwd(dy2, idx2, dx2):  # pragma: no cover - jitted
+    """dx2[t, j] = dy2[t, idx2[t, j]] (indices checked by the forward's caller)."""
+    for t in prange(dx2.shape[0]):
+        for j in range(dx2.shape[1]):
+            dx2[t, j] = dy2[t, idx2[t, j]]
+
+
+def _indices(indices, shape, where):
+    am = np.asarray(indices)
+    if am.shape != tuple(shape):
+        raise ValueError(f"{where}: indices shape {am.shape} differs from input shape {tuple(shape)}")
+    return prepare(am, np.dtype(np.int64))
+
+
+def maxunpool2d_forward(x, indices, output_size):
+    """Zeros of (N, C, *output_size) with each x value at its flat index h*W + w in its plane."""
+    x = _as4d(x, "maxunpool2d")
+    am = _indices(indices, x.shape, "maxunpool2d")
+    OH, OW = pair(output_size, "output_size")
+    N, C = x.shape[:2]
+    y = _memory.empty((N, C, OH, OW), x.dtype)
+    if y.size and _threads.run(_unpool_fwd, x.reshape(N * C, -1), am.reshape(N * C, -1), y.reshape(N * C, -1),
+                               work=y.size + x.size):
+        raise ValueError(f"maxunpool2d: indices hold positions outside the {OH}x{OW} output plane")
+    return y
+
+
+def maxunpool2d_backward(dy, indices):
+    """dx[n, c, i, j] = dy[n, c].flat[indices[n, c, i, j]]."""
+    dy = _as4d(dy, "maxunpool2d_backward")
+    am = np.asarray(indices)
+    if am.ndim != 4 or am.shape[:2] != dy.shape[:2]:
+        raise ValueError(f"maxunpool2d_backward: indices shape {am.shape} does not fit dy shape {tuple(dy.shape)}")
+    am = prepare(am, np.dtype(np.int64))
+    N, C = dy.shape[:2]
+    OHW = dy.shape[2] * dy.shape[3]
+    if am.size and (am.min() < 0 or am.max() >= OHW):
+        raise ValueError(f"maxunpool2d_backward: indices hold positions outside the "
+                         f"{dy.shape[2]}x{dy.shape[3]} plane of dy")
+    dx = _memory.empty(am.shape, dy.dtype)
+    _threads.run(_unpool_bwd, dy.reshape(N * C, OHW), am.reshape(N * C, -1), dx.reshape(N * C, -1),
+                 work=dx.size * 2)
+    return dx

@@ -7,6 +7,8 @@ import numpy as np
 
 from .. import refuse_device_array
 from . import activation, batchnorm, conv, dropout, linear, loss, pool
+from . import dropout2d, pad
+from . import conv_transpose, upsample
 
 NAME = "numpy"
 
@@ -30,6 +32,6 @@ def empty(shape, dtype):
 
 
 OPS = {"asarray": asarray, "is_native": is_native, "to_numpy": to_numpy, "empty": empty}
-for _mod in (conv, pool, batchnorm, activation, linear, loss, dropout):
+for _mod in (conv, pool, batchnorm, activation, linear, loss, dropout, pad, dropout2d, conv_transpose, upsample):
     OPS.update({name: getattr(_mod, name) for name in _mod.__all__})
 del _mod

@@ -1,8 +1,11 @@
-"""Max, average and adaptive pooling, the reference. Derivations: docs/pooling.md.
+"""Max, average and adaptive pooling and max unpooling, the reference. Derivations: docs/pooling.md.
 
 Max pooling remembers, for every output, the flat index h*W + w of the winning input in its
 (n, c) plane; backward routes each gradient to exactly that input (ties: the first in scan
 order wins, as in PyTorch). Average pooling spreads each gradient evenly over its window.
+With ``ceil_mode`` the output size rounds up (``shapes.conv_output_size``): the last window may
+hang over the bottom/right edge, and the part of it beyond the padding reads nothing. Max
+unpooling puts each value back at its recorded index in a zero plane.
 """
 import numpy as np
 
@@ -16,6 +19,8 @@ __all__ = [
     "adaptive_avgpool2d_forward",
     "adaptive_avgpool2d_backward",
     "adaptive_maxpool2d_forward",
+    "maxunpool2d_forward",
+    "maxunpool2d_backward",
 ]
 
 
@@ -25,12 +30,19 @@ def _window(r, s, stride, dilation, P, Q):
     return (slice(h0, h0 + stride[0] * (P - 1) + 1, stride[0]), slice(w0, w0 + stride[1] * (Q - 1) + 1, stride[1]))
 
 
-def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_argmax=True):
+def _overhang(size, k, stride, pad, dil, out):
+    """How far the last window reaches past the padded input (ceil_mode only; 0 otherwise)."""
+    return max(0, (out - 1) * stride + dil * (k - 1) + 1 - (size + 2 * pad))
+
+
+def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_argmax=True, ceil_mode=False):
     N, C, H, W = x.shape
     R, S = kernel_size
-    P, Q = conv_output_size(H, W, R, S, stride, padding, dilation)
+    P, Q = conv_output_size(H, W, R, S, stride, padding, dilation, ceil_mode)
     ph, pw = padding
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    eh = _overhang(H, R, stride[0], ph, dilation[0], P)
+    ew = _overhang(W, S, stride[1], pw, dilation[1], Q)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), constant_values=-np.inf)
     y = np.full((N, C, P, Q), -np.inf, dtype=x.dtype)
     # -1 until the window's first real (non-padding) tap; MaxPool2d refuses configurations where a
     # dilated window sees only padding, so every entry ends as a real index
@@ -65,24 +77,31 @@ def maxpool2d_backward(dy, argmax, x_shape):
 
 
 def _avg_divisor(H, W, kernel_size, stride, padding, count_include_pad, P, Q, dtype):
-    """How many inputs each output averages: the full window, or only its non-padding part."""
-    if count_include_pad:
-        return np.full((P, Q), kernel_size[0] * kernel_size[1], dtype=dtype)
-    ones = np.ones((1, 1, H, W), dtype=dtype)
-    onesp = np.pad(ones, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    """How many cells each output averages: its window's part inside the padded input
+    (count_include_pad, PyTorch's default; the whole window except where ceil_mode lets it hang
+    past the padding), or only its part inside the input."""
+    ph, pw = padding
+    eh = _overhang(H, kernel_size[0], stride[0], ph, 1, P)
+    ew = _overhang(W, kernel_size[1], stride[1], pw, 1, Q)
+    if count_include_pad:  # ones over the padded input, zeros over the overhang
+        onesp = np.pad(np.ones((H + 2 * ph, W + 2 * pw), dtype=dtype), ((0, eh), (0, ew)))
+    else:  # ones over the input only
+        onesp = np.pad(np.ones((H, W), dtype=dtype), ((ph, ph + eh), (pw, pw + ew)))
     cnt = np.zeros((P, Q), dtype=dtype)
     for r in range(kernel_size[0]):
         for s in range(kernel_size[1]):
             hs, ws = _window(r, s, stride, (1, 1), P, Q)
-            cnt += onesp[0, 0, hs, ws]
+            cnt += onesp[hs, ws]
     return cnt
 
 
-def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True):
+def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True, ceil_mode=False):
     N, C, H, W = x.shape
     R, S = kernel_size
-    P, Q = conv_output_size(H, W, R, S, stride, padding, (1, 1))
-    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    P, Q = conv_output_size(H, W, R, S, stride, padding, (1, 1), ceil_mode)
+    eh = _overhang(H, R, stride[0], padding[0], 1, P)
+    ew = _overhang(W, S, stride[1], padding[1], 1, Q)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0], padding[0] + eh), (padding[1], padding[1] + ew)))
     acc = np.zeros((N, C, P, Q), dtype=x.dtype)
     for r in range(R):
         for s in range(S):
@@ -91,11 +110,15 @@ def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True):
     return acc / _avg_divisor(H, W, kernel_size, stride, padding, count_include_pad, P, Q, x.dtype)
 
 
-def avgpool2d_backward(dy, x_shape, kernel_size, stride, padding, count_include_pad=True):
+def avgpool2d_backward(dy, x_shape, kernel_size, stride, padding, count_include_pad=True, ceil_mode=False):
     N, C, H, W = x_shape
-    P, Q = dy.shape[-2:]
+    P, Q = conv_output_size(H, W, *kernel_size, stride, padding, (1, 1), ceil_mode)
+    if dy.shape[-2:] != (P, Q):
+        raise ValueError(f"avgpool2d_backward: dy shape {dy.shape} does not fit input shape {tuple(x_shape)}")
     g = dy / _avg_divisor(H, W, kernel_size, stride, padding, count_include_pad, P, Q, dy.dtype)
-    dxp = np.zeros((N, C, H + 2 * padding[0], W + 2 * padding[1]), dtype=dy.dtype)
+    eh = _overhang(H, kernel_size[0], stride[0], padding[0], 1, P)
+    ew = _overhang(W, kernel_size[1], stride[1], padding[1], 1, Q)
+    dxp = np.zeros((N, C, H + 2 * padding[0] + eh, W + 2 * padding[1] + ew), dtype=dy.dtype)
     for r in range(kernel_size[0]):
         for s in range(kernel_size[1]):
             hs, ws = _window(r, s, stride, (1, 1), P, Q)
@@ -143,3 +166,31 @@ def adaptive_maxpool2d_forward(x, output_size):
             bw = w1 - w0
             argmax[:, :, i, j] = (h0 + k // bw) * W + (w0 + k % bw)
     return y, argmax
+
+
+def maxunpool2d_forward(x, indices, output_size):
+    """y (N, C, *output_size) of zeros, with y[n, c].flat[indices[n, c, i, j]] = x[n, c, i, j].
+
+    ``indices`` are max pooling's flat h*W + w positions (int64, shaped like x). A repeated index
+    keeps the last value in scan order, as PyTorch's CPU kernel (max pooling with overlapping
+    windows repeats an index only for the same winner, so the values agree).
+    """
+    N, C = x.shape[:2]
+    OH, OW = output_size
+    idx = indices.reshape(N * C, -1)
+    if idx.size and (idx.min() < 0 or idx.max() >= OH * OW):
+        bad = idx.min() if idx.min() < 0 else idx.max()
+        raise ValueError(f"maxunpool2d: index {int(bad)} lies outside the {OH}x{OW} output plane")
+    y = np.zeros((N * C, OH * OW), dtype=x.dtype)
+    rows = np.broadcast_to(np.arange(N * C)[:, None], idx.shape)
+    y[rows, idx] = x.reshape(N * C, -1)  # numpy assigns repeated indices in order: the last stays
+    return y.reshape(N, C, OH, OW)
+
+
+def maxunpool2d_backward(dy, indices):
+    """dx[n, c, i, j] = dy[n, c].flat[indices[n, c, i, j]]: each input's gradient is read back
+    from where the forward put it (a gather, the adjoint of the scatter)."""
+    N, C = dy.shape[:2]
+    idx = indices.reshape(N * C, -1)
+    rows = np.broadcast_to(np.arange(N * C)[:, None], idx.shape)
+    return dy.reshape(N * C, -1)[rows, idx].reshape(indices.shape)
