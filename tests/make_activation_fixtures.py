@@ -9,13 +9,12 @@ output, dL/dx and slope gradient. Run ``python tests/make_activation_fixtures.py
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 import minicnn as mc
-from make_layer_fixtures import case_seed, compare
+from make_layer_fixtures import case_seed, compare, load_fixtures as _load_fixtures, write_fixtures
 
 FIXTURE = Path(__file__).parent / "fixtures" / "activations.npz"
 KINKS = {"LeakyReLU": [0.0], "ELU": [0.0], "SELU": [0.0], "PReLU": [0.0], "Hardswish": [-3.0, 3.0, 0.0],
@@ -108,42 +107,13 @@ def run_torch(cfg, arrays):
 
 def load_fixtures(path=FIXTURE):
     """{case: (config, inputs, expected)} from the fixture file."""
-    data = np.load(path, allow_pickle=False)
-    cases = {}
-    for key in data.files:
-        case, name = key.split("::", 1)
-        cases.setdefault(case, {})[name] = data[key]
-    out = {}
-    for case, d in cases.items():
-        cfg = json.loads(str(d.pop("config")))
-        inputs = {k[3:]: v for k, v in d.items() if k.startswith("in.")}
-        expected = {k[4:]: v for k, v in d.items() if k.startswith("out.")}
-        out[case] = (cfg, inputs, expected)
-    return out
+    return _load_fixtures(path)
 
 
 def main(path=FIXTURE):
-    """Run every case in torch and write the fixture file; report where minicnn differs."""
-    import torch
-
-    torch.set_num_threads(1)
-    entries, mismatches = {}, []
-    for name, cfg in CASES.items():
-        arrays = make_arrays(cfg, np.random.default_rng(case_seed(name)))
-        want = run_torch(cfg, arrays)
-        entries[f"{name}::config"] = np.array(json.dumps(cfg, sort_keys=True))
-        entries.update({f"{name}::in.{k}": v for k, v in arrays.items()})
-        entries.update({f"{name}::out.{k}": v for k, v in want.items()})
-        try:
-            compare(run_minicnn(cfg, arrays), want, cfg["dtype"], name)
-        except AssertionError as e:
-            mismatches.append(f"{name}: {str(e).splitlines()[0]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **entries)
-    print(f"wrote {len(CASES)} cases to {path} ({path.stat().st_size / 1024:.1f} KiB)")
-    for m in mismatches:
-        print("minicnn differs:", m)
-    return 0
+    """Run every case in torch and write the fixture file; check minicnn on the way, as a report."""
+    return write_fixtures(path, CASES, make_arrays, run_torch,
+                          lambda cfg, arrays, want, name: compare(run_minicnn(cfg, arrays), want, cfg["dtype"], name))
 
 
 if __name__ == "__main__":

@@ -336,29 +336,39 @@ def load_fixtures(path=FIXTURE):
     return out
 
 
-def main(path=FIXTURE):
-    """Run every case in torch and write the fixture file; check minicnn on the way, as a report."""
+def write_fixtures(path, cases, make_arrays, run_torch, check):
+    """Run every case of ``cases`` in torch and write ``path``: ``<case>::config`` (JSON),
+    ``<case>::in.<name>`` (what ``make_arrays(cfg, rng)`` drew, seeded by ``case_seed``) and
+    ``<case>::out.<name>`` (what ``run_torch(cfg, arrays)`` returned), the layout ``load_fixtures``
+    reads. ``check(cfg, arrays, want, name)`` compares minicnn on the way, as a report: a
+    mismatch is printed, not raised, so the file is still written for a look."""
     import torch
 
     torch.set_num_threads(1)  # tiny tensors; also keeps the reductions' order fixed run to run
-    entries = {}
-    mismatches = []
-    for name, cfg in CASES.items():
+    entries, mismatches = {}, []
+    for name, cfg in cases.items():
         arrays = make_arrays(cfg, np.random.default_rng(case_seed(name)))
         want = run_torch(cfg, arrays)
         entries[f"{name}::config"] = np.array(json.dumps(cfg, sort_keys=True))
         entries.update({f"{name}::in.{k}": v for k, v in arrays.items()})
         entries.update({f"{name}::out.{k}": v for k, v in want.items()})
         try:
-            compare(run_minicnn(cfg, arrays), want, cfg.get("dtype", "float32"), name)
+            check(cfg, arrays, want, name)
         except AssertionError as e:
             mismatches.append(f"{name}: {str(e).splitlines()[0]}")
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **entries)
-    print(f"wrote {len(CASES)} cases to {path} ({path.stat().st_size / 1024:.1f} KiB)")
+    print(f"wrote {len(cases)} cases to {path} ({path.stat().st_size / 1024:.1f} KiB)")
     for m in mismatches:
         print("minicnn differs:", m)
     return 0
+
+
+def main(path=FIXTURE):
+    """Run every case in torch and write the fixture file; check minicnn on the way, as a report."""
+    return write_fixtures(path, CASES, make_arrays, run_torch,
+                          lambda cfg, arrays, want, name: compare(run_minicnn(cfg, arrays), want,
+                                                                  cfg.get("dtype", "float32"), name))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ live on random configurations. torch is imported only inside the functions that 
 """
 from __future__ import annotations
 
-import json
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ if __name__ == "__main__":  # run as a script from a checkout: import the packag
 
 import minicnn as mc
 from minicnn import backends, nn
-from make_layer_fixtures import _draw, compare
+from make_layer_fixtures import _draw, case_seed, compare, load_fixtures as _load_fixtures, write_fixtures
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pad_pool.npz"
 
@@ -200,49 +198,16 @@ for _name, _k, _s, _p, _pool_shape, _out in (
         CASES[_name]["call"] = {"output_size": _out}
 
 
-def case_seed(name: str) -> int:
-    """A fixed seed per case name, so adding a case leaves the others' arrays unchanged."""
-    return zlib.crc32(name.encode())
-
 
 def load_fixtures(path=FIXTURE):
     """{case: (config, inputs, expected)} from the fixture file."""
-    data = np.load(path, allow_pickle=False)
-    cases = {}
-    for key in data.files:
-        case, name = key.split("::", 1)
-        cases.setdefault(case, {})[name] = data[key]
-    out = {}
-    for case, d in cases.items():
-        cfg = json.loads(str(d.pop("config")))
-        inputs = {k[3:]: v for k, v in d.items() if k.startswith("in.")}
-        expected = {k[4:]: v for k, v in d.items() if k.startswith("out.")}
-        out[case] = (cfg, inputs, expected)
-    return out
+    return _load_fixtures(path)
 
 
 def main(path=FIXTURE):
     """Run every case in torch and write the fixture file; check minicnn on the way, as a report."""
-    import torch
-
-    torch.set_num_threads(1)
-    entries, mismatches = {}, []
-    for name, cfg in CASES.items():
-        arrays = make_arrays(cfg, np.random.default_rng(case_seed(name)))
-        want = run_torch(cfg, arrays)
-        entries[f"{name}::config"] = np.array(json.dumps(cfg, sort_keys=True))
-        entries.update({f"{name}::in.{k}": v for k, v in arrays.items()})
-        entries.update({f"{name}::out.{k}": v for k, v in want.items()})
-        try:
-            check(run_minicnn(cfg, arrays), want, cfg, name)
-        except AssertionError as e:
-            mismatches.append(f"{name}: {str(e).splitlines()[0]}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **entries)
-    print(f"wrote {len(CASES)} cases to {path} ({path.stat().st_size / 1024:.1f} KiB)")
-    for m in mismatches:
-        print("minicnn differs:", m)
-    return 0
+    return write_fixtures(path, CASES, make_arrays, run_torch,
+                          lambda cfg, arrays, want, name: check(run_minicnn(cfg, arrays), want, cfg, name))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ if __name__ == "__main__":  # run as a script from a checkout: import the packag
 
 import minicnn as mc
 from minicnn import nn
+from make_layer_fixtures import case_seed, load_fixtures as _load_fixtures, write_fixtures  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upsampling.npz"
 
@@ -161,36 +162,16 @@ COVERED = ("ConvTranspose2d", "Upsample", "UpsamplingNearest2d", "UpsamplingBili
            "PixelUnshuffle")
 
 
-def case_seed(name: str) -> int:
-    return zlib.crc32(name.encode())
-
 
 def load_fixtures(path=FIXTURE):
     """{case: (config, inputs, expected)} from the fixture file."""
-    out = {}
-    with np.load(path) as f:
-        for key in f.files:
-            case, name = key.split("::", 1)
-            cfg, inputs, expected = out.setdefault(case, [None, {}, {}])
-            if name == "config":
-                out[case][0] = json.loads(str(f[key]))
-            elif name in ("x", "dy") or name.startswith("state."):
-                inputs[name] = f[key]
-            else:
-                expected[name] = f[key]
-    return {k: tuple(v) for k, v in out.items()}
+    return _load_fixtures(path)
 
 
 def main(path=FIXTURE):
-    arrays = {}
-    for name, cfg in CASES.items():
-        inputs = make_arrays(cfg, np.random.default_rng(case_seed(name)))
-        expected = run_torch(cfg, inputs)
-        arrays[f"{name}::config"] = np.array(json.dumps(cfg, sort_keys=True))
-        arrays.update({f"{name}::{k}": v for k, v in {**inputs, **expected}.items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
-    print(f"wrote {len(CASES)} cases to {path} ({path.stat().st_size} bytes)")
+    """Run every case in torch and write the fixture file; check minicnn on the way, as a report."""
+    return write_fixtures(path, CASES, make_arrays, run_torch,
+                          lambda cfg, arrays, want, name: compare(run_minicnn(cfg, arrays), want, cfg.get("dtype", "float32"), name))
 
 
 if __name__ == "__main__":
