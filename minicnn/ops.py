@@ -112,7 +112,9 @@ is_native(a) -> bool         True for the backend's own array type
 to_numpy(a) -> np.ndarray    a host copy (no copy for numpy input)
 empty(shape, dtype) -> array uninitialised array in the backend's memory
 generator() -> rng           the random generator dropout draws from, seeded by ``minicnn.manual_seed``
-                             (default: the library's numpy Generator)
+                             (default: the library's numpy Generator). A device backend keeps its own
+                             with ``minicnn.random.backend_generator(NAME, make)``: rebuilt by
+                             ``make(seed)`` after each ``manual_seed``, the same object in between
 threads() -> int             threads the kernels run on (default 1); part of an autotuned pick's key
 conv_variants(x_shape, w_shape, stride, padding, dilation, groups) -> {name: fn}
                              forward conv algorithms with the ``conv2d_fused_forward`` signature

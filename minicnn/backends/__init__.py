@@ -11,6 +11,20 @@ the same table; nothing above this package changes.
 
 Selection, innermost wins: ``with minicnn.backend(name):`` (per thread), ``minicnn.set_backend(name)``,
 the ``MINICNN_BACKEND`` environment variable, then the default ``numba``.
+
+A backend need not live in this package. ``register(name, module)`` adds an out-of-tree one: any
+module (or object) with ``NAME`` and ``OPS`` whose table ``make_backend`` accepts; from then on
+``name`` selects it like a built-in one (``minicnn.set_backend(name)``, ``with minicnn.backend(name):``)::
+
+    import minicnn as mc
+    import my_backend                      # NAME = "mine", OPS = {"conv2d_forward": ..., ...}
+    mc.backends.register("mine", my_backend)
+    with mc.backend("mine"):
+        logits = model(x)
+
+The built-in names cannot be taken; registering a name again replaces that backend, and
+``unregister(name)`` removes it. The tests build a fake device backend this way
+(``tests/test_device_agnostic.py``).
 """
 from __future__ import annotations
 
@@ -26,6 +40,7 @@ AVAILABLE = ("numpy", "numba", "cupy")
 DEFAULT = "numba"
 
 _loaded: dict = {}
+_registered: dict = {}  # name -> Backend, added by register()
 _global_name: str | None = None
 _local = threading.local()
 
@@ -65,10 +80,47 @@ def make_backend(name: str, module) -> Backend:
     return Backend(name, module, full)
 
 
+def register(name: str, module) -> Backend:
+    """Make the out-of-tree backend ``module`` (with ``NAME`` and ``OPS``) selectable as ``name``.
+
+    The table is checked by :func:`make_backend` now (and the module's ``unusable_reason()``, if it
+    has one, asked), so an incomplete or unusable backend is refused here rather than at first use.
+    Returns the loaded :class:`Backend`. A built-in name cannot be taken (ValueError); a name
+    registered before is replaced.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"backends.register: name must be a non-empty str, got {name!r}")
+    if name in AVAILABLE:
+        raise ValueError(f"backends.register: {name!r} is a built-in backend; register under another name")
+    usable = getattr(module, "unusable_reason", None)
+    why = usable() if callable(usable) else None
+    if why:
+        raise RuntimeError(f"backend {name!r} is not usable here: {why}")
+    be = make_backend(name, module)
+    _registered[name] = be
+    _loaded[name] = be
+    return be
+
+
+def unregister(name: str) -> None:
+    """Remove a backend added by :func:`register` (KeyError if there is none by that name)."""
+    if name not in _registered:
+        raise KeyError(f"backends.unregister: no registered backend {name!r}")
+    del _registered[name]
+    _loaded.pop(name, None)
+
+
+def names() -> tuple:
+    """Every selectable name: the built-in ones, then the registered ones."""
+    return AVAILABLE + tuple(_registered)
+
+
 def load(name: str) -> Backend:
     """Import backend ``name`` and check that it fills the whole table (see ``minicnn.ops``)."""
+    if name in _registered:
+        return _registered[name]
     if name not in AVAILABLE:
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(AVAILABLE)}")
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(names())}")
     if name not in _loaded:
         try:
             mod = importlib.import_module(f"{__name__}.{name}")
@@ -106,7 +158,7 @@ def current():
 
 
 def set_backend(name: str) -> None:
-    """Make ``name`` the process-wide backend (``numpy``, ``numba`` or ``cupy``)."""
+    """Make ``name`` the process-wide backend (``numpy``, ``numba``, ``cupy`` or a registered one)."""
     global _global_name
     load(name)
     _global_name = name
@@ -131,18 +183,44 @@ def backend(name: str):
         stack.pop()
 
 
+def owner(a):
+    """The loaded backend whose own array type ``a`` is (its ``is_native`` says so), or None.
+
+    Registered backends are asked first: an out-of-tree array type may subclass ``np.ndarray``,
+    which the host backends accept too, and then the registered backend is the one that owns it.
+    An array no loaded backend claims that is not numpy's (a GPU array made before its backend
+    ran anything) is offered to the built-in backends not loaded yet, each loaded if it can be.
+    """
+    import numpy as np
+
+    ordered = list(_registered.values()) + [b for n, b in list(_loaded.items()) if n not in _registered]
+    for be in ordered:
+        if be.is_native(a):
+            return be
+    if hasattr(a, "shape") and hasattr(a, "dtype") and not isinstance(a, (np.ndarray, np.generic)):
+        for name in AVAILABLE:
+            if name in _loaded:
+                continue
+            try:
+                be = load(name)
+            except RuntimeError:  # not usable here, or not written yet
+                continue
+            if be.is_native(a):
+                return be
+    return None
+
+
 def to_numpy(a):
     """Bring an array from any backend back to a numpy array (no copy for numpy input).
 
-    Asks each loaded backend whose array this is, so nothing here knows a device library."""
+    Asks each loaded backend whose array this is, so nothing here knows a device library. Only
+    a plain ``np.ndarray`` is returned as it is: a backend's array type may subclass it."""
     import numpy as np
 
-    if isinstance(a, np.ndarray):
+    if type(a) is np.ndarray:
         return a
-    for be in list(_loaded.values()):
-        if be.is_native(a):
-            return be.to_numpy(a)
-    return np.asarray(a)
+    be = owner(a)
+    return np.asarray(a) if be is None else be.to_numpy(a)
 
 
 def move(a, be: Backend):

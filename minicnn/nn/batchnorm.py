@@ -13,6 +13,11 @@ class BatchNorm2d(Module):
     with the *unbiased* variance, ``running = (1 - momentum) * running + momentum * batch``
     (``momentum=None``: cumulative average). Eval: the running statistics normalise.
     ``running_mean``, ``running_var`` and ``num_batches_tracked`` are buffers in ``state_dict``.
+
+    With ``affine=False`` there is no ``weight`` or ``bias`` (PyTorch's ``state_dict`` keys), but the
+    ops still take a gamma of ones and a beta of zeros: they are kept as non-persistent buffers
+    (``_const_gamma``, ``_const_beta``), so they live where the other arrays do (the backend's
+    memory, the module's dtype after ``.to``) without being saved.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True):
@@ -25,7 +30,8 @@ class BatchNorm2d(Module):
             self.bias = Parameter(zeros.copy())
         else:
             self.weight = self.bias = None
-            self._const_gamma, self._const_beta = ones, zeros
+            self.register_buffer("_const_gamma", ones, persistent=False)
+            self.register_buffer("_const_beta", zeros, persistent=False)
         if track_running_stats:
             self.register_buffer("running_mean", zeros.copy())
             self.register_buffer("running_var", ones.copy())
@@ -37,7 +43,7 @@ class BatchNorm2d(Module):
     def _gamma_beta(self):
         if self.affine:
             return self.weight.data, self.bias.data
-        return self._const_gamma.astype(self.dtype), self._const_beta.astype(self.dtype)
+        return self._const_gamma, self._const_beta
 
     def _uses_batch_stats(self):
         return self.training or not self.track_running_stats
@@ -54,16 +60,24 @@ class BatchNorm2d(Module):
                 )
             y, mean, var = ops.batchnorm2d_forward_train(x, gamma, beta, self.eps)
             if self.training and self.track_running_stats:
-                self._set_buffer("num_batches_tracked", self.num_batches_tracked + 1)
-                mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                unbiased = var * (m / (m - 1))
-                self._set_buffer("running_mean", ((1 - mom) * self.running_mean + mom * mean).astype(self.dtype))
-                self._set_buffer("running_var", ((1 - mom) * self.running_var + mom * unbiased).astype(self.dtype))
+                self._update_running_stats(mean, var, m)
             self._save(("train", x, mean, var))
         else:
             y = ops.batchnorm2d_forward_eval(x, gamma, beta, self.running_mean, self.running_var, self.eps)
             self._save(("eval", x))
         return y
+
+    def _update_running_stats(self, mean, var, m):
+        """``running = (1 - mom) * running + mom * batch``, with the unbiased variance.
+
+        Array arithmetic and methods only (no ``np.*`` function), so the buffers stay arrays of the
+        backend that holds them; the Python-float factors do not promote float32.
+        """
+        self._set_buffer("num_batches_tracked", self.num_batches_tracked + 1)
+        mom = float(self.momentum) if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        unbiased = var * (m / (m - 1))
+        self._set_buffer("running_mean", ((1 - mom) * self.running_mean + mom * mean).astype(self.dtype))
+        self._set_buffer("running_var", ((1 - mom) * self.running_var + mom * unbiased).astype(self.dtype))
 
     def backward(self, dy):
         cache = self._saved()

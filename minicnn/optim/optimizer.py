@@ -6,14 +6,21 @@ a hyper-parameter takes the optimizer's default. Per-parameter state (momentum b
 estimates, step counts) lives in ``optimizer.state[param]`` and is created on the first step that
 touches the parameter.
 
-Updates are written in place into ``param.data`` with array methods and numpy functions only, so the
-same code runs on any array type with numpy semantics (numpy arrays, and CuPy arrays through numpy's
-dispatch protocols).
+Arrays: an optimizer computes in the array type of its parameters, whatever backend holds them.
+Updates are written in place into ``param.data`` with array operators and methods, and the few
+functions they need are numpy's (``np.zeros_like``, ``np.sqrt``, ``np.maximum``) called on the
+parameter's own arrays. That is the clearest of the ways to stay backend-neutral: the step reads
+like the equations in ``docs/optim.md``, with no array-module lookup in every optimizer, and numpy
+hands each call to the array's own library through its dispatch protocols (``__array_function__``
+for ``zeros_like``, ``__array_ufunc__`` for the ufuncs): a CuPy array gets CuPy's function and
+stays in device memory, an ndarray subclass keeps its class. So per-parameter state is created
+from the parameter (``np.zeros_like(p.data)``, ``g.copy()``) and lives where the parameter lives.
+Only ``state_dict`` brings state to the host (numpy copies, saveable anywhere); ``load_state_dict``
+puts it back in the parameters' memory, through the ``asarray`` of the backend that owns them.
 """
 from __future__ import annotations
 
 import copy
-import sys
 
 import numpy as np
 
@@ -40,12 +47,14 @@ def _check_hparam(owner: str, name: str, value, upper: float | None = None, uppe
 
 
 def _array_like(ref, value):
-    """A copy of ``value`` with the dtype and array type (numpy or CuPy) of ``ref``."""
-    if isinstance(ref, np.ndarray):
-        return np.array(backends.to_numpy(value), dtype=ref.dtype, copy=True)
-    # a non-numpy array (CuPy): use its own package's ``asarray`` so the copy lands in device memory
-    xp = sys.modules[type(ref).__module__.split(".")[0]]
-    return xp.array(value, dtype=ref.dtype, copy=True)
+    """A copy of ``value`` (a host array, or any backend's) with the dtype and array type of ``ref``.
+
+    The copy is made on the host and brought into ``ref``'s memory by the ``asarray`` of the
+    backend that owns ``ref`` (``backends.owner``; a host copy when no backend claims it).
+    """
+    host = np.array(backends.to_numpy(value), dtype=ref.dtype, copy=True)
+    be = backends.owner(ref)
+    return host if be is None else be.asarray(host)
 
 
 class Optimizer:
