@@ -17,12 +17,16 @@ def __getattr__(name):
     import importlib
 
     if name in ("optim", "models", "io", "data", "train", "metrics", "viz", "augment", "transfer", "gradcam",
-                "inference", "embeddings"):
+                "inference", "embeddings", "onnx", "callbacks"):
         return importlib.import_module(f"{__name__}.{name}")
     if name in ("save", "load"):
         from . import serialization
 
         return getattr(serialization, name)
+    if name == "lr_find":
+        from .callbacks import lr_find
+
+        return lr_find
     if name in ("fit", "evaluate", "predict", "DataLoader", "History"):
         from . import train
 
@@ -31,4 +35,4 @@ def __getattr__(name):
 
 
 __all__ = ["nn", "ops", "optim", "models", "backend", "get_backend", "set_backend", "to_numpy", "no_grad",
-           "is_grad_enabled", "manual_seed", "save", "load", "fit", "evaluate", "predict", "DataLoader", "History"]
+           "is_grad_enabled", "manual_seed", "save", "load", "fit", "evaluate", "predict", "DataLoader", "History", "lr_find"]

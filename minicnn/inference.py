@@ -293,12 +293,18 @@ class _Ctx:
 
 
 class _Block:
-    """A BasicBlock as fused convs: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+    """A BasicBlock as fused convs: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); a Bottleneck as
+    relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x)), the residual and the last ReLU
+    in conv3's epilogue."""
 
     def __init__(self, block, name):
         self.name = name
         self.conv1 = _FusedConv(block.conv1, block.bn1, True, f"{name}.conv1")
         self.conv2 = _FusedConv(block.conv2, block.bn2, True, f"{name}.conv2")
+        # the convs in order; the last one takes the residual
+        self.chain = [self.conv1, self.conv2]
+        if isinstance(getattr(block, "conv3", None), Conv2d):
+            self.chain.append(_FusedConv(block.conv3, block.bn3, True, f"{name}.conv3"))
         ds = getattr(block, "downsample", None)
         self.down = None
         if ds is not None:
@@ -311,7 +317,11 @@ class _Block:
     def __call__(self, x, ctx):
         h = self.conv1(x, ctx)
         identity = x if self.down is None else self.down(x, ctx)
-        out = self.conv2(h, ctx, residual=identity)
+        for conv in self.chain[1:-1]:
+            h2 = conv(h, ctx)
+            ctx.done_with(h)
+            h = h2
+        out = self.chain[-1](h, ctx, residual=identity)
         ctx.done_with(h)
         if identity is not x:
             ctx.done_with(identity)
@@ -324,16 +334,23 @@ def _is_basic_block(m) -> bool:
         and not hasattr(m, "conv3")
 
 
+def _is_bottleneck(m) -> bool:
+    return all(isinstance(getattr(m, a, None), c) for a, c in
+               (("conv1", Conv2d), ("bn1", BatchNorm2d), ("conv2", Conv2d), ("bn2", BatchNorm2d),
+                ("conv3", Conv2d), ("bn3", BatchNorm2d)))
+
+
 def _is_resnet(m) -> bool:
     needed = ("conv1", "bn1", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool", "fc")
     if not all(hasattr(m, a) for a in needed):
         return False
-    return all(isinstance(getattr(m, f"layer{i}"), Sequential) and all(_is_basic_block(b) for b in getattr(m, f"layer{i}"))
+    return all(isinstance(getattr(m, f"layer{i}"), Sequential)
+               and all(_is_basic_block(b) or _is_bottleneck(b) for b in getattr(m, f"layer{i}"))
                for i in range(1, 5))
 
 
 class CompiledModel:
-    """A ResNet (BasicBlock) compiled for inference; call it like the model: ``fast(x)`` -> logits.
+    """A ResNet (BasicBlock or Bottleneck) compiled for inference; call it like the model: ``fast(x)`` -> logits.
 
     Built by ``compile_inference``. Holds BatchNorm-folded copies of the weights, runs every conv
     through ``ops.conv2d_fused_forward`` and never keeps anything for backward. ``forward_features``
@@ -345,8 +362,8 @@ class CompiledModel:
     def __init__(self, model: Module, autotune: bool = True):
         if not _is_resnet(model):
             raise ValueError(
-                f"compile_inference: {type(model).__name__} is not a BasicBlock ResNet (needs conv1, bn1, "
-                "maxpool, layer1..layer4 of BasicBlocks, avgpool, fc); use fold_batchnorm(model) for other models"
+                f"compile_inference: {type(model).__name__} is not a BasicBlock ResNet nor a Bottleneck one (needs conv1, "
+                "bn1, maxpool, layer1..layer4 of BasicBlocks or Bottlenecks, avgpool, fc); use fold_batchnorm(model) for other models"
             )
         self.dtype = np.dtype(model.dtype)
         self.model_name = type(model).__name__
@@ -439,7 +456,7 @@ class CompiledModel:
         """Every fused conv in execution order (stem, then each block's conv1, downsample, conv2)."""
         out = [self.stem]
         for blk in self.blocks:
-            out += [blk.conv1] + ([blk.down] if blk.down is not None else []) + [blk.conv2]
+            out += [blk.conv1] + ([blk.down] if blk.down is not None else []) + blk.chain[1:]
         return out
 
     def variants(self) -> dict:
@@ -451,15 +468,16 @@ class CompiledModel:
         return self._pool.nbytes()
 
     def __repr__(self):
-        return f"CompiledModel({self.model_name}, {1 + len(self.blocks) * 2 + sum(b.down is not None for b in self.blocks)} fused convs)"
+        return f"CompiledModel({self.model_name}, {len(self.convs())} fused convs)"
 
 
 def compile_inference(model: Module, autotune: bool = True) -> CompiledModel:
-    """Compile a BasicBlock ResNet (``resnet18``, ``resnet34``) for fast eval-mode inference.
+    """Compile a ResNet (``resnet18`` .. ``resnet152``) for fast eval-mode inference.
 
     Returns a ``CompiledModel``: ``fast(x)`` gives the logits ``model.eval()(x)`` gives (to float32
     rounding), ``fast.forward_features(x)`` and ``fast.embed(x)`` the features. BatchNorm is folded into the convs and each
-    BasicBlock becomes fused conv + bias (+ residual) + ReLU calls. ``model`` is not modified; the
+    BasicBlock or Bottleneck becomes fused conv + bias (+ residual) + ReLU calls. VGG and other plain
+    conv stacks: ``fold_batchnorm``. ``model`` is not modified; the
     weights are copied, so compile again after changing them. Other models: ``fold_batchnorm``.
 
     ``autotune=True``: on a backend that offers several conv algorithms (numba: im2col + GEMM,

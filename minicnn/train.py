@@ -17,6 +17,7 @@ See docs/training.md.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import re
@@ -30,7 +31,7 @@ from .errors import MinicnnError
 from .grad_mode import no_grad
 from .random import get_rng
 
-__all__ = ["DataLoader", "History", "fit", "evaluate", "predict", "format_epoch"]
+__all__ = ["DataLoader", "History", "FitState", "fit", "evaluate", "predict", "format_epoch", "default_collate"]
 
 
 # -- batches ---------------------------------------------------------------------------------
@@ -42,8 +43,32 @@ def _accepts_rng(fn) -> bool:
         return False
 
 
+def _is_dataset(obj) -> bool:
+    """A map-style dataset: ``len(ds)`` and ``ds[i]`` giving one sample, but not an array."""
+    is_array = hasattr(obj, "shape") and hasattr(obj, "dtype")
+    return hasattr(obj, "__len__") and hasattr(obj, "__getitem__") and not is_array \
+        and not isinstance(obj, (list, tuple, str, bytes, dict))
+
+
+def default_collate(samples):
+    """Stack a list of ``(x, y)`` samples into ``(xb, yb)`` arrays (a new leading batch axis)."""
+    if not samples:
+        raise ValueError("default_collate: got an empty batch")
+    first = samples[0]
+    if not isinstance(first, (tuple, list)) or len(first) != 2:
+        raise ValueError(f"default_collate: a sample must be an (x, y) pair, got {type(first).__name__}")
+    xs = [np.asarray(to_numpy(s[0])) for s in samples]
+    ys = [np.asarray(to_numpy(s[1])) for s in samples]
+    return np.stack(xs), np.stack(ys)
+
+
 class DataLoader:
-    """Iterate over ``(xb, yb)`` mini-batches of the arrays ``X`` (N, ...) and ``y`` (N, ...).
+    """Iterate over ``(xb, yb)`` mini-batches of arrays ``X`` (N, ...), ``y`` (N, ...) or of a dataset.
+
+    ``DataLoader(X, y, ...)`` batches two arrays; ``DataLoader(dataset, ...)`` batches any object
+    with ``len(dataset)`` and ``dataset[i] -> (x, y)`` (``minicnn.data.ImageFolder``,
+    ``ImageList``, your own), gathering each batch with ``collate`` (default: stack the ``x`` and
+    the ``y`` of the samples, :func:`default_collate`).
 
     ``shuffle=True`` draws a new order every epoch (every ``iter()``). The order comes from a
     generator seeded with ``seed`` when one is given, so two loaders with the same seed yield the
@@ -51,54 +76,100 @@ class DataLoader:
     (``minicnn.manual_seed``). ``drop_last=True`` skips a final batch smaller than ``batch_size``.
     ``transform(xb)`` is applied to each input batch (e.g. a ``minicnn.augment`` transform); if it
     takes an ``rng`` keyword and the loader has a seed, the loader's generator is passed, so the
-    augmentation is reproducible too. Batches are slices or gathered copies of ``X`` and ``y``;
-    the arrays are never modified.
+    augmentation is reproducible too (for a dataset, each batch gets its own generator seeded from
+    the loader's, so the result does not depend on ``num_workers``). Batches are slices or
+    gathered copies; the arrays are never modified.
+
+    ``num_workers > 0`` (datasets only) loads, decodes, collates and transforms batches in that
+    many threads while the caller computes (Pillow and numpy release the GIL); at most
+    ``num_workers * prefetch_factor`` batches are in flight, so memory stays bounded whatever the
+    dataset's size. Batches come out in order. :meth:`state_dict` / :meth:`load_state_dict` save
+    and restore the seeded generator, so a resumed run shuffles as the uninterrupted one would.
     """
 
-    def __init__(self, X, y, batch_size=32, shuffle=False, drop_last=False, seed=None, transform=None):
-        if X is None or y is None:
-            raise ValueError("DataLoader: X and y are both required")
-        if not hasattr(X, "shape"):
-            X = np.asarray(X)
-        if not hasattr(y, "shape"):
-            y = np.asarray(y)
-        if X.ndim < 1 or y.ndim < 1:
-            raise ValueError(f"DataLoader: X and y need a leading sample axis, got shapes {tuple(X.shape)} and {tuple(y.shape)}")
-        if X.shape[0] != y.shape[0]:
-            raise ValueError(
-                f"DataLoader: X of shape {tuple(X.shape)} and y of shape {tuple(y.shape)} hold different "
-                f"numbers of samples ({X.shape[0]} vs {y.shape[0]})"
-            )
+    def __init__(self, X, y=None, batch_size=32, shuffle=False, drop_last=False, seed=None, transform=None,
+                 collate=None, num_workers=0, prefetch_factor=2):
+        self.dataset = None
+        if y is None and X is not None and _is_dataset(X):
+            self.dataset = X
+            self.X = self.y = None
+        else:
+            if X is None or y is None:
+                raise ValueError("DataLoader: give X and y arrays, or one dataset (len(ds) and ds[i] -> (x, y))")
+            if not hasattr(X, "shape"):
+                X = np.asarray(X)
+            if not hasattr(y, "shape"):
+                y = np.asarray(y)
+            if X.ndim < 1 or y.ndim < 1:
+                raise ValueError(f"DataLoader: X and y need a leading sample axis, got shapes {tuple(X.shape)} and {tuple(y.shape)}")
+            if X.shape[0] != y.shape[0]:
+                raise ValueError(
+                    f"DataLoader: X of shape {tuple(X.shape)} and y of shape {tuple(y.shape)} hold different "
+                    f"numbers of samples ({X.shape[0]} vs {y.shape[0]})"
+                )
+            if collate is not None or num_workers:
+                raise ValueError("DataLoader: collate and num_workers apply to a dataset, not to X and y arrays")
+            self.X, self.y = X, y
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
         if transform is not None and not callable(transform):
             raise ValueError(f"DataLoader: transform must be callable, got {type(transform).__name__}")
-        self.X, self.y = X, y
+        if collate is not None and not callable(collate):
+            raise ValueError(f"DataLoader: collate must be callable, got {type(collate).__name__}")
+        for name, v in (("num_workers", num_workers), ("prefetch_factor", prefetch_factor)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (0 if name == "num_workers" else 1):
+                raise ValueError(f"DataLoader: {name} must be a {'non-negative' if name == 'num_workers' else 'positive'} "
+                                 f"integer, got {v!r}")
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.seed = seed
         self.transform = transform
+        self.collate = collate if collate is not None else default_collate
+        self.num_workers = int(num_workers)
+        self.prefetch_factor = int(prefetch_factor)
         self._rng = np.random.default_rng(seed) if seed is not None else None
         self._transform_takes_rng = transform is not None and _accepts_rng(transform)
 
+    def _n(self) -> int:
+        return len(self.dataset) if self.dataset is not None else self.X.shape[0]
+
     @property
     def num_samples(self) -> int:
-        """Samples yielded per epoch (fewer than ``len(X)`` when ``drop_last`` drops a short batch)."""
-        n = self.X.shape[0]
+        """Samples yielded per epoch (fewer than the data holds when ``drop_last`` drops a short batch)."""
+        n = self._n()
         return n - n % self.batch_size if self.drop_last else n
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        n = self.X.shape[0]
+        n = self._n()
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def state_dict(self) -> dict:
+        """The seeded generator's state (``{}`` when the loader uses the global generator)."""
+        return {} if self._rng is None else {"rng": copy.deepcopy(self._rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the generator state saved by :meth:`state_dict`."""
+        if not state:
+            return
+        if self._rng is None:
+            raise ValueError("DataLoader.load_state_dict: this loader has no seed; build it with seed=... to resume "
+                             "its shuffling")
+        self._rng.bit_generator.state = copy.deepcopy(dict(state["rng"]))
+
+    def _order(self, n):
+        if not self.shuffle:
+            return None
+        rng = self._rng if self._rng is not None else get_rng()
+        return rng.permutation(n)
+
     def __iter__(self):
+        if self.dataset is not None:
+            yield from self._iter_dataset()
+            return
         n = self.X.shape[0]
-        order = None
-        if self.shuffle:
-            rng = self._rng if self._rng is not None else get_rng()
-            order = rng.permutation(n)
+        order = self._order(n)
         for start in range(0, self.num_samples, self.batch_size):
             stop = min(start + self.batch_size, n)
             if order is None:
@@ -113,8 +184,51 @@ class DataLoader:
                     xb = self.transform(xb)
             yield xb, yb
 
+    def _load_batch(self, idx, seed):
+        xb, yb = self.collate([self.dataset[int(i)] for i in idx])
+        if self.transform is not None:
+            if self._transform_takes_rng and seed is not None:
+                xb = self.transform(xb, rng=np.random.default_rng(seed))
+            else:
+                xb = self.transform(xb)
+        return xb, yb
+
+    def _batch_plan(self):
+        """``(indices, seed)`` per batch, drawn in the caller's thread so workers change nothing."""
+        n = len(self.dataset)
+        order = self._order(n)
+        idx_all = np.arange(n) if order is None else order
+        seeded = self._transform_takes_rng and self._rng is not None
+        for start in range(0, self.num_samples, self.batch_size):
+            seed = int(self._rng.integers(2 ** 63)) if seeded else None
+            yield idx_all[start:start + self.batch_size], seed
+
+    def _iter_dataset(self):
+        if self.num_workers == 0:
+            for idx, seed in self._batch_plan():
+                yield self._load_batch(idx, seed)
+            return
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        plan = self._batch_plan()
+        pending = deque()
+        pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="minicnn-loader")
+        try:
+            for idx, seed in plan:
+                pending.append(pool.submit(self._load_batch, idx, seed))
+                if len(pending) >= self.num_workers * self.prefetch_factor:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def __repr__(self) -> str:
-        return (f"DataLoader(samples={self.X.shape[0]}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+        what = f"dataset={type(self.dataset).__name__}" if self.dataset is not None else "arrays"
+        return (f"DataLoader({what}, samples={self._n()}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
                 f"drop_last={self.drop_last}, seed={self.seed})")
 
 
@@ -123,7 +237,9 @@ def _as_loader(data, batch_size, shuffle, what):
         return data
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return DataLoader(data[0], data[1], batch_size=batch_size, shuffle=shuffle)
-    raise ValueError(f"{what} must be a DataLoader or an (X, y) pair, got {type(data).__name__}"
+    if _is_dataset(data):
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle)
+    raise ValueError(f"{what} must be a DataLoader, a dataset or an (X, y) pair, got {type(data).__name__}"
                      + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
 
 
@@ -284,10 +400,24 @@ def _call_callbacks(callbacks, epoch, logs) -> bool:
     return stop
 
 
+class FitState:
+    """What a callback may reach during :func:`fit`: ``model``, ``optimizer``, ``scheduler``,
+    ``loss_fn``, ``train_loader``, ``val_loader``, ``history``, ``epochs`` and ``epoch`` (the last
+    finished one). Callbacks with a ``set_fit_state(state)`` method receive it before the first epoch."""
+
+    def __init__(self, **kw):
+        self.epoch = 0
+        self.__dict__.update(kw)
+
+    def __repr__(self) -> str:
+        return f"FitState(epoch={self.epoch}, epochs={self.epochs})"
+
+
 # -- the loop ----------------------------------------------------------------------------------
 
 def fit(model, loss_fn, optimizer, train, val=None, epochs=1, metrics=("accuracy",), batch_size=32,
-        scheduler=None, scheduler_step="batch", progress=True, callbacks=None) -> History:
+        scheduler=None, scheduler_step="batch", progress=True, callbacks=None, initial_epoch=0,
+        history=None) -> History:
     """Train ``model`` for ``epochs`` passes over ``train``; return a :class:`History`.
 
     ``train`` and ``val`` are DataLoaders or ``(X, y)`` pairs; a pair is batched by ``batch_size``,
@@ -302,21 +432,42 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs=1, metrics=("accuracy
     ends with one printed line (see :func:`format_epoch`). ``callbacks`` are callables
     ``cb(epoch, logs)`` (or objects with ``on_epoch_end(epoch, logs)``) run after every epoch,
     ``epoch`` counting from 1 and ``logs`` that epoch's dict; returning True stops training.
+    Callbacks may also have ``set_fit_state(state)`` (called first with a :class:`FitState`),
+    ``on_train_begin()`` and ``on_train_end()``; see ``minicnn.callbacks`` (EarlyStopping,
+    ModelCheckpoint, ReduceLROnPlateau).
+
+    Resuming (Keras's ``initial_epoch``): after restoring the model, optimizer, scheduler and
+    loader from a checkpoint written after epoch ``k`` (``minicnn.callbacks.load_checkpoint``),
+    ``fit(..., epochs=n, initial_epoch=k, history=saved_history)`` runs epochs ``k+1..n`` and
+    appends them to ``history``.
     A loss that becomes NaN or infinite stops training with a MinicnnError naming the epoch
     and batch. The model is left in train mode.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
         raise ValueError(f"fit: epochs must be a non-negative integer, got {epochs!r}")
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
+        raise ValueError(f"fit: initial_epoch must be a non-negative integer, got {initial_epoch!r}")
     if scheduler_step not in ("batch", "epoch"):
         raise ValueError(f"fit: scheduler_step must be 'batch' or 'epoch', got {scheduler_step!r}")
     train_loader = _as_loader(train, batch_size, True, "fit: train")
     val_loader = None if val is None else _as_loader(val, batch_size, False, "fit: val")
     metric_fns = _resolve_metrics(metrics)
     callbacks = [] if callbacks is None else (list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks])
-    history = History()
+    if history is None:
+        history = History()
+    elif not isinstance(history, History):
+        history = History(history)
+    state = FitState(model=model, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+                     train_loader=train_loader, val_loader=val_loader, history=history, epochs=int(epochs))
+    state.epoch = int(initial_epoch)
+    for cb in callbacks:
+        if hasattr(cb, "set_fit_state"):
+            cb.set_fit_state(state)
+        if hasattr(cb, "on_train_begin"):
+            cb.on_train_begin()
     if progress:
         from tqdm import tqdm
-    for epoch in range(1, int(epochs) + 1):
+    for epoch in range(int(initial_epoch) + 1, int(epochs) + 1):
         t0 = time.perf_counter()
         model.train()
         lr = _current_lr(optimizer)
@@ -371,8 +522,12 @@ def fit(model, loss_fn, optimizer, train, val=None, epochs=1, metrics=("accuracy
         history.append(logs, seconds)
         if progress:
             tqdm.write(format_epoch(epoch, epochs, logs, seconds))
+        state.epoch = epoch
         if _call_callbacks(callbacks, epoch, dict(logs)):
             break
+    for cb in callbacks:
+        if hasattr(cb, "on_train_end"):
+            cb.on_train_end()
     return history
 
 
@@ -383,6 +538,9 @@ def _batches(data, batch_size, what):
         return
     if isinstance(data, (tuple, list)) and len(data) == 2:
         yield from DataLoader(data[0], data[1], batch_size=batch_size)
+        return
+    if _is_dataset(data):
+        yield from DataLoader(data, batch_size=batch_size)
         return
     if hasattr(data, "shape"):
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

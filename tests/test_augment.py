@@ -224,11 +224,55 @@ def test_random_shift_integer_moves_whole_pixels():
         assert abs(r - 4) <= 2 and abs(c - 4) <= 2 and s.sum() == 1.0
 
 
-def test_random_zoom_and_shear_keep_shape_and_range():
-    x = _batch((5, 3, 8, 8))
-    for t in (A.RandomZoom((0.8, 1.2), rng=0), A.RandomShear(15, rng=0), A.GaussianNoise(0.1, rng=0)):
-        y = t(x)
-        assert y.shape == x.shape and y.dtype == x.dtype and np.isfinite(y).all()
+def _ramps(n, size=17):
+    """n copies of a horizontal ramp x[r, c] = c - centre (bilinear warps reproduce linear images exactly)."""
+    c = size // 2
+    return np.tile(np.arange(size, dtype=np.float64) - c, (size, 1))[None, None].repeat(n, 0), c
+
+
+def test_random_zoom_scales_each_sample_by_a_factor_from_its_range():
+    x, c = _ramps(12)
+    y = A.RandomZoom((0.8, 1.2), rng=0)(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    # zooming by s samples the input at c + (p - c) / s, so the ramp's slope becomes 1 / s
+    inner = np.r_[c - 6:c, c + 1:c + 7]
+    factors = x[:, 0][:, inner][:, :, inner] / y[:, 0][:, inner][:, :, inner]
+    s = factors[:, 0, 0]
+    np.testing.assert_allclose(factors, s[:, None, None] * np.ones_like(factors), rtol=1e-9)
+    assert np.all((0.8 <= s) & (s <= 1.2))
+    assert s.max() - s.min() > 0.15  # drawn per sample, and over the range
+    assert len(np.unique(np.round(s, 9))) == len(s)
+    np.testing.assert_array_equal(A.RandomZoom((1.0, 1.0), rng=0)(x), x)  # factor 1 is the identity
+
+
+def test_random_shear_slides_each_row_by_its_offset_times_tan_angle():
+    x, c = _ramps(12)
+    y = A.RandomShear(15, rng=0)(x)
+    # a horizontal shear by angle a moves row r by tan(a) * (r - c) columns: out = ramp - tan(a) * (r - c)
+    rows = np.arange(c - 3, c + 4)
+    cols = slice(2, -2)
+    d = y[:, 0, rows, cols] - x[:, 0, rows, cols]
+    t = -d[:, 0, 0] / (rows[0] - c)
+    np.testing.assert_allclose(d, -t[:, None, None] * (rows - c)[None, :, None] * np.ones_like(d), atol=1e-9)
+    angles = np.degrees(np.arctan(t))
+    assert np.all(np.abs(angles) <= 15 + 1e-9) and angles.min() < -5 and angles.max() > 5
+    # a vertical ramp does not change under a horizontal shear (away from the borders)
+    v = np.swapaxes(x, 2, 3)
+    np.testing.assert_allclose(A.RandomShear(15, rng=0)(v)[:, :, rows, cols], v[:, :, rows, cols], atol=1e-9)
+
+
+def test_gaussian_noise_adds_zero_mean_noise_of_the_given_std():
+    x = _batch((6, 3, 32, 32))  # drawn from default_rng(0): the noise must come from another stream
+    y = A.GaussianNoise(0.1, rng=1)(x)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    noise = (y.astype(np.float64) - x)
+    # 18432 draws: the sample std is within 2% of 0.1 and the mean within 4 standard errors of 0
+    assert abs(noise.std() - 0.1) < 0.002 and abs(noise.mean()) < 4 * 0.1 / np.sqrt(noise.size)
+    assert abs(np.corrcoef(noise[0].ravel(), noise[1].ravel())[0, 1]) < 0.05  # fresh noise per sample
+    assert abs(np.corrcoef(noise.ravel(), x.ravel())[0, 1]) < 0.05  # independent of the image
+    np.testing.assert_array_equal(A.GaussianNoise(0.0, rng=0)(x), x)
+    with pytest.raises(TypeError, match="needs floating input"):
+        A.GaussianNoise(0.1, rng=0)(np.zeros((1, 1, 2, 2), np.uint8))
 
 
 def test_compose_works_as_a_dataloader_transform():

@@ -431,3 +431,18 @@ def test_replace_head_finds_the_last_place_of_a_shared_linear():
     net = nn.Sequential(lin, nn.ReLU(), lin)
     new = transfer.replace_head(net, num_classes=2)
     assert list(net) == [lin, net[1], new] and new.out_features == 2
+
+
+def test_sequential_item_assignment_replaces_in_place():
+    """``model.classifier[6] = nn.Linear(...)`` as in PyTorch: same name, same position."""
+    seq = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 4))
+    new = nn.Linear(3, 7)
+    seq[2] = new
+    seq[-2] = nn.Tanh()
+    assert seq[2] is new and isinstance(seq[1], nn.Tanh)
+    assert list(seq.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert seq(np.ones((5, 2), np.float32)).shape == (5, 7)
+    with pytest.raises(IndexError, match="out of range"):
+        seq[3] = nn.ReLU()
+    with pytest.raises(TypeError, match="takes Modules"):
+        seq[0] = 3

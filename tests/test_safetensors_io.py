@@ -15,7 +15,13 @@ from hypothesis.extra import numpy as hnp
 from minicnn.errors import WeightFormatError
 from minicnn.io import safetensors as ours
 
-st_numpy = pytest.importorskip("safetensors.numpy")
+# the safetensors package is the reference for the interop tests only: minicnn does not depend on it
+try:
+    import safetensors.numpy as st_numpy
+except ImportError:
+    st_numpy = None
+needs_reference = pytest.mark.skipif(st_numpy is None, reason="the safetensors package (a test-only reference) "
+                                                                "is not installed")
 
 ALL_DTYPES = [np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8, np.uint8, np.bool_]
 
@@ -60,6 +66,7 @@ def test_round_trip_every_dtype_and_order(tmp_path):
         assert v.flags.c_contiguous and v.flags.writeable
 
 
+@needs_reference
 def test_files_we_write_are_read_by_the_reference_package(tmp_path):
     d = _mixed(np.random.default_rng(1))
     path = tmp_path / "ours.safetensors"
@@ -72,6 +79,7 @@ def test_files_we_write_are_read_by_the_reference_package(tmp_path):
         assert f.metadata() == {"format": "minicnn"}
 
 
+@needs_reference
 def test_files_the_reference_package_writes_are_read_by_us(tmp_path):
     d = _mixed(np.random.default_rng(2))
     path = tmp_path / "ref.safetensors"
@@ -85,6 +93,7 @@ def test_files_the_reference_package_writes_are_read_by_us(tmp_path):
     assert ours.load_bytes(path.read_bytes())[0].keys() == tensors.keys()
 
 
+@needs_reference
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_random_dicts_round_trip_both_ways(data):
@@ -131,6 +140,7 @@ def test_bf16_widens_to_float32_exactly(tmp_path):
 @pytest.mark.torch
 def test_bf16_written_by_torch_reads_as_its_float32_value(tmp_path):
     torch = pytest.importorskip("torch")
+    pytest.importorskip("safetensors")
     from safetensors.torch import save_file
 
     t = torch.randn(5, 7).to(torch.bfloat16)
@@ -220,6 +230,8 @@ def test_corrupted_bytes_never_escape_as_other_errors(pos, byte, cut):
     except WeightFormatError as e:
         assert "\n" not in str(e)
     else:  # what we accept, the reference package accepts and decodes to the same arrays
+        if st_numpy is None:
+            return
         ref = st_numpy.load(blob)
         assert sorted(ref) == sorted(tensors)
         for k in tensors:

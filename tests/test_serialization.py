@@ -90,6 +90,7 @@ def test_load_reads_pth_checkpoints_without_torch():
 @pytest.mark.torch
 def test_torch_reads_what_we_save(tmp_path):
     torch = pytest.importorskip("torch")
+    pytest.importorskip("safetensors")
     from safetensors.torch import load_file
 
     model = _perturb(_model(), 5)
@@ -102,7 +103,7 @@ def test_torch_reads_what_we_save(tmp_path):
 
 
 def test_bad_input(tmp_path):
-    with pytest.raises(TypeError, match="save\\(\\) takes a Module or a dict of arrays, got list"):
+    with pytest.raises(TypeError, match="save\\(\\) takes a Module.*got list"):
         mc.save([np.zeros(1)], tmp_path / "x.safetensors")
     with pytest.raises(TypeError, match="metadata must be a dict"):
         mc.save({"a": np.zeros(1)}, tmp_path / "x.safetensors", metadata=["a"])

@@ -341,7 +341,7 @@ def test_fit_rejects_bad_arguments():
         fit(model, loss, opt, (X, y), scheduler_step="step", progress=False)
     with pytest.raises(ValueError, match="unknown metric 'f1'"):
         fit(model, loss, opt, (X, y), metrics=["f1"], progress=False)
-    with pytest.raises(ValueError, match=r"train must be a DataLoader or an \(X, y\) pair"):
+    with pytest.raises(ValueError, match=r"train must be a DataLoader, a dataset or an \(X, y\) pair"):
         fit(model, loss, opt, (X, y, y), progress=False)
 
 

@@ -1,4 +1,4 @@
-"""``minicnn classify IMG_OR_DIR...``: top-k ImageNet classes of photos with a ResNet-18/34.
+"""``minicnn classify IMG_OR_DIR...``: top-k ImageNet classes of photos with a ResNet or a VGG.
 
     minicnn classify cat.jpg photos/ --topk 3
     minicnn classify photos/ --json --weights resnet18.safetensors --batch-size 16
@@ -6,7 +6,8 @@
 Images are read with Pillow (any mode; EXIF orientation applied), preprocessed as torchvision's
 ImageNet evaluation transform (or ``--preprocess center_crop``), and classified in batches. A file
 that cannot be read is reported on stderr by name and skipped; the others are still classified
-and the exit status is 1. The architecture (18 or 34) is read from the weights.
+and the exit status is 1. The architecture (ResNet-18/34/50/101/152, VGG-11..19 with or without
+batchnorm) is read from the weights; ``--arch`` states it (and picks the cached file of that name).
 """
 from __future__ import annotations
 
@@ -19,29 +20,71 @@ NO_WEIGHTS = (
 )
 
 
-def default_weights():
-    """The file ``minicnn weights fetch`` leaves in ``weights_home()``: ``resnet18.safetensors``
-    (else ``resnet34.safetensors``), or None when neither is there."""
+def default_weights(arch=None):
+    """The file ``minicnn weights fetch`` (or ``convert``) leaves in ``weights_home()``:
+    ``<arch>.safetensors`` when ``arch`` is given, else ``resnet18.safetensors`` (else
+    ``resnet34.safetensors``); None when there is none."""
     from ..io.weights import weights_home
 
-    for arch in ("resnet18", "resnet34"):
-        path = weights_home() / f"{arch}.safetensors"
+    for name in ((arch,) if arch else ("resnet18", "resnet34")):
+        path = weights_home() / f"{name}.safetensors"
         if path.is_file():
             return path
     return None
 
 
-def load_model(weights):
-    """The ResNet described by ``weights`` (a path, or None for the cached default), in eval mode."""
+def model_from_weights(weights, arch=None, num_classes=None):
+    """The model (ResNet or VGG) that ``weights`` (a path or a state dict) describe, with them loaded.
+
+    The architecture is inferred from the keys (``minicnn.io.weights.infer_arch``); ``arch`` states it,
+    and weights of another architecture are refused by name.
+    """
+    from ..io.weights import ARCHS, VGG_ARCHS, infer_arch
+    from ..models import get_model
+    from ..models.resnet import _read_weights
+
+    source, sd = _read_weights(weights)
+    if source != "state dict":
+        from ..errors import WeightFormatError
+        from ..io.checks import foreign_weights
+
+        why = foreign_weights(source, sd, archs=tuple(ARCHS) + VGG_ARCHS)
+        if why:
+            raise WeightFormatError(why)
+    if arch is None:
+        arch = infer_arch(sd)
+    elif arch not in ARCHS and arch not in VGG_ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(tuple(ARCHS) + VGG_ARCHS)}")
+    if source != "state dict" and num_classes is None:
+        from ..io.weights import check_state_dict, infer_arch as _found
+
+        try:
+            same = _found(sd) == arch
+        except ValueError:
+            same = True
+        if same:  # another architecture gets get_model's own message
+            check_state_dict(sd, arch, where=source)  # one line naming a few keys, not every missing one
+    try:
+        return get_model(arch, num_classes=num_classes, weights=sd)
+    except ValueError as e:
+        msg = str(e)
+        raise ValueError(msg.replace("state dict: ", f"{source}: ", 1) if source != "state dict" else msg) from None
+
+
+def load_model(weights, arch=None):
+    """The model described by ``weights`` (a path, or None for the cached default), in eval mode, and
+    the weights' name. ``arch`` states the architecture (see :func:`model_from_weights`)."""
     from ..errors import MinicnnError
     from ..io.weights import weights_home
-    from ..models.resnet import resnet_from_state_dict
 
     if weights is None:
-        weights = default_weights()
+        weights = default_weights(arch)
         if weights is None:
-            raise MinicnnError(NO_WEIGHTS.format(home=weights_home()))
-    return resnet_from_state_dict(weights).eval(), str(weights)
+            hint = NO_WEIGHTS if arch in (None, "resnet18", "resnet34") else (
+                "no weights given (--weights) and no {arch}.safetensors cached in {home}; convert a checkpoint with "
+                "`minicnn convert FILE.pth {arch}.safetensors` and pass --weights {arch}.safetensors")
+            raise MinicnnError(hint.format(home=weights_home(), arch=arch))
+    return model_from_weights(weights, arch).eval(), str(weights)
 
 
 def iter_batches(paths, batch_size, mode):
@@ -118,14 +161,23 @@ def _run(args) -> int:
     from ..io.images import find_images
     from ..io.labels import labels_for
 
-    if args.topk < 1:
+    if args.topk is not None and args.topk < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     paths = find_images(args.inputs)
-    model, weights = load_model(args.weights)
-    labels = labels_for(model.num_classes, args.labels)
-    topk = min(args.topk, model.num_classes)
+    if args.model:
+        from ._onnx import load_for_images
+
+        model, weights = load_for_images(args.model)
+    else:
+        model, weights = load_model(args.weights, args.arch)
+    labels = labels_for(model.num_classes, args.labels) if args.labels else trained_labels(weights, model.num_classes)
+    if args.topk is not None and args.topk > model.num_classes:
+        raise ValueError(f"--topk {args.topk} is more than the {model.num_classes} classes of {weights}; "
+                         f"use --topk {model.num_classes} or less")
+    topk = min(5, model.num_classes) if args.topk is None else args.topk
+    source = seeded_note(weights)
 
     def show(res, bar):
         lines = [res["file"]] + [f"  {t['prob']:.4f}  {t['label']}" for t in res["top"]]
@@ -134,13 +186,16 @@ def _run(args) -> int:
     def report(err, bar):
         bar.write(f"minicnn classify: {err['error']}", file=sys.stderr)
 
-    results, errors = classify_files(
-        model, paths, labels, topk, args.batch_size, args.preprocess,
-        progress=any(Path(p).is_dir() for p in args.inputs),
-        on_result=None if args.json else show, on_error=report,
-    )
+    with pixel_limit(getattr(args, "max_pixels", None)):
+        results, errors = classify_files(
+            model, paths, labels, topk, args.batch_size, args.preprocess,
+            progress=any(Path(p).is_dir() for p in args.inputs),
+            on_result=None if args.json else show, on_error=report,
+        )
     if args.json:
         doc = {"weights": weights, "arch": model.arch, "preprocess": args.preprocess, "results": results, "errors": errors}
+        if source:
+            doc["weights_source"] = source
         print(json.dumps(doc, ensure_ascii=False, indent=2))
     if errors:
         print(f"minicnn classify: {len(errors)} of {len(paths)} images could not be read", file=sys.stderr)
@@ -148,10 +203,74 @@ def _run(args) -> int:
     return 0
 
 
+def trained_labels(weights, num_classes):
+    """The class names ``minicnn train DIR`` stored in the weights' metadata, else :func:`labels_for`'s."""
+    import json
+
+    from ..io.checks import file_metadata
+    from ..io.labels import labels_for
+
+    if isinstance(weights, str):
+        try:
+            names = json.loads(file_metadata(weights).get("classes", "null"))
+        except ValueError:
+            names = None
+        if isinstance(names, list) and len(names) == num_classes:
+            return [str(n) for n in names]
+    return labels_for(num_classes)
+
+
+def seeded_note(weights):
+    """The weights' ``source`` metadata (``"seeded"`` for ``minicnn weights seed`` files), and for
+    seeded weights a note on stderr that the outputs are those of an untrained network."""
+    from ..io.checks import weights_source
+
+    source = weights_source(weights) if isinstance(weights, str) else None
+    if source == "seeded":
+        print(f"minicnn: note: {weights} holds seeded (untrained) weights (source=seeded): the outputs are not "
+              "meaningful predictions; `minicnn weights fetch resnet18` gets ImageNet-trained ones", file=sys.stderr)
+    return source
+
+
+class pixel_limit:
+    """``--max-pixels``: within the block, Pillow's decompression-bomb limit is ``max_pixels`` (None:
+    Pillow's default) and an image above it is an error naming the file (``load_image``), not a warning."""
+
+    def __init__(self, max_pixels):
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
+        self.max_pixels = max_pixels
+
+    def __enter__(self):
+        import warnings
+
+        from PIL import Image
+
+        self._saved = Image.MAX_IMAGE_PIXELS
+        if self.max_pixels is not None:
+            Image.MAX_IMAGE_PIXELS = int(self.max_pixels)
+        self._warn = warnings.catch_warnings()
+        self._warn.__enter__()
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # load_image raises instead
+        return self
+
+    def __exit__(self, *exc):
+        from PIL import Image
+
+        self._warn.__exit__(*exc)
+        Image.MAX_IMAGE_PIXELS = self._saved
+        return False
+
+
 def add_model_args(p):
     """The options classify and embed share: weights, batch size, preprocessing."""
-    p.add_argument("--weights", metavar="W", help="ResNet-18/34 weights (.safetensors or .pth); default: the cached fetched file")
+    p.add_argument("--weights", metavar="W", help="ResNet-18/34 weights (.safetensors or .pth); default: the cached fetched file "
+                   "(classify also takes ResNet-50/101/152 and VGG weights)")
+    p.add_argument("--model", metavar="FILE.onnx", help="an ONNX image classifier to run instead (input (N, 3, 224, 224))")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per forward pass (default 8)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse images of more than N pixels (default: Pillow's limit, about 89 million, which guards "
+                        "against decompression bombs); raise it for a large image you trust")
     p.add_argument("--preprocess", choices=["torchvision", "center_crop"], default="torchvision",
                    help="torchvision: resize shorter side to 256, centre crop 224 (default); "
                    "center_crop: largest centred square resized to 224")
@@ -159,15 +278,20 @@ def add_model_args(p):
 
 def register(subparsers):
     """Add ``minicnn classify``."""
+    from ..io.weights import ALL_ARCHS
+
     p = subparsers.add_parser(
         "classify",
-        help="top-k ImageNet classes of images with a ResNet-18/34",
+        help="top-k ImageNet classes of images with a ResNet or a VGG",
         description="Classify image files (directories are searched recursively) and print the top-k class "
         "names with their probabilities. Unreadable files are reported on stderr; the rest still run.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMG_OR_DIR", help="image files or directories")
     add_model_args(p)
-    p.add_argument("--topk", type=int, default=5, help="how many classes to show per image (default 5)")
+    p.add_argument("--topk", type=int, default=None,
+                   help="how many classes to show per image (default 5, or every class when there are fewer)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (UTF-8); default: ImageNet's 1000")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--arch", choices=ALL_ARCHS, help="architecture (default: inferred from the weights); without "
+                   "--weights, the cached <arch>.safetensors is used")
     p.set_defaults(func=_run)

@@ -1,4 +1,4 @@
-"""``minicnn convert SRC DST.safetensors [--arch resnet18]``: any supported weight file to ours."""
+"""``minicnn convert SRC DST.safetensors [--arch resnet50]``: any supported weight file to ours."""
 from __future__ import annotations
 
 
@@ -6,13 +6,16 @@ def register(subparsers) -> None:
     """Add the ``convert`` subcommand."""
     p = subparsers.add_parser(
         "convert",
-        help="convert a PyTorch .pth / safetensors ResNet checkpoint to a minicnn .safetensors file",
-        description="Convert torchvision/timm/Hugging Face ResNet weights (.pth zip or legacy, or .safetensors) "
-                    "into a minicnn safetensors file, checking every key and shape. Works without PyTorch.",
+        help="convert a PyTorch .pth / safetensors ResNet or VGG checkpoint to a minicnn .safetensors file",
+        description="Convert torchvision/timm/Hugging Face ResNet weights or torchvision VGG weights (.pth zip or "
+                    "legacy, or .safetensors) into a minicnn safetensors file, checking every key and shape. "
+                    "Works without PyTorch.",
     )
     p.add_argument("src", help="input weights (.pth, .pt, .bin or .safetensors)")
     p.add_argument("dst", help="output file, e.g. resnet18.safetensors")
-    p.add_argument("--arch", choices=["resnet18", "resnet34"], help="architecture (default: inferred from the keys)")
+    from ..io.weights import ALL_ARCHS
+
+    p.add_argument("--arch", choices=ALL_ARCHS, help="architecture (default: inferred from the keys)")
     p.set_defaults(func=run)
 
 

@@ -23,7 +23,7 @@ def _run(args) -> int:
     from .. import no_grad, to_numpy
     from ..errors import MinicnnError
     from ..io.images import find_images
-    from .classify import iter_batches, load_model
+    from .classify import iter_batches, load_model, pixel_limit, seeded_note
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -33,10 +33,17 @@ def _run(args) -> int:
     if out.is_dir():
         raise ValueError(f"--out {args.out!r} is a directory; name a .npz file")
     paths = find_images(args.inputs)
-    model, weights = load_model(args.weights)
+    if args.model:
+        from ._onnx import load_for_images
+
+        model, weights = load_for_images(args.model)
+    else:
+        model, weights = load_model(args.weights)
+    source = seeded_note(weights)
     rows, files, failures = [], [], []
     progress = any(Path(p).is_dir() for p in args.inputs)
-    with tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr, leave=False) as bar:
+    with pixel_limit(getattr(args, "max_pixels", None)), \
+            tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr, leave=False) as bar:
         for ok, batch, failed in iter_batches(paths, args.batch_size, args.preprocess):
             for p, msg in failed:
                 failures.append(p)
@@ -55,7 +62,8 @@ def _run(args) -> int:
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
     try:
         np.savez(tmp, embeddings=emb, files=np.array(files), layer=np.array(args.layer),
-                 arch=np.array(model.arch), weights=np.array(weights), preprocess=np.array(args.preprocess))
+                 arch=np.array(model.arch), weights=np.array(weights), preprocess=np.array(args.preprocess),
+                 weights_source=np.array(source or ""))
         os.replace(tmp, out)
     finally:
         if tmp.exists():

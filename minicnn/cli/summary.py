@@ -10,7 +10,7 @@ def default_input_shape(name: str):
     """The input shape ``summary`` uses for ``name`` when none is given, or None."""
     if name in DEFAULT_INPUT_SHAPES:
         return DEFAULT_INPUT_SHAPES[name]
-    if name.startswith("resnet"):
+    if name.startswith(("resnet", "vgg", "unet")):
         return RESNET_INPUT_SHAPE
     return None
 
@@ -25,9 +25,9 @@ def register(subparsers) -> None:
         description="Print a Keras-style table of a registered model: every layer's output shape and "
                     "parameter count, and the totals.",
     )
-    p.add_argument("model", metavar="MODEL", help=f"model name: {', '.join(available())}")
+    p.add_argument("model", metavar="MODEL", help=f"model name: {', '.join(available())}; or an ONNX file (.onnx)")
     p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"),
-                   help="one input sample's shape (default: 1 8 8 for digits_convnet, 3 224 224 for resnets)")
+                   help="one input sample's shape (default: 1 8 8 for digits_convnet, 3 224 224 for resnets, vggs and unet)")
     p.set_defaults(func=run)
 
 
@@ -35,6 +35,10 @@ def run(args) -> int:
     """Build the model and print its summary."""
     from ..models import available, get_model
 
+    if args.model.endswith(".onnx"):
+        from ._onnx import summary
+
+        return summary(args.model, args.input_shape)
     if args.model not in available():
         raise ValueError(f"unknown model {args.model!r}; available: {', '.join(available())}")
     shape = tuple(args.input_shape) if args.input_shape else default_input_shape(args.model)

@@ -1,4 +1,4 @@
-"""``minicnn verify WEIGHTS``: check a ResNet against outputs PyTorch computed from the same weights.
+"""``minicnn verify WEIGHTS``: check a ResNet or a VGG against outputs PyTorch computed from the same weights.
 
 The reference file (``weights/reference/resnet18_seed0.npz`` by default, written by
 ``weights/make_reference.py``) holds inputs and what PyTorch made of them: eval-mode logits and
@@ -10,7 +10,10 @@ gradients and the updated running statistics. Each is compared as
 and the run PASSes when every one is within ``--tol`` and the top-5 classes agree. The shipped
 reference belongs to the seeded weights (``minicnn weights seed resnet18 w.safetensors``); a
 reference for other weights is made with ``make_reference.py --weights``. The reference records
-a digest of its weights, so a FAIL caused by passing different weights says so.
+a digest of its weights, so a FAIL caused by passing different weights says so. The reference names
+its architecture (any ResNet, 18 to 152, or VGG; for a VGG, ``features`` is the output of
+``model.features`` and no training step is checked, since dropout's masks cannot match torch's);
+``--arch`` picks the default reference ``<arch>_seed0.npz`` and insists on it.
 """
 from __future__ import annotations
 
@@ -143,15 +146,35 @@ def verify(weights, reference=None, tol=DEFAULT_TOL, train=True):
     in force. Returns a :class:`Report`.
     """
     from .. import backends, no_grad
+    from ..io.weights import VGG_ARCHS
     from ..models.resnet import ARCHS, _build_from, _read_weights
 
     ref = reference if isinstance(reference, dict) else load_reference(reference or default_reference())
     arch = str(ref["arch"])
-    if arch not in ARCHS:
-        raise ValueError(f"the reference is for {arch!r}, which is not one of {', '.join(ARCHS)}")
+    if arch not in ARCHS and arch not in VGG_ARCHS:
+        raise ValueError(f"the reference is for {arch!r}, which is not one of {', '.join(tuple(ARCHS) + VGG_ARCHS)}")
     source, sd = _read_weights(weights)
+    if source != "state dict":
+        from ..errors import WeightFormatError
+        from ..io.checks import foreign_weights
+
+        why = foreign_weights(source, sd, archs=tuple(ARCHS) + VGG_ARCHS, wanted=f"{arch} weights")
+        if why:
+            raise WeightFormatError(why)
+        from ..io.weights import check_state_dict
+
+        # one line naming a few keys, rather than load_state_dict's list of every missing one
+        check_state_dict(sd, arch, int(ref["num_classes"]) if "num_classes" in ref else None, where=source)
     num_classes = int(ref["num_classes"]) if "num_classes" in ref else None
-    model = _build_from(arch, num_classes, source, sd)
+    if arch in ARCHS:
+        model = _build_from(arch, num_classes, source, sd)
+    else:
+        from ..models.vgg import _build as build_vgg
+
+        try:
+            model = build_vgg(arch, num_classes, sd)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
     match = None
     if "weights_digest" in ref:
         match = state_dict_digest(sd) == str(ref["weights_digest"])
@@ -160,7 +183,10 @@ def verify(weights, reference=None, tol=DEFAULT_TOL, train=True):
     model.eval()
     x = ref["inputs"].astype(np.float32)
     with no_grad():
-        acts = model.activations(x)
+        if arch in ARCHS:
+            acts = model.activations(x)
+        else:  # VGG: what the convolutional part and the whole model give
+            acts = {"layer4": model.features(x), "fc": model(x)}
     report.checks.append(_compare("logits", acts["fc"], ref["logits"], tol))
     report.checks.append(_compare("features", acts["layer4"], ref["features"], tol))
     logits = np.asarray(backends.to_numpy(acts["fc"]))
@@ -170,7 +196,7 @@ def verify(weights, reference=None, tol=DEFAULT_TOL, train=True):
     report.checks.append(Check(f"top-{k}", float("nan"), float("nan"), same,
                                "same classes, same order" if same else f"ours {ours_top.tolist()}, torch {ref['top5'].tolist()}"))
 
-    if train and "train_inputs" in ref:
+    if train and "train_inputs" in ref and arch in ARCHS:
         model.train()
         model.zero_grad()
         tlogits = model(ref["train_inputs"].astype(np.float32))
@@ -193,12 +219,17 @@ def _run(args) -> int:
     tol = float(args.tol)
     if not tol > 0:
         raise ValueError(f"--tol must be positive, got {args.tol}")
-    if args.reference is None and not default_reference().exists():
+    arch = getattr(args, "arch", None)
+    default = default_reference(arch or "resnet18")
+    if args.reference is None and not default.exists():
         raise ValueError(
-            f"no --reference given and the default {default_reference()} is not here "
-            "(it ships in the source tree's weights/reference/); pass --reference FILE.npz"
+            f"no --reference given and the default {default} is not here "
+            "(references ship in the source tree's weights/reference/); pass --reference FILE.npz"
         )
-    report = verify(args.weights, args.reference, tol, train=not args.no_train)
+    ref = load_reference(args.reference or default)
+    if arch is not None and str(ref["arch"]) != arch:
+        raise ValueError(f"--arch {arch}, but the reference {args.reference or default} is for {ref['arch']}")
+    report = verify(args.weights, ref, tol, train=not args.no_train)
     print(f"weights {args.weights}")
     if report.weights_match is not None:
         print(f"weights digest {'matches' if report.weights_match else 'differs from'} the reference's")
@@ -211,8 +242,8 @@ def register(subparsers):
     """Add ``minicnn verify``."""
     p = subparsers.add_parser(
         "verify",
-        help="check a ResNet's outputs against stored PyTorch outputs (PASS/FAIL)",
-        description="Run a ResNet with WEIGHTS on the reference inputs and compare logits, features and a "
+        help="check a ResNet's or VGG's outputs against stored PyTorch outputs (PASS/FAIL)",
+        description="Run a ResNet or VGG with WEIGHTS on the reference inputs and compare logits, features and a "
         "training-mode backward pass with the outputs PyTorch computed from the same weights. "
         "Exit 0 on PASS, 1 on FAIL.",
     )
@@ -220,4 +251,9 @@ def register(subparsers):
     p.add_argument("--reference", metavar="REF.npz", help="reference outputs (default: the shipped seeded resnet18 reference)")
     p.add_argument("--tol", default=DEFAULT_TOL, type=float, help=f"relative tolerance (default {DEFAULT_TOL:g})")
     p.add_argument("--no-train", action="store_true", help="check eval mode only, skip the training-mode step")
+    from ..io.weights import ALL_ARCHS
+
+    p.add_argument("--arch", choices=ALL_ARCHS,
+                   help="the architecture to check: picks the default reference <arch>_seed0.npz and refuses a "
+                        "reference for another one")
     p.set_defaults(func=_run)

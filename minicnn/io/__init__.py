@@ -5,6 +5,7 @@
 - ``minicnn.io.weights``: format auto-detection, key renaming (Hugging Face -> torchvision),
   the ResNet key/shape table and ``convert``
 - ``minicnn.io.fetch``: verified downloads of torchvision's ResNet weights into the cache
+- ``minicnn.io.checks``: first-run checks on weight files (missing, another model's, seeded)
 
 Submodules import on first use, so ``import minicnn.io`` costs nothing; the common entry points
 are also reachable here (``minicnn.io.read_state_dict``, ``minicnn.io.convert``, ...).
@@ -22,6 +23,7 @@ _EXPORTS = {
     "convert": "weights",
     "detect_format": "weights",
     "expected_resnet_shapes": "weights",
+    "expected_shapes": "weights",
     "check_state_dict": "weights",
     "infer_arch": "weights",
     "weights_home": "weights",

@@ -77,7 +77,9 @@ def download(url: str, dst, sha256: str | None = None, sha256_prefix: str | None
         try:
             response = _opener(url).open(request, timeout=timeout)
         except urllib.error.HTTPError as e:
-            raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
+            err = DownloadError(f"{url}: HTTP {e.code} {e.reason}")
+            err.http_status = e.code
+            raise err from None
         except urllib.error.URLError as e:
             raise DownloadError(f"cannot reach {url}: {e.reason}") from None
         with response:
@@ -153,6 +155,13 @@ def fetch_weights(name: str, dest=None, progress: bool = True, timeout: float = 
         try:
             download(url, raw, sha256_prefix=prefix, progress=progress, timeout=timeout)
         except DownloadError as e:
+            status = getattr(e, "http_status", None)
+            if status is not None:
+                what = "no such file there" if status in (404, 410) else "the server refused it"
+                raise DownloadError(
+                    f"{e} ({what}; check the address{' given with --url' if url != URLS[name] else ''}). "
+                    f"If you have {filename} from elsewhere, run 'minicnn convert {filename} {name}.safetensors' and "
+                    f"put {name}.safetensors in {home}") from None
             raise DownloadError(
                 f"{e}. Without network, get {filename} elsewhere (from {url}), then run "
                 f"'minicnn convert {filename} {name}.safetensors' and put {name}.safetensors in {home}") from None

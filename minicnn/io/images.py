@@ -50,16 +50,29 @@ def _pil():
     return Image, ImageOps
 
 
-def load_image(path):
+def _too_large(name, w, h, limit):
+    return ImageReadError(
+        f"cannot read image {name!r}: {w}x{h} = {w * h:,} pixels is more than the {limit:,} allowed (Pillow's "
+        f"guard against decompression bombs); if you trust the file, allow it with --max-pixels {w * h} "
+        f"(in Python: load_image(path, max_pixels={w * h}))"
+    )
+
+
+def load_image(path, max_pixels=None):
     """Open ``path`` with Pillow, apply its EXIF orientation and return an RGB ``PIL.Image``.
 
     The pixels are fully decoded here, so a truncated or corrupt file fails now, with an
-    :class:`ImageReadError` that names the file, rather than later inside a batch.
+    :class:`ImageReadError` that names the file, rather than later inside a batch. An image of
+    more than ``max_pixels`` pixels (default: Pillow's ``Image.MAX_IMAGE_PIXELS``, about 89
+    million) is refused before decoding, with the size and how to allow it.
     """
     Image, ImageOps = _pil()
     name = os.fspath(path)
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels)
     try:
         with Image.open(name) as im:
+            if limit is not None and im.width * im.height > limit:
+                raise _too_large(name, im.width, im.height, limit)
             im.load()
             try:
                 img = ImageOps.exif_transpose(im)
@@ -67,6 +80,11 @@ def load_image(path):
                 img = im
             if img is im:  # exif_transpose returns its argument when there is nothing to do
                 img = im.copy()
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"cannot read image {name!r}: {e}; if you trust the file, allow it with --max-pixels N "
+                             "(in Python: load_image(path, max_pixels=N))") from None
     except FileNotFoundError:
         raise ImageReadError(f"cannot read image {name!r}: no such file") from None
     except IsADirectoryError:

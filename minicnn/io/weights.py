@@ -2,13 +2,14 @@
 
 ``read_state_dict(path)`` auto-detects the container (PyTorch zip or legacy ``.pth``, safetensors)
 and the naming: torchvision and timm use the same ResNet names (``layer1.0.conv1.weight``); the
-Hugging Face ``microsoft/resnet-18`` checkpoints use their own
+Hugging Face ``microsoft/resnet-18`` (and ``-50``) checkpoints use their own
 (``resnet.encoder.stages.0.layers.0.layer.0.convolution.weight``), which we rename to torchvision's;
 files written by ``convert`` or ``minicnn.save`` already carry torchvision names.
 
 ``convert(src, dst)`` turns any of these into our format: a safetensors file of float32 tensors in
 torchvision order, ``num_batches_tracked`` dropped, checked key by key and shape by shape against
-the architecture's table (:func:`expected_resnet_shapes`), with provenance in the metadata.
+the architecture's table (:func:`expected_shapes`: ResNet-18..152, VGG-11..19 with or without
+batchnorm), with provenance in the metadata.
 """
 from __future__ import annotations
 
@@ -23,12 +24,36 @@ import numpy as np
 from ..errors import WeightFormatError
 
 ARCHS = {
-    # name -> BasicBlocks per stage (torchvision's resnet18 / resnet34)
+    # name -> blocks per stage (torchvision's resnet18 ... resnet152)
     "resnet18": (2, 2, 2, 2),
     "resnet34": (3, 4, 6, 3),
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
+    "resnet152": (3, 8, 36, 3),
 }
+# ResNets built from Bottleneck blocks (1x1, 3x3, 1x1 convs, expansion 4); the others use BasicBlocks
+BOTTLENECK_ARCHS = ("resnet50", "resnet101", "resnet152")
+# torchvision's VGG configurations: output channels of each 3x3 conv, "M" for a 2x2 max pool
+VGG_CFGS = {
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"),
+}
+VGG_ARCHS = tuple(VGG_CFGS) + tuple(f"{a}_bn" for a in VGG_CFGS)
+ALL_ARCHS = tuple(ARCHS) + VGG_ARCHS
 _STAGE_WIDTHS = (64, 128, 256, 512)
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var")
+
+
+def resnet_expansion(arch: str) -> int:
+    """Output channels of a block per ``planes``: 4 for Bottleneck ResNets (50, 101, 152), else 1."""
+    return 4 if arch in BOTTLENECK_ARCHS else 1
+
+
+def classifier_key(arch: str) -> str:
+    """The key of the last classifier layer's weight: ``fc.weight`` (ResNet), ``classifier.6.weight`` (VGG)."""
+    return "classifier.6.weight" if arch in VGG_ARCHS else "fc.weight"
 
 
 def weights_home() -> Path:
@@ -42,18 +67,61 @@ def weights_home() -> Path:
     return base / "minicnn"
 
 
-def _check_arch(arch: str) -> str:
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+def _check_arch(arch: str, archs=ALL_ARCHS) -> str:
+    if arch not in archs:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(archs)}")
     return arch
+
+
+def _check_classes(num_classes):
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return int(num_classes)
+
+
+def expected_shapes(arch: str = "resnet18", num_classes: int = 1000) -> "OrderedDict[str, tuple]":
+    """Every key of torchvision's ``arch`` state dict (ResNet or VGG, less ``num_batches_tracked``)
+    with its shape, in torchvision's order."""
+    if _check_arch(arch) in VGG_ARCHS:
+        return expected_vgg_shapes(arch, num_classes)
+    return expected_resnet_shapes(arch, num_classes)
+
+
+def expected_vgg_shapes(arch: str = "vgg16", num_classes: int = 1000, width: int = 64,
+                        hidden: int = 4096) -> "OrderedDict[str, tuple]":
+    """torchvision's VGG keys and shapes: ``features.<i>`` (each conv, then its batchnorm for the
+    ``_bn`` variants, then ReLU; 2x2 max pools between stages), ``classifier.0/3/6`` (Linear
+    layers 512*7*7 -> 4096 -> 4096 -> num_classes). ``width`` and ``hidden`` scale the conv
+    channels (width / 64) and the hidden layers; only 64 and 4096 are torchvision's."""
+    _check_arch(arch, VGG_ARCHS)
+    num_classes = _check_classes(num_classes)
+    bn = arch.endswith("_bn")
+    shapes: OrderedDict = OrderedDict()
+    i, cin = 0, 3
+    for v in VGG_CFGS[arch.removesuffix("_bn")]:
+        if v == "M":
+            i += 1
+            continue
+        cout = v * width // 64
+        shapes[f"features.{i}.weight"] = (cout, cin, 3, 3)
+        shapes[f"features.{i}.bias"] = (cout,)
+        if bn:
+            for k in _BN_KEYS:
+                shapes[f"features.{i + 1}.{k}"] = (cout,)
+        i += 3 if bn else 2
+        cin = cout
+    for j, (fin, fout) in zip((0, 3, 6), ((cin * 49, hidden), (hidden, hidden), (hidden, num_classes))):
+        shapes[f"classifier.{j}.weight"] = (fout, fin)
+        shapes[f"classifier.{j}.bias"] = (fout,)
+    return shapes
 
 
 def expected_resnet_shapes(arch: str = "resnet18", num_classes: int = 1000) -> "OrderedDict[str, tuple]":
     """Every key of torchvision's ``arch`` state dict (less ``num_batches_tracked``) with its shape,
     in torchvision's order."""
-    blocks = ARCHS[_check_arch(arch)]
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    blocks = ARCHS[_check_arch(arch, tuple(ARCHS))]
+    num_classes = _check_classes(num_classes)
+    e = resnet_expansion(arch)
     shapes: OrderedDict = OrderedDict()
 
     def _bn(prefix, c):
@@ -66,46 +134,75 @@ def expected_resnet_shapes(arch: str = "resnet18", num_classes: int = 1000) -> "
     for stage, (n, width) in enumerate(zip(blocks, _STAGE_WIDTHS), start=1):
         for b in range(n):
             p = f"layer{stage}.{b}"
-            block_in = cin if b == 0 else width
-            shapes[f"{p}.conv1.weight"] = (width, block_in, 3, 3)
-            _bn(f"{p}.bn1", width)
-            shapes[f"{p}.conv2.weight"] = (width, width, 3, 3)
-            _bn(f"{p}.bn2", width)
+            block_in = cin if b == 0 else width * e
+            if e == 1:
+                shapes[f"{p}.conv1.weight"] = (width, block_in, 3, 3)
+                _bn(f"{p}.bn1", width)
+                shapes[f"{p}.conv2.weight"] = (width, width, 3, 3)
+                _bn(f"{p}.bn2", width)
+            else:  # Bottleneck: 1x1 reduce, 3x3 (carries the stride, torchvision's v1.5), 1x1 expand
+                shapes[f"{p}.conv1.weight"] = (width, block_in, 1, 1)
+                _bn(f"{p}.bn1", width)
+                shapes[f"{p}.conv2.weight"] = (width, width, 3, 3)
+                _bn(f"{p}.bn2", width)
+                shapes[f"{p}.conv3.weight"] = (width * e, width, 1, 1)
+                _bn(f"{p}.bn3", width * e)
             # torchvision adds a 1x1 projection where the block changes stride or width
-            if b == 0 and (stage > 1 or block_in != width):
-                shapes[f"{p}.downsample.0.weight"] = (width, block_in, 1, 1)
-                _bn(f"{p}.downsample.1", width)
-        cin = width
-    shapes["fc.weight"] = (int(num_classes), 512)
+            if b == 0 and (stage > 1 or block_in != width * e):
+                shapes[f"{p}.downsample.0.weight"] = (width * e, block_in, 1, 1)
+                _bn(f"{p}.downsample.1", width * e)
+        cin = width * e
+    shapes["fc.weight"] = (int(num_classes), 512 * e)
     shapes["fc.bias"] = (int(num_classes),)
     return shapes
 
 
+def _infer_vgg(state_dict) -> str:
+    # a batchnorm's weight sits under features.<i> too; it is the one with running statistics
+    convs = sorted({int(m.group(1)) for k in state_dict
+                    if (m := re.match(r"features\.(\d+)\.weight$", k)) and f"features.{m.group(1)}.running_mean" not in state_dict})
+    bn = any(re.match(r"features\.\d+\.running_mean$", k) for k in state_dict)
+    by_count = {sum(v != "M" for v in cfg): name for name, cfg in VGG_CFGS.items()}
+    if len(convs) not in by_count:
+        raise WeightFormatError(f"cannot infer the architecture: {len(convs)} convolutions under features.* match "
+                                "no VGG (vgg11/13/16/19 have 8, 10, 13, 16); pass arch= (minicnn convert --arch)")
+    return by_count[len(convs)] + ("_bn" if bn else "")
+
+
 def infer_arch(state_dict) -> str:
-    """``"resnet18"`` or ``"resnet34"`` from the number of blocks per stage in torchvision-named keys."""
+    """The architecture torchvision-named keys describe: ``resnet18``/``34`` (BasicBlocks) or
+    ``resnet50``/``101``/``152`` (Bottleneck blocks, which have a ``conv3``) from the blocks per
+    stage; ``vgg11``..``vgg19`` (``_bn`` with batchnorm) from the convolutions under ``features``."""
+    if any(k.startswith("features.") for k in state_dict) and any(k.startswith("classifier.") for k in state_dict):
+        return _infer_vgg(state_dict)
     counts = []
     for stage in range(1, 5):
         idx = {int(m.group(1)) for k in state_dict if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
         counts.append(max(idx) + 1 if idx else 0)
     counts = tuple(counts)
-    if any(re.match(r"layer\d\.\d+\.conv3\.", k) for k in state_dict):
-        raise WeightFormatError(f"keys describe bottleneck blocks (resnet50 or deeper, blocks per stage "
-                                f"{counts}); only {', '.join(ARCHS)} are supported")
-    for name, blocks in ARCHS.items():
-        if counts == blocks:
+    bottleneck = any(re.match(r"layer\d\.\d+\.conv3\.", k) for k in state_dict)
+    kind = BOTTLENECK_ARCHS if bottleneck else tuple(a for a in ARCHS if a not in BOTTLENECK_ARCHS)
+    for name in kind:
+        if counts == ARCHS[name]:
             return name
-    raise WeightFormatError(f"cannot infer the architecture: blocks per stage {counts} match none of "
-                            + ", ".join(f"{a} {b}" for a, b in ARCHS.items()) + "; pass arch= (minicnn convert --arch) to choose one")
+    what = "bottleneck blocks (a conv3 in each block)" if bottleneck else "basic blocks (no conv3)"
+    raise WeightFormatError(f"cannot infer the architecture: blocks per stage {counts} of {what} match none of " + ", ".join(f"{a} {ARCHS[a]}" for a in kind)
+                            + "; pass arch= (minicnn convert --arch) to choose one")
+
+
+def num_classes_of(state_dict, arch: str, default: int = 1000) -> int:
+    """Rows of the classifier's last weight (``fc.weight`` or ``classifier.6.weight``), else ``default``."""
+    fc = state_dict.get(classifier_key(arch))
+    return int(np.shape(fc)[0]) if fc is not None and np.ndim(fc) == 2 and np.shape(fc)[0] > 0 else default
 
 
 def check_state_dict(state_dict, arch: str, num_classes: int | None = None, where: str = "weights") -> None:
     """Raise ``WeightFormatError`` naming every missing, unexpected and mis-shaped key (with both
     shapes) of ``state_dict`` against torchvision's ``arch``. ``num_batches_tracked`` is ignored;
-    ``num_classes`` defaults to the rows of ``fc.weight``."""
+    ``num_classes`` defaults to the rows of ``fc.weight`` (VGG: ``classifier.6.weight``)."""
     if num_classes is None:
-        fc = state_dict.get("fc.weight")
-        num_classes = int(fc.shape[0]) if fc is not None and np.ndim(fc) == 2 and fc.shape[0] > 0 else 1000
-    expected = expected_resnet_shapes(arch, num_classes)
+        num_classes = num_classes_of(state_dict, arch)
+    expected = expected_shapes(arch, num_classes)
     given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
@@ -113,15 +210,21 @@ def check_state_dict(state_dict, arch: str, num_classes: int | None = None, wher
            for k in expected if k in given and tuple(np.shape(given[k])) != expected[k]]
     wrong_type = [f"{k} ({np.asarray(given[k]).dtype})" for k in expected
                   if k in given and np.asarray(given[k]).dtype.kind != "f"]
+    from .checks import summarize
+
+    if given and len(missing) == len(expected):
+        raise WeightFormatError(f"{where}: none of the {len(expected)} keys of {arch} are in the file; its "
+                                f"{len(given)} tensors are named like {summarize(list(given), 3)} (another model's "
+                                "weights?)")
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing: {', '.join(missing)}")
+        problems.append(f"{len(missing)} missing: {summarize(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {', '.join(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected: {summarize(unexpected)}")
     if mis:
-        problems.append(f"{len(mis)} mis-shaped: {'; '.join(mis)}")
+        problems.append(f"{len(mis)} mis-shaped: {summarize(mis, 4, sep='; ')}")
     if wrong_type:
-        problems.append(f"{len(wrong_type)} not floating point: {', '.join(wrong_type)}")
+        problems.append(f"{len(wrong_type)} not floating point: {summarize(wrong_type)}")
     if problems:
         raise WeightFormatError(f"{where}: keys do not match {arch}: " + " | ".join(problems))
 
@@ -187,11 +290,17 @@ def detect_format(path) -> str:
         raise WeightFormatError(f"{where}: is a directory, not a weight file")
     if os.path.getsize(where) == 0:
         raise WeightFormatError(f"{where}: file is empty")
+    with open(where, "rb") as f:
+        head = f.read(9)
+    size = os.path.getsize(where)
+    # safetensors first: its 8-byte header length can begin 0x80 0x02..0x05, which is also how a
+    # pickle begins (a 896-byte header is 80 03 00 ...); a '{' at byte 8 and a length that fits
+    # the file tell them apart
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return "safetensors"
     kind = pth.detect(where)
     if kind:
         return kind
-    with open(where, "rb") as f:
-        head = f.read(9)
     if len(head) == 9 and head[8:9] == b"{":
         return "safetensors"
     if where.lower().endswith(_PTH_SUFFIXES):
@@ -208,8 +317,9 @@ def read_weights(path) -> tuple["OrderedDict[str, np.ndarray]", dict]:
     ``"huggingface"`` or ``"minicnn"``) and ``metadata`` (the safetensors metadata, else empty).
     """
     from . import pth, safetensors
+    from .checks import require_weights_file
 
-    where = os.fspath(path)
+    where = require_weights_file(path)
     container = detect_format(where)
     metadata: dict = {}
     if container == "safetensors":
@@ -249,8 +359,8 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
 def convert(src, dst, arch: str | None = None) -> dict:
     """Convert the weight file ``src`` into our safetensors file ``dst``; returns the metadata written.
 
-    The architecture (``resnet18``/``resnet34``) is inferred from the keys unless given. Every key
-    and shape is checked against :func:`expected_resnet_shapes`; on any problem nothing is written.
+    The architecture (``resnet18`` .. ``resnet152``, ``vgg11`` .. ``vgg19_bn``) is inferred from the
+    keys unless given. Every key and shape is checked against :func:`expected_shapes`; on any problem nothing is written.
     Tensors are stored as float32 in torchvision order, without ``num_batches_tracked``; metadata
     records ``format``, ``source`` (file name), ``source_format``, ``source_naming``,
     ``architecture``, ``num_classes`` and the source's ``sha256``.
@@ -271,11 +381,10 @@ def convert(src, dst, arch: str | None = None) -> dict:
             arch = infer_arch(sd)
         except WeightFormatError as e:
             raise WeightFormatError(f"{src}: {e}") from None
-    fc = sd.get("fc.weight")
-    num_classes = int(fc.shape[0]) if fc is not None and np.ndim(fc) == 2 and fc.shape[0] > 0 else 1000
+    num_classes = num_classes_of(sd, arch)
     check_state_dict(sd, arch, num_classes, where=src)
     out = OrderedDict((k, np.asarray(sd[k], dtype=np.float32, order="C"))
-                      for k in expected_resnet_shapes(arch, num_classes))
+                      for k in expected_shapes(arch, num_classes))
     metadata = {
         "format": "minicnn",
         "source": os.path.basename(src),

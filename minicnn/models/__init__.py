@@ -4,8 +4,16 @@ import importlib
 # name -> (module, factory); modules import on first use
 _REGISTRY = {
     "digits_convnet": ("convnet", "digits_convnet"),
+    "fashion_convnet": ("fashion", "fashion_convnet"),
+    "fashion_convnet_bn": ("fashion", "fashion_convnet_bn"),
     "resnet18": ("resnet", "resnet18"),
     "resnet34": ("resnet", "resnet34"),
+    "resnet50": ("resnet", "resnet50"),
+    "resnet101": ("resnet", "resnet101"),
+    "resnet152": ("resnet", "resnet152"),
+    **{a: ("vgg", a) for a in ("vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")},
+    # the module is not called unet: importing it would make minicnn.models.unet the module, not the factory
+    "unet": ("segmentation", "unet"),
 }
 
 
@@ -26,6 +34,10 @@ def __getattr__(name):
     for mod, fn in _REGISTRY.values():
         if fn == name:
             return getattr(importlib.import_module(f"{__name__}.{mod}"), fn)
-    if name in ("ResNet", "BasicBlock"):
+    if name in ("ResNet", "BasicBlock", "Bottleneck"):
         return getattr(importlib.import_module(f"{__name__}.resnet"), name)
+    if name == "VGG":
+        return getattr(importlib.import_module(f"{__name__}.vgg"), name)
+    if name == "UNet":
+        return getattr(importlib.import_module(f"{__name__}.segmentation"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,11 @@
-"""ResNet-18 and ResNet-34 (He et al., 2015) with torchvision's exact architecture and key names.
+"""ResNet-18/34 (BasicBlock) and ResNet-50/101/152 (Bottleneck) (He et al., 2015) with torchvision's
+exact architecture (v1.5: a Bottleneck's stride sits on its 3x3 conv) and key names.
 
     from minicnn.models import resnet18
     model = resnet18(weights="resnet18.safetensors").eval()   # or a .pth file, or a state dict
     logits = model(x)                 # x: float32 (N, 3, H, W), ImageNet-normalised
-    feats = model.forward_features(x) # (N, 512, H/32, W/32)
-    emb = model.embed(x)              # (N, 512), the pooled features the classifier reads
+    feats = model.forward_features(x) # (N, 512, H/32, W/32); 2048 channels for resnet50 and deeper
+    emb = model.embed(x)              # (N, 512) (or 2048), the pooled features the classifier reads
 
 Every layer keeps what its backward needs, so ``model.backward(dlogits)`` returns dL/dx and
 accumulates every parameter's gradient, in training and in eval mode. ``backward_from(stage, grad)``
@@ -33,10 +34,11 @@ from ..nn.linear import Linear
 from ..nn.module import Module, Sequential, backward_pass, forward_pass
 from ..nn.pooling import AdaptiveAvgPool2d, MaxPool2d
 from ..random import get_rng
-from ..io.weights import ARCHS, expected_resnet_shapes, infer_arch
+from ..io.weights import ARCHS, BOTTLENECK_ARCHS, expected_resnet_shapes, infer_arch
 
 __all__ = [
-    "BasicBlock", "ResNet", "resnet18", "resnet34", "ARCHS", "STAGES", "seeded_state_dict",
+    "BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "ARCHS", "STAGES", "seeded_state_dict",
     "state_dict_shapes", "infer_arch", "resnet_from_state_dict",
 ]
 
@@ -102,13 +104,69 @@ class BasicBlock(Module):
         return d_main + d_short
 
 
-class ResNet(Module):
-    """torchvision's ResNet built from BasicBlocks: stem (7x7/2 conv, bn, relu, 3x3/2 maxpool),
-    layer1..layer4 (64, 128, 256, 512 channels; strides 1, 2, 2, 2), global average pool, fc.
+class Bottleneck(Module):
+    """torchvision's Bottleneck (ResNet v1.5): ``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + identity)``.
 
-    ``ResNet(layers=(2, 2, 2, 2), num_classes=1000, zero_init_residual=False, arch=None, width=64)``.
-    ``width`` is the first stage's channel count (the stages use width, 2, 4 and 8 times it); only
-    64 is torchvision's architecture, narrower nets are for quick experiments and gradient checks.
+    conv1 is a 1x1 reducing ``inplanes`` to ``planes`` channels, conv2 a 3x3 that carries the
+    block's stride (torchvision's placement; the original paper strides the first 1x1), conv3 a
+    1x1 expanding to ``planes * 4``. ``identity`` is ``x`` or ``downsample(x)``. Children, their
+    order and hence the ``state_dict()`` keys match torchvision's.
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = BatchNorm2d(planes)
+        self.conv2 = Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = BatchNorm2d(planes)
+        self.conv3 = Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = BatchNorm2d(planes * self.expansion)
+        # one ReLU module serves both inner places (two calls, two caches popped newest first);
+        # the ReLU after the residual sum is fused into ops.add_relu_forward, as in BasicBlock
+        self.relu = ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+
+    def extra_repr(self):
+        return f"{self.conv1.in_channels}, {self.conv3.out_channels}, stride={self.stride}"
+
+    def forward(self, x):
+        """The block's output; keeps it (and each child keeps its own cache) for backward."""
+        x = self._prepare_input(x)
+        h = self.relu(self.bn1(self.conv1(x)))
+        h = self.relu(self.bn2(self.conv2(h)))
+        out = self.bn3(self.conv3(h))
+        identity = self.downsample(x) if self.downsample is not None else x
+        if identity.shape != out.shape:
+            raise ValueError(
+                f"{self._short()}: residual branch gives shape {tuple(out.shape)} but the shortcut gives "
+                f"{tuple(identity.shape)}; a block that changes stride or width needs a downsample"
+            )
+        y = ops.add_relu_forward(out, identity)
+        self._save(y)
+        return y
+
+    def backward(self, dy):
+        """dL/dx: back through the three convs (the ReLU module pops its second call first), plus the shortcut."""
+        y = self._saved()
+        g = ops.relu_backward(dy, y)
+        d = self.relu.backward(self.conv3.backward(self.bn3.backward(g)))
+        d_main = self.conv1.backward(self.bn1.backward(self.relu.backward(self.conv2.backward(self.bn2.backward(d)))))
+        d_short = self.downsample.backward(g) if self.downsample is not None else g
+        return d_main + d_short
+
+
+class ResNet(Module):
+    """torchvision's ResNet built from BasicBlocks or Bottlenecks: stem (7x7/2 conv, bn, relu, 3x3/2 maxpool),
+    layer1..layer4 (64, 128, 256, 512 planes, times ``block.expansion`` (1 or 4) output channels;
+    strides 1, 2, 2, 2), global average pool, fc.
+
+    ``ResNet(layers=(2, 2, 2, 2), num_classes=1000, zero_init_residual=False, arch=None, width=64,
+    block=BasicBlock)``. ``width`` is the first stage's planes (the stages use width, 2, 4 and 8
+    times it); only 64 is torchvision's architecture, narrower nets are for quick experiments and
+    gradient checks. ``block=Bottleneck`` with layers (3, 4, 6, 3) is ResNet-50.
     Convolutions start Kaiming-normal (fan_out, ReLU gain), batchnorms at gamma=1, beta=0, and the
     fc layer as ``nn.Linear``, all drawn from the library RNG (``minicnn.manual_seed``).
 
@@ -116,8 +174,13 @@ class ResNet(Module):
     training mode also needs more than one value per channel at layer4 (N * ceil(H/32) * ceil(W/32) >= 2).
     """
 
-    def __init__(self, layers=(2, 2, 2, 2), num_classes=1000, zero_init_residual=False, arch=None, width=64):
+    def __init__(self, layers=(2, 2, 2, 2), num_classes=1000, zero_init_residual=False, arch=None, width=64,
+                 block=None):
         super().__init__()
+        block = BasicBlock if block is None else block
+        if block not in (BasicBlock, Bottleneck):
+            raise ValueError(f"ResNet: block must be BasicBlock or Bottleneck, got {block!r}")
+        self.block = block
         layers = tuple(int(n) for n in layers)
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"ResNet: layers must be four positive block counts, got {layers!r}")
@@ -126,10 +189,11 @@ class ResNet(Module):
         width = int(width)
         if width < 1:
             raise ValueError(f"ResNet: width must be >= 1, got {width!r}")
-        standard = next((k for k, v in ARCHS.items() if v == layers), f"resnet{layers}")
+        kind = BOTTLENECK_ARCHS if block is Bottleneck else tuple(a for a in ARCHS if a not in BOTTLENECK_ARCHS)
+        standard = next((k for k in kind if ARCHS[k] == layers), f"resnet{layers}" + ("-bottleneck" if block is Bottleneck else ""))
         self.arch = arch or (standard if width == 64 else f"{standard}-width{width}")
         self.num_classes = int(num_classes)
-        self.num_features = 8 * width * BasicBlock.expansion
+        self.num_features = 8 * width * block.expansion
         self.inplanes = width
         self.conv1 = Conv2d(3, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = BatchNorm2d(width)
@@ -148,19 +212,22 @@ class ResNet(Module):
         if zero_init_residual:
             # each block then starts as the identity, which helps very deep nets train (Goyal et al.)
             for m in self.modules():
-                if isinstance(m, BasicBlock):
+                if isinstance(m, Bottleneck):
+                    m.bn3.weight.data[...] = 0
+                elif isinstance(m, BasicBlock):
                     m.bn2.weight.data[...] = 0
 
     def _make_layer(self, planes, blocks, stride):
+        block = self.block
         downsample = None
-        if stride != 1 or self.inplanes != planes * BasicBlock.expansion:
+        if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = Sequential(
-                Conv2d(self.inplanes, planes * BasicBlock.expansion, 1, stride=stride, bias=False),
-                BatchNorm2d(planes * BasicBlock.expansion),
+                Conv2d(self.inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+                BatchNorm2d(planes * block.expansion),
             )
-        mods = [BasicBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes * BasicBlock.expansion
-        mods += [BasicBlock(self.inplanes, planes) for _ in range(1, blocks)]
+        mods = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        mods += [block(self.inplanes, planes) for _ in range(1, blocks)]
         return Sequential(*mods)
 
     def extra_repr(self):
@@ -241,11 +308,12 @@ class ResNet(Module):
         return self._run(x, "fc")[0]
 
     def forward_features(self, x):
-        """The last feature map, layer4's output: (N, 512, ceil(H/32), ceil(W/32))."""
+        """The last feature map, layer4's output: (N, num_features, ceil(H/32), ceil(W/32)); num_features is
+        512 for ResNet-18/34, 2048 for ResNet-50 and deeper."""
         return self._entry(x, "layer4")[0]
 
     def embed(self, x):
-        """Globally average-pooled features (N, 512): what the classifier reads, a common image embedding."""
+        """Globally average-pooled features (N, num_features): what the classifier reads, a common image embedding."""
         return self._entry(x, "avgpool")[0]
 
     def activations(self, x, upto="fc"):
@@ -333,30 +401,30 @@ def state_dict_shapes(arch="resnet18", num_classes=1000):
 
 # gains on the He (fan_in) standard deviation of each seeded convolution; chosen so that, with the
 # seeded batchnorm statistics below, every stage's activations stay O(1) on natural and on random
-# input (the second conv of a block is damped so the residual sums do not grow with depth)
+# input (the last conv of a block is damped so the residual sums do not grow with depth)
 _SEED_GAIN = {"conv1": 0.7, "block.conv1": 1.0, "block.conv2": 0.35, "downsample": 0.7}
-_SEED_FC_STD = 2.0 / math.sqrt(512)
 
 
 def seeded_state_dict(arch="resnet18", seed=0, num_classes=1000):
     """Deterministic weights for ``arch`` generated with numpy alone (``numpy.random.default_rng(seed)``).
 
-    Convolutions: N(0, gain^2 * 2 / fan_in), gain 0.7 for the stem and the downsample convs, 1 for a
-    block's first conv, 0.35 for its second (so stage outputs keep a standard deviation near 1
-    instead of growing with every residual sum). Batchnorm: gamma ~ U(0.5, 1.5), beta ~ N(0, 0.1),
-    running_mean ~ N(0, 0.1), running_var ~ U(0.5, 1.5), num_batches_tracked = 0. fc: weight
-    N(0, (2/sqrt(512))^2), bias N(0, 0.01^2). Arrays are float32 (num_batches_tracked int64), keys and
+    Convolutions: N(0, gain^2 * 2 / fan_in), gain 0.7 for the stem and the downsample convs, 0.35 for
+    a block's last conv (conv2 of a BasicBlock, conv3 of a Bottleneck), 1 for its others (so stage
+    outputs keep a standard deviation near 1 instead of growing with every residual sum). Batchnorm:
+    gamma ~ U(0.5, 1.5), beta ~ N(0, 0.1), running_mean ~ N(0, 0.1), running_var ~ U(0.5, 1.5),
+    num_batches_tracked = 0. fc: weight N(0, (2/sqrt(in_features))^2), bias N(0, 0.01^2). Arrays are float32 (num_batches_tracked int64), keys and
     order as torchvision's. The numbers depend only on (arch, seed, num_classes), so a reference
     computed once with PyTorch from these weights checks any machine's forward pass offline.
     """
     rng = np.random.default_rng(int(seed))
+    last = "conv3.weight" if arch in BOTTLENECK_ARCHS else "conv2.weight"
     out = OrderedDict()
     for key, shape in state_dict_shapes(arch, num_classes).items():
         name = key.rsplit(".", 1)[1]
         if name == "num_batches_tracked":
             out[key] = np.array(0, dtype=np.int64)
         elif key == "fc.weight":
-            out[key] = (rng.standard_normal(shape) * _SEED_FC_STD).astype(np.float32)
+            out[key] = (rng.standard_normal(shape) * (2.0 / math.sqrt(shape[1]))).astype(np.float32)
         elif key == "fc.bias":
             out[key] = (rng.standard_normal(shape) * 0.01).astype(np.float32)
         elif len(shape) == 4:
@@ -364,7 +432,7 @@ def seeded_state_dict(arch="resnet18", seed=0, num_classes=1000):
                 gain = _SEED_GAIN["conv1"]
             elif ".downsample." in key:
                 gain = _SEED_GAIN["downsample"]
-            elif key.endswith("conv2.weight"):
+            elif key.endswith(last):
                 gain = _SEED_GAIN["block.conv2"]
             else:
                 gain = _SEED_GAIN["block.conv1"]
@@ -394,9 +462,28 @@ def _read_weights(weights):
     raise TypeError(f"weights must be a path or a state dict (a mapping of name -> array), got {type(weights).__name__}")
 
 
-def _build(arch, num_classes, weights):
+PRETRAINED_NAMES = ("DEFAULT", "IMAGENET1K_V1", "IMAGENET1K_V2")  # as minicnn.io.checks.PRETRAINED_NAMES
+
+
+def _build(arch, num_classes, weights, pretrained=None):
+    if pretrained is not None or (isinstance(weights, str) and weights.upper() in PRETRAINED_NAMES):
+        # torchvision's spellings of "the ImageNet weights": the file `minicnn weights fetch` caches
+        from ..io.checks import named_weights
+
+        if pretrained is not None and weights is not None:
+            raise ValueError(f"{arch}: give weights= or pretrained=, not both")
+        if pretrained is False:
+            return _build(arch, num_classes, None)
+        weights = named_weights(arch, weights, pretrained)
     source, sd = (None, None) if weights is None else _read_weights(weights)
     return _build_from(arch, num_classes, source, sd)
+
+
+def _describe(arch):
+    if arch not in ARCHS:
+        return f"{arch} (not a ResNet)"
+    kind = "Bottleneck blocks" if arch in BOTTLENECK_ARCHS else "blocks"
+    return f"{arch} ({kind} per stage {ARCHS[arch]})"
 
 
 def _build_from(arch, num_classes, source, sd):
@@ -408,11 +495,10 @@ def _build_from(arch, num_classes, source, sd):
         except ValueError:
             found = arch  # let the key-by-key comparison below say what is wrong
         if found != arch:
-            raise ValueError(
-                f"{source}: these weights are {found} (blocks per stage {ARCHS[found]}), not {arch} "
-                f"{ARCHS[arch]}; build {found}(...) or use resnet_from_state_dict"
-            )
-    model = ResNet(ARCHS[arch], num_classes=num_classes, arch=arch)
+            raise ValueError(f"{source}: these weights are {_describe(found)}, not {arch} {_describe(arch)[len(arch) + 1:]}; "
+                             f"build {found}(...)" + (" or use resnet_from_state_dict" if found in ARCHS else ""))
+    model = ResNet(ARCHS[arch], num_classes=num_classes, arch=arch,
+                   block=Bottleneck if arch in BOTTLENECK_ARCHS else BasicBlock)
     if sd is not None:
         try:
             model.load_state_dict(sd, strict=True)
@@ -421,23 +507,41 @@ def _build_from(arch, num_classes, source, sd):
     return model
 
 
-def resnet18(num_classes=None, weights=None):
+def resnet18(num_classes=None, weights=None, pretrained=None):
     """ResNet-18 (blocks per stage 2, 2, 2, 2; 11.7M parameters with 1000 classes).
 
     ``weights``: a path (safetensors, or a PyTorch ``.pth`` checkpoint read without torch) or a
-    state dict with torchvision's key names; loading is strict. ``num_classes`` defaults to the
-    weights' fc size, else 1000.
+    state dict with torchvision's key names; loading is strict. ``weights="DEFAULT"`` (or
+    ``"IMAGENET1K_V1"``, or the old ``pretrained=True``) loads the ImageNet weights that
+    ``minicnn weights fetch resnet18`` cached; minicnn ships none, and the error says how to get them.
+    ``num_classes`` defaults to the weights' fc size, else 1000.
     """
-    return _build("resnet18", num_classes, weights)
+    return _build("resnet18", num_classes, weights, pretrained)
 
 
-def resnet34(num_classes=None, weights=None):
+def resnet34(num_classes=None, weights=None, pretrained=None):
     """ResNet-34 (blocks per stage 3, 4, 6, 3; 21.8M parameters with 1000 classes). Arguments as ``resnet18``."""
-    return _build("resnet34", num_classes, weights)
+    return _build("resnet34", num_classes, weights, pretrained)
+
+
+def resnet50(num_classes=None, weights=None):
+    """ResNet-50 (Bottleneck blocks per stage 3, 4, 6, 3; 25.6M parameters with 1000 classes; stride on
+    the 3x3 conv as torchvision's v1.5). Features have 2048 channels. Arguments as ``resnet18``."""
+    return _build("resnet50", num_classes, weights)
+
+
+def resnet101(num_classes=None, weights=None):
+    """ResNet-101 (Bottleneck blocks per stage 3, 4, 23, 3; 44.5M parameters). Arguments as ``resnet18``."""
+    return _build("resnet101", num_classes, weights)
+
+
+def resnet152(num_classes=None, weights=None):
+    """ResNet-152 (Bottleneck blocks per stage 3, 8, 36, 3; 60.2M parameters). Arguments as ``resnet18``."""
+    return _build("resnet152", num_classes, weights)
 
 
 def resnet_from_state_dict(weights, num_classes=None):
-    """The ResNet whose architecture the weights describe (18 or 34), with those weights loaded.
+    """The ResNet whose architecture the weights describe (18, 34, 50, 101 or 152), with those weights loaded.
 
     ``weights`` is a path or a state dict, as for ``resnet18``.
     """

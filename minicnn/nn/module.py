@@ -753,7 +753,15 @@ class Sequential(Module):
         mods = list(self._modules.values())
         if isinstance(idx, slice):
             return Sequential(OrderedDict(list(self._modules.items())[idx]))
-        return mods[idx]
+        return mods[_index(self, idx, len(mods))]
+
+    def __setitem__(self, idx, module) -> None:
+        """``seq[i] = module`` replaces the i-th module in place, keeping its name (PyTorch's
+        ``model.classifier[6] = nn.Linear(4096, 10)``)."""
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential takes Modules, got {type(module).__name__}")
+        name = list(self._modules)[_index(self, idx, len(self._modules))]
+        setattr(self, name, module)
 
 
 def _index(container, idx, size: int) -> int:
