@@ -74,7 +74,18 @@ def _vgg():
     return _randomize_bn(VGG("vgg11", batch_norm=True, width=4, hidden=16, num_classes=5)), (3, 224, 224)
 
 
-MODELS = {"digits": _digits, "resnet": _resnet, "stack": _stack, "vgg": _vgg}
+def _unet(upsample):
+    def make():
+        from minicnn.models import unet
+
+        mc.manual_seed(0)
+        return _randomize_bn(unet("resnet18", num_classes=3, upsample=upsample, width=4)), (3, 64, 32)
+
+    return make
+
+
+MODELS = {"digits": _digits, "resnet": _resnet, "stack": _stack, "vgg": _vgg, "unet": _unet("transpose"),
+          "unet_shuffle": _unet("pixelshuffle")}
 
 
 @pytest.mark.parametrize("opset", [11, 13, 17])

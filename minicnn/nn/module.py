@@ -451,10 +451,6 @@ class Module:
         """True when a forward call left a cache that no backward has consumed yet."""
         return bool(self._saved_stack)
 
-    def _need_forward(self):
-        """Deprecated spelling of :meth:`_saved`."""
-        return self._saved()
-
     def _short(self) -> str:
         extra = self.extra_repr()
         return f"{type(self).__name__}({extra})"

@@ -369,6 +369,16 @@ def concat(b, node):
     b.add(N.Concat(b.attr(node, "axis")), "concat", node, list(node.input), node.output[0], kind="node")
 
 
+def depth_to_space(b, node):
+    """DepthToSpace in CRD mode is PixelShuffle (what torch writes for pixel_shuffle); DCR orders the
+    channels the other way round, which no layer here computes."""
+    mode = b.attr(node, "mode", "DCR")
+    mode = mode.decode() if isinstance(mode, bytes) else str(mode)
+    if mode != "CRD":
+        b.refuse(node, f"mode {mode!r} is not supported (only CRD, which is PixelShuffle)")
+    b.add(nn.PixelShuffle(int(b.attr(node, "blocksize"))), "pixel_shuffle", node, [node.input[0]], node.output[0])
+
+
 def split(b, node):
     axis = int(b.attr(node, "axis", 0))
     sizes = None
@@ -613,6 +623,7 @@ CONVERTERS = {
     "Div": binary("div"),
     "Sum": sum_n,
     "Concat": concat,
+    "DepthToSpace": depth_to_space,
     "Split": split,
     "Flatten": _view("Flatten", _flatten_rule),
     "Reshape": _view("Reshape", _reshape_rule),
@@ -646,7 +657,7 @@ ATTRS = {
     "LRN": {"alpha", "beta", "bias", "size"},
     "Gemm": {"alpha", "beta", "transA", "transB"},
     "MatMul": set(), "Add": set(), "Sub": set(), "Mul": set(), "Div": set(), "Sum": set(),
-    "Concat": {"axis"}, "Split": {"axis", "split", "num_outputs"},
+    "Concat": {"axis"}, "DepthToSpace": {"blocksize", "mode"}, "Split": {"axis", "split", "num_outputs"},
     "Flatten": {"axis"}, "Reshape": {"allowzero", "shape"}, "Squeeze": {"axes"}, "Unsqueeze": {"axes"},
     "Transpose": {"perm"}, "Softmax": {"axis"}, "LogSoftmax": {"axis"},
     "Dropout": {"ratio", "seed", "is_test"}, "Identity": set(), "Cast": {"to", "saturate"},

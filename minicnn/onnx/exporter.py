@@ -24,7 +24,7 @@ from ..grad_mode import no_grad
 from ..nn import (ELU, GELU, SELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d,
                   Conv2d, ConvTranspose2d, Dropout, Dropout2d, Flatten, Hardsigmoid, Hardswish, Identity,
                   LeakyReLU, Linear, LogSoftmax, MaxPool2d, PReLU, ReLU, Sequential, Sigmoid, Softmax, Softplus,
-                  Tanh, Upsample)
+                  PixelShuffle, Tanh, Upsample)
 from ..nn.module import Module
 from ..nn.padding import _Pad2d
 from . import _require_onnx
@@ -143,6 +143,8 @@ def _leaf(e, m, x, p, y, in_shape):
         w = np.asarray(backends.to_numpy(m.weight.data))
         shape = (w.size,) + (1,) * max(len(y.shape) - 2, 0) if w.size > 1 else (1,)
         return e.node("PRelu", [x, e.init(f"{p}weight", w.reshape(shape))], "prelu")
+    if isinstance(m, PixelShuffle):
+        return e.node("DepthToSpace", [x], "pixel_shuffle", blocksize=int(m.upscale_factor), mode="CRD")
     if isinstance(m, (Identity, Dropout, Dropout2d)):
         return x
     if isinstance(m, MaxPool2d):
@@ -217,6 +219,17 @@ def _leaf(e, m, x, p, y, in_shape):
     _refuse(p, m, f"no ONNX form for {type(m).__name__}")
 
 
+def _emit_up_block(e, block, x, value, skip, path):
+    """A U-Net decoder block: upsample, concatenate the encoder tap (channels), conv-bn-relu twice."""
+    x, value = _emit(e, block.up, x, value, f"{path}.up")
+    if skip is not None:
+        x = e.node("Concat", [x, skip[0]], "concat", axis=1)
+        value = np.concatenate([value, skip[1]], axis=1)
+    for name in ("conv1", "bn1", "relu", "conv2", "bn2", "relu"):
+        x, value = _emit(e, getattr(block, name), x, value, f"{path}.{name}")
+    return x, value
+
+
 def _emit(e, m, x, value, path):
     """Emit ``m`` applied to tensor ``x`` (whose example value is ``value``); returns (name, value)."""
     from ..models.resnet import BasicBlock, ResNet
@@ -233,7 +246,22 @@ def _emit(e, m, x, value, path):
         value = value.reshape(value.shape[0], -1)
         return _emit(e, m.fc, x, value, f"{p}fc")
     from ..models import resnet as _resnet
+    from ..models.segmentation import UNet
     from ..models.vgg import VGG
+
+    if isinstance(m, UNet):
+        enc, taps = m.encoder, []
+        for name in ("conv1", "bn1", "relu"):
+            x, value = _emit(e, getattr(enc, name), x, value, f"{p}encoder.{name}")
+        taps.append((x, value))
+        for name in ("maxpool", "layer1", "layer2", "layer3", "layer4"):
+            x, value = _emit(e, getattr(enc, name), x, value, f"{p}encoder.{name}")
+            if name != "maxpool":
+                taps.append((x, value))
+        skips = [taps[3], taps[2], taps[1], taps[0], None]
+        for i, (block, skip) in enumerate(zip(m.decoder, skips)):
+            x, value = _emit_up_block(e, block, x, value, skip, f"{p}decoder.{i}")
+        return _emit(e, m.head, x, value, f"{p}head")
 
     if isinstance(m, VGG):
         x, value = _emit(e, m.features, x, value, f"{p}features")
