@@ -68,8 +68,9 @@ def register(subparsers) -> None:
     f.add_argument("--root", default=None,
                    help="folder of the four IDX files (default: /usr/share/datasets/fashion-mnist, from "
                         "`apt-get install dataset-fashion-mnist`)")
-    f.add_argument("--augment", action="store_true",
-                   help="random horizontal flip and random 28x28 crop of the image padded by 2, per sample")
+    f.add_argument("--augment", nargs="?", const="flip+crop", default=None, choices=("flip", "flip+crop"),
+                   help="per sample: a random horizontal flip (flip), and a random 28x28 crop of the image padded "
+                        "by 2 (flip+crop, what --augment alone means)")
     f.add_argument("--dropout", type=float, default=None, help="dropout rate before the classifier (default: 0)")
     f.add_argument("--train-size", type=int, default=None,
                    help="train on the first N training images only (default: all 60,000)")
@@ -341,7 +342,9 @@ def run_fashion(args) -> int:
         X_train, y_train, X_val, y_val = train_test_split(X_train, y_train, args.val_size, seed=args.seed)
         val = DataLoader(X_val, y_val, batch_size=256)
     transform = None
-    if args.augment:
+    if args.augment == "flip":
+        transform = augment.RandomHorizontalFlip()
+    elif args.augment == "flip+crop":
         transform = augment.Compose([augment.RandomHorizontalFlip(), augment.RandomCrop(28, padding=2)])
 
     def loader_for(epoch):
@@ -367,7 +370,7 @@ def run_fashion(args) -> int:
     n_val = 0 if val is None else val.num_samples
     print(f"fashion-mnist: {len(X_train)} train / {n_val} val / {len(X_test)} test images of 28x28; "
           f"{name} ({model.num_parameters():,} parameters); {args.optimizer} lr {lr:g} cosine, "
-          f"{args.epochs} epochs, batch {args.batch_size}, augment {'flip+crop' if args.augment else 'none'}, "
+          f"{args.epochs} epochs, batch {args.batch_size}, augment {args.augment or 'none'}, "
           f"dropout {args.dropout:g}, backend {mc.get_backend()}", flush=True)
 
     t0 = time.perf_counter()
