@@ -54,6 +54,20 @@ def _kaiming_normal_fan_out(rng, shape, dtype=np.float32):
     return (rng.standard_normal(shape) * math.sqrt(2.0 / fan_out)).astype(dtype)
 
 
+def _residual_join(block, out, x):
+    """relu(out + shortcut(x)) for a residual block (BasicBlock, Bottleneck), keeping the output for
+    its backward; the shortcut is ``block.downsample(x)``, or x itself."""
+    identity = block.downsample(x) if block.downsample is not None else x
+    if identity.shape != out.shape:
+        raise ValueError(
+            f"{block._short()}: residual branch gives shape {tuple(out.shape)} but the shortcut gives "
+            f"{tuple(identity.shape)}; a block that changes stride or width needs a downsample"
+        )
+    y = ops.add_relu_forward(out, identity)
+    block._save(y)
+    return y
+
+
 class BasicBlock(Module):
     """Two 3x3 convolutions with batchnorm, plus the shortcut: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + identity)``.
 
@@ -84,15 +98,7 @@ class BasicBlock(Module):
         """The block's output; keeps it (and each child keeps its own cache) for backward."""
         x = self._prepare_input(x)
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        identity = self.downsample(x) if self.downsample is not None else x
-        if identity.shape != out.shape:
-            raise ValueError(
-                f"{self._short()}: residual branch gives shape {tuple(out.shape)} but the shortcut gives "
-                f"{tuple(identity.shape)}; a block that changes stride or width needs a downsample"
-            )
-        y = ops.add_relu_forward(out, identity)
-        self._save(y)
-        return y
+        return _residual_join(self, out, x)
 
     def backward(self, dy):
         """dL/dx: the gradient splits at the residual join and the two paths' gradients add up."""
@@ -138,15 +144,7 @@ class Bottleneck(Module):
         h = self.relu(self.bn1(self.conv1(x)))
         h = self.relu(self.bn2(self.conv2(h)))
         out = self.bn3(self.conv3(h))
-        identity = self.downsample(x) if self.downsample is not None else x
-        if identity.shape != out.shape:
-            raise ValueError(
-                f"{self._short()}: residual branch gives shape {tuple(out.shape)} but the shortcut gives "
-                f"{tuple(identity.shape)}; a block that changes stride or width needs a downsample"
-            )
-        y = ops.add_relu_forward(out, identity)
-        self._save(y)
-        return y
+        return _residual_join(self, out, x)
 
     def backward(self, dy):
         """dL/dx: back through the three convs (the ReLU module pops its second call first), plus the shortcut."""
