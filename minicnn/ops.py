@@ -126,6 +126,19 @@ conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_kern
                      pool_padding, pool_dilation, out=None) -> y
                              maxpool(relu?(conv(x) + b)) (a ResNet stem); default: the fused conv
                              then ``maxpool2d_forward`` without argmax
+synchronize() -> None        wait until the work the backend has queued is done (a device backend runs
+                             asynchronously; timing a kernel needs this); default: nothing to wait for
+tuning_key() -> tuple        what besides the call's shapes, dtype and ``threads()`` decides which
+                             ``conv_variants`` apply or win (cupy: the precision mode); part of an
+                             autotuned pick's key; default ``()``
+capture_graph(fn, example) -> replay
+                             record the device work of ``fn(x)`` once, for inputs of ``example``'s
+                             shape and dtype (an array of this backend), and return
+                             ``replay(x) -> y``: the recording rerun on ``x``, its result in a new
+                             array. ``fn`` must not wait for the device (no copy to the host) and
+                             must allocate alike on every call; the backend runs it first to warm
+                             up. Default: refused with a RuntimeError (a backend that runs each op
+                             as it is called has nothing to record)
 """
 from __future__ import annotations
 
@@ -197,7 +210,8 @@ OP_NAMES = (
 ARRAY_FUNCS = ("asarray", "is_native", "to_numpy", "empty")
 
 # entries a backend may leave out; backends.load fills them from backends/_defaults.py
-OPTIONAL = ("generator", "threads", "conv_variants", "release_unpicked", "conv2d_maxpool_fused")
+OPTIONAL = ("generator", "threads", "conv_variants", "release_unpicked", "conv2d_maxpool_fused", "capture_graph",
+            "synchronize", "tuning_key")
 
 TABLE = OP_NAMES + ARRAY_FUNCS + OPTIONAL
 

@@ -12,7 +12,8 @@ every form:
   and that a later call did not change an earlier call's result (no result is a workspace).
 
 A backend that is declared but does not load is a failure here, not a skip, except CuPy where
-CuPy or a CUDA device is absent (``conftest.backend_params``).
+CuPy or a CUDA device is absent (``conftest.backend_params``). The cupy backend's kernels also
+run here on the host CUDA emulator (``cupy-emu``), skipped only where there is no C++ compiler.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pkgutil
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minicnn as mc
@@ -31,7 +32,7 @@ from minicnn import backends
 from minicnn.ops import OP_NAMES
 
 import conformance
-from conftest import backend_params
+from conftest import EMULATED, backend_params, use_emulator
 
 CASES = []
 for _info in sorted(pkgutil.iter_modules(conformance.__path__), key=lambda i: i.name):
@@ -188,6 +189,21 @@ def check_case(case, backend_name, args, kwargs):
 def test_op_matches_the_reference(backend_name, case, data):
     args, kwargs = case.draw(data)
     check_case(case, backend_name, tuple(args), dict(kwargs))
+
+
+# the cupy backend's kernels on the host CUDA emulator: as many examples as the CPU backends get,
+# up to 25 (every CUDA thread is a coroutine: a long hunt of the "thorough" profile stays short)
+EMULATED_EXAMPLES = min(settings().max_examples, 25)
+
+
+@pytest.mark.parametrize("backend_name", backend_params([EMULATED]))
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@settings(max_examples=EMULATED_EXAMPLES)
+@given(data=st.data())
+def test_op_matches_the_reference_emulated(backend_name, case, data):
+    args, kwargs = case.draw(data)
+    with use_emulator():
+        check_case(case, backend_name, tuple(args), dict(kwargs))
 
 
 # -- the runner catches what it is there to catch ------------------------------------------------

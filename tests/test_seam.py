@@ -128,10 +128,13 @@ def test_missing_optional_entries_get_the_defaults():
     mc.manual_seed(5)
     assert bare.generator() is mc.random.get_rng()
     assert bare.generator().random() == np.random.default_rng(5).random()
-    # the reference fills none of them; the numba backend overrides all but the generator
+    # the reference fills none of them; the numba backend overrides all but the generator and
+    # graph capture (a CPU backend has no device work to record)
     assert all(REF.OPS[e] is _defaults.DEFAULTS[e] for e in OPTIONAL)
     numba_be = backends.load("numba")
-    assert [e for e in OPTIONAL if numba_be.OPS[e] is _defaults.DEFAULTS[e]] == ["generator"]
+    assert [e for e in OPTIONAL if numba_be.OPS[e] is _defaults.DEFAULTS[e]] == ["generator", "capture_graph", "synchronize", "tuning_key"]
+    with mc.backend("numpy"), pytest.raises(RuntimeError, match=r"^backend 'numpy' cannot capture a graph: "):
+        REF.capture_graph(lambda x: x, np.zeros(3, np.float32))
     # a backend's own entry wins over the default
     own = lambda: 7  # noqa: E731
     assert backends.make_backend("own", _module(_numpy_table(threads=own))).threads is own

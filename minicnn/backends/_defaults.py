@@ -41,10 +41,32 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
     return out
 
 
+def capture_graph(fn, example):
+    """Refuse: this backend runs each op as it is called, so there is no device work to record."""
+    from . import current
+
+    raise RuntimeError(
+        f"backend {current().NAME!r} cannot capture a graph: it runs each op as it is called; "
+        "graph capture needs a GPU backend that records its launches"
+    )
+
+
+def synchronize() -> None:
+    """Nothing to wait for: the backend's ops are done when they return."""
+
+
+def tuning_key() -> tuple:
+    """Nothing besides shapes, dtype and threads decides an autotuned pick."""
+    return ()
+
+
 DEFAULTS = {
     "generator": generator,
     "threads": threads,
     "conv_variants": conv_variants,
     "release_unpicked": release_unpicked,
     "conv2d_maxpool_fused": conv2d_maxpool_fused,
+    "capture_graph": capture_graph,
+    "synchronize": synchronize,
+    "tuning_key": tuning_key,
 }
