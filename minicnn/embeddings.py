@@ -3,6 +3,8 @@
 ``emb`` is (N, ...) (an (N, 512) ``model.embed`` output, a layer4 map, anything): each row is
 flattened to a vector first. Both functions return an (N, M) float64 matrix (M = N when ``other``
 is omitted), computed in float64 whatever the input dtype.
+
+``open(OUTDIR)`` reads back the Parquet shards of ``minicnn embed --out OUTDIR/`` (docs/scale.md).
 """
 from __future__ import annotations
 
@@ -10,7 +12,20 @@ import numpy as np
 
 from .backends import to_numpy
 
+# open() is left out of __all__: a star import must not shadow the builtin
 __all__ = ["correlation_matrix", "cosine_similarity_matrix"]
+
+
+def open(outdir):  # noqa: A001 - mc.embeddings.open(OUTDIR), as files are opened
+    """Read back a results directory that ``minicnn embed --out DIR/`` wrote (Parquet shards).
+
+    Returns a :class:`minicnn.shards.ShardedResults`: ``blocks()`` yields ``(paths, (n, D) float32)``
+    shard by shard, ``to_numpy()`` reads a small one whole, ``nearest(query, k)`` ranks the rows by
+    cosine similarity without holding the index in memory. Needs pyarrow.
+    """
+    from . import shards
+
+    return shards.open(outdir)
 
 
 def _rows(a, name):
