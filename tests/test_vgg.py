@@ -258,3 +258,183 @@ def test_torch_fixture_replays(backend_name):
 
     with mc.backend(backend_name):
         replay("vgg11_bn")
+
+
+# -- embeddings, activations and the compiled forward ---------------------------------------------
+
+def _vgg_with_stats(factory, seed, **kw):
+    """A small VGG in eval mode with randomised batchnorm statistics and non-zero biases."""
+    mc.manual_seed(seed)
+    m = factory(**SMALL, **kw)
+    rng = np.random.default_rng(seed)
+    for name, buf in m.named_buffers():
+        if name.endswith("running_var"):
+            buf[...] = rng.uniform(0.5, 1.5, buf.shape)
+        elif name.endswith("running_mean"):
+            buf[...] = rng.normal(0, 0.1, buf.shape)
+    for name, p in m.named_parameters():
+        if name.endswith("bias"):
+            p.data[...] = rng.normal(0, 0.05, p.data.shape)
+    return m.eval()
+
+
+def test_activations_and_embed_are_the_penultimate_features():
+    """``embed`` is what the last Linear reads: relu(W3 relu(W0 flat + b0) + b3) in eval mode,
+    recomputed here in numpy from the model's own stage outputs and weights."""
+    m = _vgg_with_stats(vgg11_bn, 6, num_classes=5)
+    x = np.random.default_rng(7).standard_normal((2, 3, 40, 36)).astype(np.float32)
+    acts = m.activations(x)
+    assert list(acts) == ["features", "avgpool", "penultimate", "fc"]
+    assert acts["features"].shape == (2, 64, 1, 1) and acts["avgpool"].shape == (2, 64 * 49)
+    # a 1x1 map pooled to 7x7 repeats each value 49 times, channel by channel
+    np.testing.assert_array_equal(acts["avgpool"].reshape(2, 64, 49), np.repeat(acts["features"].reshape(2, 64, 1), 49, 2))
+    c = m.classifier
+    h = np.maximum(acts["avgpool"].astype(np.float64) @ c[0].weight.data.T + c[0].bias.data, 0)
+    h = np.maximum(h @ c[3].weight.data.T + c[3].bias.data, 0)
+    assert _rel(acts["penultimate"], h) < 1e-5
+    assert _rel(acts["fc"], h @ c[6].weight.data.T + c[6].bias.data) < 1e-5
+    with mc.no_grad():
+        np.testing.assert_array_equal(mc.to_numpy(m(x)), mc.to_numpy(acts["fc"]))
+        np.testing.assert_array_equal(mc.to_numpy(m.embed(x)), mc.to_numpy(acts["penultimate"]))
+    assert list(m.activations(x, upto="avgpool")) == ["features", "avgpool"]
+    with pytest.raises(ValueError, match="unknown stage 'layer4'; stages are features, avgpool, penultimate, fc"):
+        m.activations(x, upto="layer4")
+    # a backward may follow activations that reached fc, and equals the one after forward
+    g = np.random.default_rng(8).standard_normal((2, 5)).astype(np.float32)
+    m(x)
+    dx = mc.to_numpy(m.backward(g)).copy()
+    m.activations(x)
+    np.testing.assert_array_equal(mc.to_numpy(m.backward(g)), dx)
+    # embeddings compare with minicnn.embeddings as any (N, D) rows do
+    from minicnn.embeddings import cosine_similarity_matrix
+
+    e = np.asarray(mc.to_numpy(m.embed(x)), np.float64)
+    want = (e @ e.T) / np.outer(np.linalg.norm(e, axis=1), np.linalg.norm(e, axis=1))
+    np.testing.assert_allclose(cosine_similarity_matrix(m.embed(x)), want, rtol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["vgg11_bn", "vgg16"])
+def test_compiled_vgg_equals_eager(backend_name, arch):
+    """compile_inference on a VGG: logits, ``features`` and the penultimate embedding equal the eager
+    model's on the same backend and the numpy reference's, for an input that is not a multiple of 32."""
+    from minicnn.inference import CompiledVGG, compile_inference
+
+    m = _vgg_with_stats(getattr(mc.models, arch), 9, num_classes=5)
+    x = np.random.default_rng(10).standard_normal((3, 3, 72, 40)).astype(np.float32)
+    with mc.backend("numpy"), mc.no_grad():
+        ref = {k: np.array(mc.to_numpy(v)) for k, v in m.activations(x).items()}
+    with mc.backend(backend_name):
+        fast = compile_inference(m)
+        assert isinstance(fast, CompiledVGG) and len(fast.convs()) == (8 if arch == "vgg11_bn" else 13)
+        # every conv followed by a max pool runs fused with it
+        assert sum(s[0] == "conv_pool" for s in fast.steps) == 5 and not any(s[0] == "pool" for s in fast.steps)
+        with mc.no_grad():
+            eager = {k: np.array(mc.to_numpy(v)) for k, v in m.activations(x).items()}
+        for _ in range(2):  # the second call reuses the kept buffers
+            got = {"fc": fast(x), "penultimate": fast.embed(x), "features": fast.forward_features(x)}
+            for k, v in got.items():
+                assert _rel(v, eager[k]) < 1e-5, (k, backend_name)
+                assert _rel(v, ref[k]) < 1e-5, (k, backend_name)
+        assert fast.buffer_bytes() > 0
+        # float64 input is converted to the model's dtype, as the model does
+        assert mc.to_numpy(fast(x.astype(np.float64))).dtype == np.float32
+    assert not any(p.grad is not None for p in m.parameters())  # compiling changed nothing in the model
+
+
+def test_compiled_vgg_head_and_errors():
+    from minicnn.inference import compile_inference
+
+    m = _vgg_with_stats(vgg11, 11, num_classes=4)
+    # a shorter replaced head: embed stops before its last layer, as the model's does
+    m.classifier = nn.Sequential(nn.Linear(64 * 49, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
+    m.eval()
+    x = np.random.default_rng(12).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    fast = compile_inference(m)
+    with mc.no_grad():
+        assert _rel(fast(x), m(x)) < 1e-5 and _rel(fast.embed(x), m.embed(x)) < 1e-5
+    assert fast.embed(x).shape == (2, 16)
+    with pytest.raises(ValueError, match=r"compiled vgg11-width8-hidden64: input of shape \(1, 3, 31, 64\) is too small"):
+        fast(np.zeros((1, 3, 31, 64), np.float32))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        fast(np.zeros((1, 1, 32, 32), np.float32))
+    m.classifier = nn.Sequential(nn.Linear(64 * 49, 3), nn.Softmax(dim=1))
+    with pytest.raises(ValueError, match="not a ResNet nor a VGG|not a BasicBlock ResNet"):
+        compile_inference(m)
+
+
+def test_embed_cli_on_a_vgg(monkeypatch, tmp_path, capsys):
+    """``minicnn embed`` with a VGG writes the penultimate features by default and any VGG stage on
+    request; a ResNet stage name gets the model's one-line error. (A full-size VGG file is 500 MB,
+    so the loader is handed a small VGG instead.)"""
+    from PIL import Image
+
+    import minicnn.cli.classify as classify
+    from minicnn.cli import main
+    from minicnn.io.images import load_image, preprocess
+
+    m = _vgg_with_stats(vgg11_bn, 13, num_classes=6)
+    monkeypatch.setattr(classify, "load_model", lambda weights, arch=None: (m, "small-vgg11_bn"))
+    rng = np.random.default_rng(14)
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"img{i}.png")
+        Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(files[-1])
+    x = np.stack([preprocess(load_image(f)) for f in files])
+    with mc.backend("numpy"), mc.no_grad():
+        want = {k: np.array(mc.to_numpy(v)) for k, v in m.activations(x).items()}
+    out = tmp_path / "emb.npz"
+    for layer in (None, "features", "fc"):
+        rc = main(["--backend", "numpy", "embed", *map(str, files), "--out", str(out)] + (["--layer", layer] if layer else []))
+        assert rc == 0, capsys.readouterr().err
+        with np.load(out) as z:
+            key = layer or "penultimate"
+            assert str(z["layer"]) == key and str(z["arch"]) == m.arch
+            # (the CLI may run the compiled model, batchnorm folded: equal to float32 rounding)
+            assert _rel(z["embeddings"], want[key]) < 1e-5, key
+    capsys.readouterr()
+    rc = main(["--backend", "numpy", "embed", *map(str, files), "--out", str(out), "--layer", "layer4"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "unknown stage 'layer4'" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.torch
+def test_embed_matches_torch(torch_vgg):
+    torch, arch, tm, paths = torch_vgg
+    x = np.random.default_rng(15).standard_normal((2, 3, 32, 40)).astype(np.float32)
+    with torch.no_grad():
+        t = torch.from_numpy(x)
+        t_emb = tm.classifier[:-1](torch.flatten(tm.avgpool(tm.features(t)), 1)).numpy()
+    model = mc.models.get_model(arch, weights=paths["zip"], **SMALL).eval()
+    with mc.no_grad():
+        assert _rel(model.embed(x), t_emb) < 1e-4
+    from minicnn.inference import compile_inference
+
+    assert _rel(compile_inference(model).embed(x), t_emb) < 1e-4
+
+
+def test_deep_dream_through_vgg19_features_raises_its_objective():
+    """Lesson 14's VGG19 path on a small input: DeepDream on ``features`` (a Sequential, layers by index)
+    raises 0.5 * mean(A**2) of the chosen layer, and one ascent step follows the manual backward's
+    gradient: a small step along it raises the objective by about lr * |g|^2 (first order)."""
+    from minicnn import gradcam
+
+    mc.manual_seed(16)
+    feats = VGG("vgg19", width=8, hidden=8).eval().features
+    x = np.random.default_rng(17).standard_normal((3, 32, 32)).astype(np.float32) * 0.5
+    layer = 17  # the ReLU after conv3_4
+
+    def objective(img):
+        a = np.asarray(gradcam.layer_activation(feats, img, layer), np.float64)
+        return 0.5 * float((a ** 2).mean())
+
+    dream = gradcam.deep_dream(feats, x, layer=layer, octaves=2, octave_scale=1.4, jitter=0, steps=3, lr=0.05, rng=0)
+    assert dream.shape == x.shape and objective(dream) > 1.2 * objective(x)
+    # the gradient deep_dream ascends, d objective / dx from the manual backward through features[:18]
+    # (float64), against a central difference along it
+    sub = feats.double()[:layer + 1]
+    xd = x.astype(np.float64)[None]
+    a = sub(xd)
+    g = np.asarray(mc.to_numpy(sub.backward(a / a[0].size)))
+    eps = 1e-4 / np.linalg.norm(g)
+    slope = (objective((xd + eps * g)[0]) - objective((xd - eps * g)[0])) / (2 * eps)
+    assert slope == pytest.approx(float((g ** 2).sum()), rel=1e-6)

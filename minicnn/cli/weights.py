@@ -6,7 +6,7 @@ import os
 
 def register(subparsers) -> None:
     """Add the ``weights`` subcommand and its actions."""
-    p = subparsers.add_parser("weights", help="fetch, list or generate ResNet weight files",
+    p = subparsers.add_parser("weights", help="fetch, list or generate weight files",
                               description="Manage ResNet weight files in the cache ($MINICNN_HOME, else "
                                           "~/.cache/minicnn).")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -26,12 +26,18 @@ def register(subparsers) -> None:
     ls.add_argument("--dest", help="directory to list (default: the cache)")
     ls.set_defaults(func=_list)
 
+    from ..models import SEEDED
+
     s = sub.add_parser("seed", help="write deterministic seeded (untrained) weights for an architecture",
-                       description="Write the seeded weights of minicnn.models.resnet.seeded_state_dict(ARCH, SEED): "
-                                   "untrained, but identical on every machine; useful for tests and demos.")
-    s.add_argument("arch", choices=["resnet18", "resnet34"])
+                       description="Write the seeded weights of minicnn.models.seeded_state_dict(ARCH, SEED): "
+                                   "untrained, but identical on every machine; useful for tests and demos. "
+                                   "A U-Net is named by its encoder (unet-resnet34); full-size VGGs are "
+                                   "over 500 MB.")
+    s.add_argument("arch", choices=SEEDED)
     s.add_argument("out", help="output .safetensors file")
     s.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    s.add_argument("--num-classes", type=int, default=None,
+                   help="outputs of the classifier (default 1000) or classes of a U-Net (default 1)")
     s.set_defaults(func=_seed)
 
 
@@ -85,23 +91,24 @@ def _seed(args) -> int:
 
     import numpy as np
 
-    from ..errors import MinicnnError
     from ..io.safetensors import save_file
     from ..io.weights import check_state_dict
+    from ..models import seeded_state_dict
 
     if not args.out.endswith(".safetensors"):
         raise ValueError(f"{args.out}: the output must be a .safetensors file")
-    try:
-        from ..models.resnet import seeded_state_dict
-    except ImportError as e:
-        raise MinicnnError(f"seeded weights need minicnn.models.resnet.seeded_state_dict ({e})") from None
-    sd = seeded_state_dict(args.arch, args.seed)
+    if args.num_classes is not None and args.num_classes < 1:
+        raise ValueError(f"--num-classes must be at least 1, got {args.num_classes}")
+    sd = seeded_state_dict(args.arch, args.seed, args.num_classes)
     sd = OrderedDict((k, np.asarray(v, dtype=np.float32)) for k, v in sd.items()
                      if not k.endswith("num_batches_tracked"))
-    check_state_dict(sd, args.arch, where=f"seeded_state_dict({args.arch!r}, {args.seed})")
+    unet = args.arch.startswith("unet-")
+    if not unet:  # a U-Net's keys come from the model itself; the classifiers' are checked against torchvision's
+        check_state_dict(sd, args.arch, where=f"seeded_state_dict({args.arch!r}, {args.seed})")
+    num_classes = sd["head.weight" if unet else "classifier.6.weight" if args.arch.startswith("vgg") else "fc.weight"].shape[0]
     parent = os.path.dirname(os.path.abspath(args.out))
     os.makedirs(parent, exist_ok=True)
     save_file(sd, args.out, {"format": "minicnn", "architecture": args.arch, "source": "seeded",
-                             "seed": str(args.seed), "num_classes": str(sd["fc.weight"].shape[0])})
+                             "seed": str(args.seed), "num_classes": str(num_classes)})
     print(f"wrote {args.out}: seeded {args.arch} weights (seed {args.seed}, {len(sd)} tensors)")
     return 0

@@ -22,6 +22,29 @@ def available():
     return sorted(_REGISTRY)
 
 
+# what ``seeded_state_dict`` (and ``minicnn weights seed``) accepts: the classifiers by name, a U-Net by its encoder
+SEEDED = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg11", "vgg13", "vgg16", "vgg19",
+          "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "unet-resnet18", "unet-resnet34", "unet-resnet50")
+
+
+def seeded_state_dict(arch: str, seed: int = 0, num_classes: int | None = None):
+    """Deterministic (untrained) weights for ``arch`` from numpy alone: the same numbers on every machine.
+
+    ``arch`` is one of ``SEEDED``; ``num_classes`` defaults to 1000 for a classifier, 1 for a U-Net.
+    ResNets: ``minicnn.models.resnet.seeded_state_dict``; VGGs: ``minicnn.models.vgg.seeded_state_dict``;
+    ``unet-<encoder>``: ``minicnn.models.segmentation.seeded_state_dict`` (transposed-conv upsampling).
+    """
+    if arch not in SEEDED:
+        raise ValueError(f"no seeded weights for {arch!r}; available: {', '.join(SEEDED)}")
+    if arch.startswith("unet-"):
+        from .segmentation import seeded_state_dict as unet_seeded
+
+        return unet_seeded(arch[len("unet-"):], seed, 1 if num_classes is None else num_classes)
+    module = "vgg" if arch.startswith("vgg") else "resnet"
+    fn = getattr(importlib.import_module(f"{__name__}.{module}"), "seeded_state_dict")
+    return fn(arch, seed, 1000 if num_classes is None else num_classes)
+
+
 def get_model(name: str, **kwargs):
     """Build the model called ``name`` (see ``available()``)."""
     if name not in _REGISTRY:

@@ -28,7 +28,10 @@ backward, which is exactly the order the caches (push on forward, pop on backwar
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
+
+import numpy as np
 
 from .. import backends
 from ..nn.activation import ReLU
@@ -41,7 +44,7 @@ from ..nn.upsampling import PixelShuffle
 from ..io.weights import ARCHS, BOTTLENECK_ARCHS
 from .resnet import BasicBlock, Bottleneck, ResNet, _read_weights
 
-__all__ = ["UNet", "UpBlock", "ResNetEncoder", "unet", "cat", "ENCODERS"]
+__all__ = ["UNet", "UpBlock", "ResNetEncoder", "unet", "cat", "seeded_state_dict", "ENCODERS"]
 
 ENCODERS = ("resnet18", "resnet34", "resnet50")
 STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
@@ -274,3 +277,42 @@ def unet(encoder="resnet34", num_classes=1, weights=None, encoder_weights=None, 
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
     return model
+
+
+def seeded_state_dict(encoder="resnet34", seed=0, num_classes=1, upsample="transpose", width=64):
+    """Deterministic weights for ``unet(encoder, num_classes, upsample=upsample, width=width)``,
+    generated with numpy alone (``numpy.random.default_rng(seed)``), in the model's key order.
+
+    Convolutions N(0, gain^2 * 2 / fan_in) with the gains of ResNet's seeded weights (0.7 for the
+    stem and the downsample convs, 0.35 for a residual block's last conv, 1 elsewhere); a transposed
+    convolution's fan_in is its input channels (each output pixel of a 2x2 stride-2 one reads one tap
+    per input channel). Conv biases N(0, 0.01^2); batchnorm as ResNet's seeded ones (gamma, running_var
+    ~ U(0.5, 1.5), beta, running_mean ~ N(0, 0.1^2), num_batches_tracked = 0).
+    """
+    model = UNet(encoder, num_classes, upsample, width)  # the key table, with the model's own shapes
+    block_last = "conv3.weight" if encoder in BOTTLENECK_ARCHS else "conv2.weight"
+    transposed = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, ConvTranspose2d)}
+    rng = np.random.default_rng(int(seed))
+    table = model.state_dict()
+    out = OrderedDict()
+    for key, value in table.items():
+        shape = tuple(np.shape(value))
+        prefix, name = key[: key.rindex(".") + 1], key.rsplit(".", 1)[1]
+        if name == "num_batches_tracked":
+            out[key] = np.array(0, dtype=np.int64)
+        elif len(shape) == 4:
+            if key == "encoder.conv1.weight" or ".downsample." in key:
+                gain = 0.7
+            elif key.startswith("encoder.layer") and key.endswith(block_last):
+                gain = 0.35
+            else:
+                gain = 1.0
+            fan_in = shape[0] if key in transposed else int(np.prod(shape[1:]))
+            out[key] = (rng.standard_normal(shape) * (gain * np.sqrt(2.0 / fan_in))).astype(np.float32)
+        elif prefix + "running_mean" not in table:  # a conv's bias
+            out[key] = (rng.standard_normal(shape) * 0.01).astype(np.float32)
+        elif name in ("weight", "running_var"):
+            out[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        else:  # batchnorm bias, running_mean
+            out[key] = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+    return out

@@ -4,6 +4,7 @@
     model = vgg16(weights="vgg16.safetensors").eval()  # or a .pth file, or a state dict
     logits = model(x)                   # x: float32 (N, 3, H, W), ImageNet-normalised, H, W >= 32
     fmap = model.features(x)            # the convolutional part alone (Keras's include_top=False)
+    emb = model.embed(x)                # (N, 4096) penultimate features, what the last Linear reads
     model.classifier = nn.Sequential(*list(model.classifier)[:6], nn.Linear(4096, 10))  # a new head
 
 The model is three children, named as torchvision's so converted weights drop straight in:
@@ -17,9 +18,11 @@ through the convolutional part alone (feature visualisation, style transfer, Dee
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
-from ..io.weights import VGG_ARCHS, VGG_CFGS, infer_arch
+from ..io.weights import VGG_ARCHS, VGG_CFGS, expected_vgg_shapes, infer_arch
 from ..nn import init
 from ..nn._utils import check_input
 from ..nn.activation import ReLU
@@ -27,12 +30,15 @@ from ..nn.batchnorm import BatchNorm2d
 from ..nn.conv import Conv2d
 from ..nn.dropout import Dropout
 from ..nn.linear import Linear
-from ..nn.module import Module, Sequential
+from ..nn.module import Module, Sequential, forward_pass
 from ..nn.pooling import AdaptiveAvgPool2d, MaxPool2d
 from ..random import get_rng
 
 __all__ = ["VGG", "make_features", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn",
-           "vgg19_bn", "vgg_from_state_dict", "VGG_CFGS"]
+           "vgg19_bn", "vgg_from_state_dict", "seeded_state_dict", "VGG_CFGS", "VGG_STAGES"]
+
+# what ``VGG.activations`` returns, in forward order
+VGG_STAGES = ("features", "avgpool", "penultimate", "fc")
 
 
 def make_features(cfg, batch_norm=False, width=64):
@@ -122,6 +128,9 @@ class VGG(Module):
     def _short(self):
         return self.arch
 
+    # the stage ``embed`` returns (``minicnn embed`` writes it by default)
+    embedding_stage = "penultimate"
+
     def _check(self, x):
         check_input(self, x, 4, 1, 3, "RGB channels")
         side = 2 ** self.num_pools
@@ -140,6 +149,41 @@ class VGG(Module):
     def forward_features(self, x):
         """The last feature map, ``features``' output (N, 8 * width, floor(H/32), floor(W/32))."""
         return self.features(x)
+
+    def activations(self, x, upto="fc"):
+        """Every stage's output in forward order, up to ``upto``: an OrderedDict with ``features``
+        (the last feature map), ``avgpool`` (its 7x7 pooling, flattened to (N, 8 * width * 49)),
+        ``penultimate`` (the input of the classifier's last layer: (N, hidden) after the second
+        hidden ReLU and dropout, Keras's ``fc2``) and ``fc`` (the logits).
+
+        When the classifier is not a Sequential, ``penultimate`` is the flattened pooling. After a
+        pass that reached ``fc`` with gradients enabled, ``backward`` may follow.
+        """
+        if upto not in VGG_STAGES:
+            raise ValueError(f"{self.arch}: unknown stage {upto!r}; stages are {', '.join(VGG_STAGES)}")
+        self._move_to_backend()
+        outs = OrderedDict()
+        with forward_pass():  # one pass: every module run keeps its cache for one backward
+            x = self._prepare_input(x)
+            self._check(x)
+            outs["features"] = h = self.features(x)
+            if upto != "features":
+                p = self.avgpool(h)
+                outs["avgpool"] = h = p.reshape(p.shape[0], -1)
+            if upto not in ("features", "avgpool"):
+                head = list(self.classifier) if isinstance(self.classifier, Sequential) else []
+                for m in head[:-1]:
+                    h = m(h)
+                outs["penultimate"] = h
+                if upto == "fc":
+                    outs["fc"] = head[-1](h) if head else self.classifier(h)
+                    self._save(p.shape)  # what backward reads, as after forward
+        return outs
+
+    def embed(self, x):
+        """The penultimate features (N, hidden): what the classifier's last layer reads, a common
+        image embedding (Keras's ``fc2``); ``activations(x)["penultimate"]``."""
+        return self.activations(x, "penultimate")["penultimate"]
 
     def backward(self, dy):
         """dL/dx from dL/dlogits; accumulates every trainable parameter's ``.grad``."""
@@ -214,3 +258,33 @@ def vgg_from_state_dict(weights, num_classes=None):
         raise ValueError(f"{source}: these weights are {arch}, not a VGG")
     return _build(arch, num_classes, sd)
 
+
+def seeded_state_dict(arch="vgg16", seed=0, num_classes=1000, width=64, hidden=4096):
+    """Deterministic weights for ``arch`` (``vgg11`` .. ``vgg19_bn``) generated with numpy alone
+    (``numpy.random.default_rng(seed)``, drawn in float32), keys and order as torchvision's.
+
+    Convolutions and the two hidden Linear layers: N(0, 2 / fan_in) (He), so activations keep their
+    scale through the ReLUs; the last Linear: N(0, (2 / sqrt(in_features))^2), as ResNet's seeded fc.
+    Biases N(0, 0.01^2). Batchnorm (``_bn``): gamma ~ U(0.5, 1.5), beta ~ N(0, 0.1^2), running_mean
+    ~ N(0, 0.1^2), running_var ~ U(0.5, 1.5), num_batches_tracked = 0. ``width`` and ``hidden``
+    as :class:`VGG` (only 64 and 4096 are torchvision's). A full-size VGG-16 is about 550 MB of float32.
+    """
+    rng = np.random.default_rng(int(seed))
+    shapes = expected_vgg_shapes(arch, num_classes, width, hidden)
+    bn = {k[: -len("running_mean")] for k in shapes if k.endswith(".running_mean")}  # "features.1." ...
+    out = OrderedDict()
+    for key, shape in shapes.items():
+        prefix, name = key[: key.rindex(".") + 1], key.rsplit(".", 1)[1]
+        if key == "classifier.6.weight":
+            out[key] = rng.standard_normal(shape, dtype=np.float32) * np.float32(2.0 / np.sqrt(shape[1]))
+        elif len(shape) > 1:  # a conv or a hidden Linear
+            out[key] = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / np.prod(shape[1:])))
+        elif prefix not in bn:  # a conv's or a Linear's bias
+            out[key] = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.01)
+        elif name in ("weight", "running_var"):
+            out[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        else:  # batchnorm bias, running_mean
+            out[key] = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.1)
+        if prefix in bn and name == "running_var":
+            out[prefix + "num_batches_tracked"] = np.array(0, dtype=np.int64)
+    return out
