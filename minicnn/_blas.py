@@ -1,19 +1,27 @@
-"""Which GEMM kernels numpy's OpenBLAS runs (most of a convolution's time is spent in them).
+"""Which GEMM kernels numpy's OpenBLAS runs, and running it on one thread for a while.
 
 numpy's wheels ship OpenBLAS built for every x86 generation; when the library loads it reads the
 CPU and picks a kernel set (``SkylakeX`` on AVX-512 CPUs, ``Haswell`` on AVX2 ones, ...), unless
-the environment variable ``OPENBLAS_CORETYPE`` names one. A forced older set costs real speed:
-on a 2-core AMD EPYC (Zen 5) VM, float32 2048x2048 ``a @ b`` ran at 219 GFLOP/s with
-``OPENBLAS_CORETYPE=Haswell`` and 419 GFLOP/s with OpenBLAS's own choice, ``SkylakeX``
-(docs/benchmarks.md). minicnn never overrides the variable; the benchmarks report the kernel set
-in their machine line and say when the variable forced it.
+the environment variable ``OPENBLAS_CORETYPE`` names one. A forced older set costs real speed
+(docs/kernels.md, "Which GEMM kernels OpenBLAS runs", has the measurement). minicnn never
+overrides the variable; the benchmarks report the kernel set in their machine line and say when
+the variable forced it (``blas_core``, ``blas_note``).
 
 OpenBLAS's own threads are the other thing worth knowing about. After a multithreaded GEMM its
-worker threads keep spinning for about 0.1 s (``OPENBLAS_THREAD_TIMEOUT``, 2^28 cycles) waiting
-for the next one, so a numba kernel that runs right after a GEMM shares the cores with them: on
-the 2-core machine an im2col after a GEMM took 2.0 ms instead of 0.6. ``single_threaded()``
-lets the numba backend run OpenBLAS on the calling thread only, and split its GEMMs over its
-own threads instead (``backends/numba/_threads.matmul``), so that no BLAS worker ever spins.
+worker threads keep spinning for a while (``OPENBLAS_THREAD_TIMEOUT``, 2^28 cycles by default)
+waiting for the next one, so a numba kernel that runs right after a GEMM shares the cores with
+them. ``single_threaded()`` lets the numba backend run OpenBLAS on the calling thread only and
+split its GEMMs over its own threads instead (``backends/numba/_threads.matmul``), so that no
+BLAS worker ever spins.
+
+What this changes in the process: inside a ``single_threaded`` block OpenBLAS's thread count is
+1, and the count in force before the outermost block is put back when the last block exits
+(also on an error). OpenBLAS keeps one count for the whole process, so a GEMM another thread
+starts meanwhile also runs on one thread; nothing else is changed, and nothing outside a block.
+The count is read and set through OpenBLAS's own ``openblas_get_num_threads`` and
+``openblas_set_num_threads``; threadpoolctl (not a dependency) would set the same process-wide
+count through the same functions, so it would not narrow the scope. docs/kernels.md, "What this
+backend changes in your process", lists this with the backend's other process-wide settings.
 """
 from __future__ import annotations
 

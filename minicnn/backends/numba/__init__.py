@@ -7,10 +7,19 @@ matrix products go to numpy's BLAS, everything around them (unfolding, packing, 
 transforms, epilogues, reductions) is here. ``_threads`` makes the whole backend safe to call from
 several Python threads at once. Variants, the conv selection rule and measured accuracy:
 docs/kernels.md.
+
+Importing this package starts numba's worker threads, and its ops change a few process-wide
+settings while they run (OpenBLAS's thread count during each GEMM, a pool of kept memory maps):
+docs/kernels.md, "What this backend changes in your process", lists each with its scope.
 """
 import numpy as np
 
 from .. import refuse_device_array
+from . import _notice
+
+# before any kernel can compile: the first cache-missing compilation logs "compiling kernels" (see _notice)
+_notice.install()
+
 from . import _filters, _threads, activation, batchnorm, conv, dropout, linear, loss, pool
 from . import dropout2d, pad
 from . import conv_transpose, upsample

@@ -10,7 +10,9 @@ call after the first.
 Entries are keyed on ``id(w)`` and dropped by ``weakref.finalize`` when the array is freed, so a
 new array that later gets the same id can never see a stale entry; each entry also keeps a weak
 reference to its array and is only used when that reference still points at the array asked
-about. The cache is shared by all threads (a lock guards the table; the values are read-only).
+about. The cache is shared by all threads (a lock guards the table; the values are read-only):
+one per process, listed with the backend's other process-wide state in docs/kernels.md, "What
+this backend changes in your process".
 """
 from __future__ import annotations
 

@@ -1,12 +1,26 @@
 """A GEMM split over numba's own threads: each thread calls numpy's OpenBLAS (``cblas_sgemm`` or
 ``cblas_dgemm``, single-threaded) on its slice of the product, from inside a ``prange`` region.
 
-``_threads.matmul`` splits a product in two and used to hand the second half to a Python helper
-thread. On the 2-vCPU VM the benchmarks run on, waking a sleeping thread costs tens of
-microseconds and sometimes far more (the helper then starts after the calling thread has
-finished its half, and the split runs at one thread's speed). numba's OpenMP workers are woken
-the same way as for every other kernel, and they go back to sleep the same way, so the GEMM no
-longer depends on a thread of its own. ``benchmarks/threads_ab.py --gemm`` measures the two.
+Versions of the split GEMM (``_threads.matmul`` chooses; docs/kernels.md, "GEMMs on our own
+threads" and "The slices on numba's threads", has the measurements):
+
+1. ``GEMM_THREADS = "pool"`` (in ``_threads.matmul``): OpenBLAS set to one thread; one slice on the
+   calling thread, the others on Python helper threads that block on a queue when idle. Also
+   the fallback for what version 2 declines (integer or mixed dtypes, layouts BLAS cannot read
+   in place, a forked child).
+2. ``GEMM_THREADS = "numba"`` (this file, the default): the slices run on numba's workers, which
+   are already awake between kernels (they spin briefly, ``_threads.SPIN_COUNT``), so a split
+   GEMM starts as fast as any other kernel; a sleeping Python helper thread can take longer to
+   wake than its slice takes to compute.
+
+``gemm`` is the single-thread call itself, for kernels that run their own parallel region and
+call BLAS from inside it on data they have just produced (``conv_images``: each thread unfolds
+one image and multiplies it while the columns are still in its cache).
+
+Checked by ``python -m pytest -q tests/test_numba_backend.py -k gemm`` (every split axis, both
+float dtypes, transposed and broadcast operands against numpy; every declined case);
+timed by ``python -m benchmarks.threads_ab --model b1 --gemm numba,pool`` (both versions
+alternating in one process).
 
 The OpenBLAS function is looked up in the library numpy loaded, registered with LLVM under a
 name of ours, and called as an external function, so the kernel's machine code (which names the
@@ -18,9 +32,9 @@ the callee reads its low half; anywhere else the symbol is not registered and ``
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
 import sys
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange, types
@@ -35,27 +49,38 @@ _sgemm = types.ExternalFunction(_SYMBOLS["s"], types.void(
 _dgemm = types.ExternalFunction(_SYMBOLS["d"], types.void(
     _I, _I, _I, _I, _I, _I, types.float64, types.voidptr, _I, types.voidptr, _I, types.float64, types.voidptr, _I))
 
+# CBLAS's enumerations (cblas.h): row-major storage, an operand as stored or transposed
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
-BATCH, ROWS, COLUMNS = 0, 1, 2
+# the axis a product is cut along: its batch entries, the rows of C, or the columns of C
+SPLIT_BATCH, SPLIT_ROWS, SPLIT_COLUMNS = 0, 1, 2
+
+
+@njit(cache=True)
+def gemm(double, M, N, K, pa, ta, lda, pb, tb, ldb, beta, pc, ldc):  # pragma: no cover - jitted
+    """C = A . B + beta * C on the calling thread, for kernels that run BLAS inside their own
+    parallel region (row-major; addresses in bytes, leading dimensions in elements). OpenBLAS
+    must be single-threaded meanwhile and ``available()`` true."""
+    if double:
+        _dgemm(ROW_MAJOR, ta, tb, M, N, K, 1.0, pa, lda, pb, ldb, beta, pc, ldc)
+    else:
+        _sgemm(ROW_MAJOR, ta, tb, M, N, K, np.float32(1.0), pa, lda, pb, ldb, np.float32(beta), pc, ldc)
 
 
 @njit(cache=True)
 def _one(double, M, N, K, pa, ta, lda, pb, tb, ldb, pc, ldc):  # pragma: no cover - jitted
-    if double:
-        _dgemm(ROW_MAJOR, ta, tb, M, N, K, 1.0, pa, lda, pb, ldb, 0.0, pc, ldc)
-    else:
-        _sgemm(ROW_MAJOR, ta, tb, M, N, K, np.float32(1.0), pa, lda, pb, ldb, np.float32(0.0), pc, ldc)
+    gemm(double, M, N, K, pa, ta, lda, pb, tb, ldb, 0.0, pc, ldc)
 
 
 @njit(cache=True, parallel=True)
 def _slices(double, parts, split, B1, B2, M, N, K, pa, ta, lda, sa1, sa2, pb, tb, ldb, sb1, sb2,
             pc, ldc, sc1, sc2, isz):  # pragma: no cover - jitted
     """Slice ``p`` of ``parts`` of C[i1, i2] = A[i1, i2] . B[i1, i2] (byte addresses and byte
-    strides over the two batch axes; lda/ldb/ldc in elements), cut along the batch (``BATCH``),
-    the rows of C (``ROWS``) or its columns (``COLUMNS``)."""
+    strides over the two batch axes; lda/ldb/ldc in elements), cut along the batch
+    (``SPLIT_BATCH``), the rows of C (``SPLIT_ROWS``) or its columns (``SPLIT_COLUMNS``). The
+    arguments are a ``Plan``'s fields."""
     nb = B1 * B2
     for p in prange(parts):
-        if split == BATCH:
+        if split == SPLIT_BATCH:
             lo = nb * p // parts
             hi = nb * (p + 1) // parts
             for idx in range(lo, hi):
@@ -64,7 +89,7 @@ def _slices(double, parts, split, B1, B2, M, N, K, pa, ta, lda, sa1, sa2, pb, tb
                 _one(double, M, N, K, pa + i1 * sa1 + i2 * sa2, ta, lda, pb + i1 * sb1 + i2 * sb2, tb, ldb,
                      pc + i1 * sc1 + i2 * sc2, ldc)
         else:
-            total = M if split == ROWS else N
+            total = M if split == SPLIT_ROWS else N
             lo = total * p // parts
             hi = total * (p + 1) // parts
             if hi > lo:
@@ -74,12 +99,45 @@ def _slices(double, parts, split, B1, B2, M, N, K, pa, ta, lda, sa1, sa2, pb, tb
                     a = pa + i1 * sa1 + i2 * sa2
                     b = pb + i1 * sb1 + i2 * sb2
                     c = pc + i1 * sc1 + i2 * sc2
-                    if split == ROWS:  # rows of A: down the rows when stored as is, across when transposed
+                    if split == SPLIT_ROWS:  # rows of A: down the rows when stored as is, across when transposed
                         a += lo * (lda if ta == NO_TRANS else 1) * isz
                         _one(double, hi - lo, N, K, a, ta, lda, b, tb, ldb, c + lo * ldc * isz, ldc)
                     else:  # columns of B
                         b += lo * (1 if tb == NO_TRANS else ldb) * isz
                         _one(double, M, hi - lo, K, a, ta, lda, b, tb, ldb, c + lo * isz, ldc)
+
+
+class Plan(NamedTuple):
+    """The arguments of ``_slices``, in its order: one split product in byte addresses.
+
+    C[i1, i2] = A[i1, i2] . B[i1, i2] over two batch axes (B1, B2; absent axes have size 1 and
+    stride 0), each matrix given by its address, CBLAS transpose flag, leading dimension (in
+    elements) and byte strides over the batch axes; ``isz`` is the item size in bytes.
+    """
+
+    double: bool     # float64 (dgemm) rather than float32 (sgemm)
+    parts: int       # slices, one per task
+    split: int       # SPLIT_BATCH, SPLIT_ROWS or SPLIT_COLUMNS
+    B1: int
+    B2: int
+    M: int
+    N: int
+    K: int
+    pa: int
+    ta: int
+    lda: int
+    sa1: int
+    sa2: int
+    pb: int
+    tb: int
+    ldb: int
+    sb1: int
+    sb2: int
+    pc: int
+    ldc: int
+    sc1: int
+    sc2: int
+    isz: int
 
 
 def _register() -> bool:
@@ -109,7 +167,7 @@ def available() -> bool:
     global _available
     if _available is None:
         _available = _register()
-    return _available and os.getpid() == _threads._launch_pid
+    return _available and _threads.launched_here()
 
 
 def _matrix(arr, rows, cols, isz):
@@ -173,15 +231,13 @@ def split(a, b, out, parts: int) -> bool:
     B1, B2 = ((1,) * pad + tuple(lead))
     sa, sb, sc = ([0] * pad + sa), ([0] * pad + sb), ([0] * pad + sc)
     if B1 * B2 >= parts:
-        how = BATCH
+        how = SPLIT_BATCH
     else:
-        how = COLUMNS if N >= M else ROWS
-    args = (dt == np.float64, parts, how, B1, B2, M, N, K,
-            a.ctypes.data, fa[0], fa[1], sa[0], sa[1], b.ctypes.data, fb[0], fb[1], sb[0], sb[1],
-            out.ctypes.data, fc[1], sc[0], sc[1], isz)
-    if _threads.needs_lock():
-        with _threads._region_lock:
-            _slices(*args)
-    else:
-        _slices(*args)
+        how = SPLIT_COLUMNS if N >= M else SPLIT_ROWS
+    plan = Plan(double=dt == np.float64, parts=parts, split=how, B1=B1, B2=B2, M=M, N=N, K=K,
+                pa=a.ctypes.data, ta=fa[0], lda=fa[1], sa1=sa[0], sa2=sa[1],
+                pb=b.ctypes.data, tb=fb[0], ldb=fb[1], sb1=sb[0], sb2=sb[1],
+                pc=out.ctypes.data, ldc=fc[1], sc1=sc[0], sc2=sc[1], isz=isz)
+    # always the parallel kernel (no serial twin): the caller split the product because it is large
+    _threads.run_parallel(_slices, *plan)
     return True

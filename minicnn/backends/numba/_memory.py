@@ -3,9 +3,8 @@
 Every op returns fresh arrays, and a ResNet-18 training step at batch 16 allocates and frees
 hundreds of megabytes of them. numpy takes a large array from malloc, which maps new pages for
 it and unmaps them when it is freed; the next step touches fresh pages again and every 4 KiB
-page costs a fault. On a virtual machine that also hands freed memory back to its host, a fault
-costs microseconds: filling a freshly allocated 51 MB array measured 45-78 ms there against
-1.7 ms for filling it again (docs/kernels.md, "Memory that stays mapped").
+page costs a fault, which on a virtual machine is expensive (docs/kernels.md, "Memory that
+stays mapped", has the measurements).
 
 ``empty`` gives arrays of at least ``POOL_MIN_BYTES`` from anonymous memory maps that the pool
 keeps. An array (and every view of it) holds a reference to its map, so a map whose only
@@ -14,6 +13,18 @@ size: a loop that repeats its shapes (a training loop, batched inference) reuses
 after the first step. Nothing handed out is ever shared: a block is reused only once no array
 refers to it. Free blocks beyond ``POOL_IDLE_MAX_BYTES`` are unmapped when a new block is made,
 and ``release()`` unmaps every free block now.
+
+What this changes in the process (docs/kernels.md, "What this backend changes in your
+process", lists it with the backend's other process-wide settings): the pool is one per
+process and holds its free blocks (up to ``POOL_IDLE_MAX_BYTES``) after the arrays that used
+them are gone, so the process's resident memory stays near its high-water mark until
+``release()``; ``stats()`` says how much is held.
+Whether a block is free is read from its reference count (``sys.getrefcount``): the array
+``np.frombuffer`` makes over the map holds a memoryview of the map, and every view of that
+array holds the array, so the map's count falls back to the pool's own references exactly when
+no array over it is left. The count a free block has is measured once at import
+(``_refs_when_free``) rather than assumed. The one way around it is to keep a raw address
+(``a.ctypes.data``, a plain int) after the array is gone, which is unsafe for any numpy array.
 """
 from __future__ import annotations
 

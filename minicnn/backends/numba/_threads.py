@@ -1,25 +1,43 @@
-"""Thread safety for the numba backend: which threading layer runs ``prange``, a lock when that
-layer cannot take two callers at once, and per-thread scratch buffers.
+"""Threads for the numba backend: the threading layer that runs ``prange``, small calls on the
+calling thread, GEMMs split over numba's threads, and per-thread scratch buffers.
 
 numba runs every ``parallel=True`` region on one of three threading layers. ``tbb`` and ``omp``
 accept parallel regions launched from several Python threads at the same time; ``workqueue``
 does not (concurrent launches abort the process). So, unless the user picked a layer through
-``NUMBA_THREADING_LAYER``, we ask numba for a thread-safe one (``tbb``, else ``omp``) and only
-fall back to ``workqueue`` when neither can load. Under ``workqueue`` every parallel region runs
-under one process-wide lock: two model threads then take turns inside kernels (each kernel already
-uses every core) while the rest of their work (BLAS, Python) still overlaps.
+``NUMBA_THREADING_LAYER``, the backend asks numba for a thread-safe one (``tbb``, else ``omp``)
+and only falls back to ``workqueue`` when neither can load. Under ``workqueue`` every parallel
+region runs under one process-wide lock: two model threads then take turns inside kernels (each
+kernel already uses every core) while the rest of their work (BLAS, Python) still overlaps.
+
+A call whose arrays are small runs the kernel's serial twin on the calling thread (``run``):
+waking the workers would cost more than the loop. GEMMs go through ``matmul``: OpenBLAS runs
+single-threaded on each of numba's threads (``_gemm.py``), each thread taking a slice of the
+product, because OpenBLAS's own workers keep spinning after every GEMM and would take the cores
+from the numba kernels that follow.
 
 Scratch buffers (im2col columns, Winograd transforms, packed gradients) are reused between calls
 because first-touching tens of megabytes costs as much as a small convolution. They live in a
 ``threading.local``, so two threads never share one, and nothing the ops return ever aliases them.
 
-GEMMs go through ``matmul``: OpenBLAS runs single-threaded on each of numba's threads (_gemm.py),
-each taking a slice of the product, because OpenBLAS's own workers spin for about 0.1 s after
-every GEMM and would take the cores from the numba kernels that follow (minicnn/_blas.py has the
-measurements); numba's own workers spin only briefly (``SPIN_COUNT``).
+What this module changes in the process (docs/kernels.md, "What this backend changes in your
+process", has the reasons and the measurements):
+
+- Importing it starts numba's worker threads (``_launch``), on a thread-safe layer when one
+  loads; ``numba.config.THREADING_LAYER`` is set for that moment only and then restored.
+- While the OpenMP layer starts, ``GOMP_SPINCOUNT`` is set to ``SPIN_COUNT`` so that idle
+  workers spin briefly before they sleep, then removed again (unless the user set
+  ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``, which are left alone). The spin count stays in force
+  for numba's workers for the life of the process: OpenMP reads it once.
+- While a GEMM runs in ``matmul``, numpy's OpenBLAS is set to one thread, and its count is
+  restored afterwards (``minicnn._blas.single_threaded``); OpenBLAS's count is process-wide, so a
+  GEMM another thread starts meanwhile runs on one thread too.
+- The tuning values below (``SERIAL_MAX_WORK``, ``SPLIT_MIN_MACS``, ``GEMM_THREADS``) are read
+  at every call; ``tuning(...)`` changes them for a block and restores them. That too is
+  process-wide: it is for tests and measurements, not for a program whose other threads compute.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -33,47 +51,58 @@ from . import _memory
 # A buffer larger than this is allocated per call instead of being kept around.
 MAX_CACHED_BYTES = 96 * 1024 * 1024
 
-# GNU OpenMP's spin count for idle workers (GOMP_SPINCOUNT; see _launch)
+# How long GNU OpenMP's idle workers spin before they sleep (GOMP_SPINCOUNT; see _launch). A
+# fraction of a millisecond: enough to cover the Python between one kernel and the next, short
+# enough that an idle worker soon stops taking a core.
 SPIN_COUNT = 30000
 
 _region_lock = threading.Lock()
 _local = threading.local()
 
 
+def _pool_started() -> bool:
+    """Whether numba's worker threads are running already (then the layer is fixed)."""
+    import numba
+
+    try:
+        numba.threading_layer()
+    except ValueError:  # "Threading layer is not initialized."
+        return False
+    return True
+
+
 def _launch() -> str:
     """Start numba's thread pool on a thread-safe layer when one exists; return the layer's name.
 
-    Runs when this module is imported, before any kernel compiles: compiling a parallel kernel
-    starts the pool too, and after that neither the layer nor OpenMP's wait policy can change.
+    Runs when this module is imported, before any kernel compiles: compiling or calling a
+    parallel kernel starts the pool too, and after that neither the layer nor OpenMP's wait
+    policy can change. ``numba.get_num_threads()`` is the public call that starts the pool.
     """
     import numba
-    from numba.np.ufunc import parallel
 
-    # How long GNU OpenMP's idle workers spin before they sleep. Its default (300000 spins, a few
-    # ms) let spinners compete with the threads that went on (Python, BLAS helpers) and a 1M-element
-    # kernel measured up to 80x slower, so we ran with OMP_WAIT_POLICY=PASSIVE; but on a VM a
-    # sleeping worker takes 50 us and more to wake (an empty two-task region: 50 us median passive,
-    # 1.4 us with a short spin), once per kernel. Since the GEMM slices run on these same workers
-    # (_gemm.py) nothing else needs the cores while they spin, and SPIN_COUNT spins (a fraction of a ms)
-    # cover the gap between one kernel and the next: ResNet-18 at batch 1 15.9-19.0 -> 13.7-14.6 ms
-    # (benchmarks/threads_ab.py, docs/kernels.md). The count is read once, when the OpenMP
-    # runtime starts inside _launch_threads, so it is set just for that moment (unless the user
-    # chose a policy or a count) and then removed again: other OpenMP runtimes loaded later
-    # (torch bundles its own) keep their default.
+    # GNU OpenMP's default (300000 spins, milliseconds) let idle workers compete with the
+    # threads that went on; sleeping workers (OMP_WAIT_POLICY=PASSIVE) are slow to wake, once per
+    # kernel. The GEMM slices run on these same workers (_gemm.py), so nothing else needs the
+    # cores while they spin, and SPIN_COUNT spins cover the gap between one kernel and the next.
+    # OpenMP reads the count once, when its runtime starts inside numba's launch, so it is set
+    # just for that moment (unless the user chose a policy or a count) and removed again: other
+    # OpenMP runtimes loaded later (torch bundles its own) keep their default.
     ours = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
     if ours:
         os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     try:
-        if not parallel._is_initialized and not os.environ.get("NUMBA_THREADING_LAYER"):
+        if not _pool_started() and not os.environ.get("NUMBA_THREADING_LAYER"):
             previous = numba.config.THREADING_LAYER
             numba.config.THREADING_LAYER = "threadsafe"
             try:
-                parallel._launch_threads()
+                numba.get_num_threads()
             except ValueError:  # neither tbb nor omp can load here: workqueue plus our lock
                 numba.config.THREADING_LAYER = previous
-                parallel._launch_threads()
+                numba.get_num_threads()
+            finally:
+                numba.config.THREADING_LAYER = previous  # read only at the launch
         else:
-            parallel._launch_threads()
+            numba.get_num_threads()
     finally:
         if ours:
             os.environ.pop("GOMP_SPINCOUNT", None)
@@ -90,24 +119,65 @@ def needs_lock() -> bool:
     return _needs_lock
 
 
+def launched_here() -> bool:
+    """False in a forked child of the process that started numba's threads: GNU OpenMP's
+    threads did not come with the fork, so parallel regions must not be entered there."""
+    return os.getpid() == _launch_pid
+
+
+# --------------------------------------------------------------------------------------------
+# Tuning: read at every call, never changed by the backend itself; ``tuning`` changes them for a
+# block and restores them (docs/kernels.md, "Small calls run serially" and "The slices on numba's
+# threads", has the measurements behind each value).
+
 # Work (array elements the call is handed, or what the caller says) below which a kernel runs
-# its serial twin on the calling thread. Waking numba's sleeping workers for a parallel region
-# cost about 55 us here (median; an empty two-task region), which is what a serial loop takes
-# for about a million float32 elements of simple work: below this size the wake-up was most of
-# the call. 2^17 at first; 2^19 once the unfold and the small-plane pools were rewritten; 2^15
-# once the workers spin briefly between regions (SPIN_COUNT: a region that follows another
-# starts in microseconds), which took the digits step from 1.75 to 1.17 ms, ResNet-18 at batch
-# 1, 8 and its training step unchanged (benchmarks/threads_ab.py). See docs/kernels.md, "Small
-# calls run serially".
+# its serial twin on the calling thread: below it, starting a parallel region costs more than
+# the loop saves.
 SERIAL_MAX_WORK = 1 << 15
 # ``weight`` of the kernels that loop over many taps or tiles per value (Winograd transforms,
-# window pooling with argmax): serially they were 1.5-2x slower than in parallel at a digits
-# step's 50k-110k values, while a plain pass over that many values is 5-8x faster serially
+# window pooling with argmax): they stay parallel at smaller sizes than a plain pass does
 HEAVY = 4
 # ``weight`` of plain elementwise passes (ReLU and its backward: a compare and a store per
-# value, 4x cheaper than the copy-like passes the threshold was set by): a digits step's
-# 131k-value ReLU ran 87 us in parallel, 10 us serially
+# value, much cheaper per value than the copy-like passes the threshold was set by)
 LIGHT = 0.25
+# Each slice of a split product has at least this many multiply-adds; a smaller product runs on
+# the calling thread alone: handing part of it to another thread costs more than it saves.
+SPLIT_MIN_MACS = 2_000_000
+# Where the slices of a split GEMM run: "numba" (numba's own threads, each calling OpenBLAS; see
+# _gemm.py) or "pool" (the calling thread and Python helper threads). "numba" falls back to
+# "pool" for what it cannot take (other dtypes, layouts BLAS cannot read in place).
+GEMM_THREADS = "numba"
+
+_TUNABLE = ("SERIAL_MAX_WORK", "SPLIT_MIN_MACS", "GEMM_THREADS")
+
+
+@contextlib.contextmanager
+def tuning(**values):
+    """``with tuning(SERIAL_MAX_WORK=0, GEMM_THREADS="pool"):`` runs the block with these tuning
+    values and restores the previous ones when it exits, also on an error.
+
+    Names: ``SERIAL_MAX_WORK``, ``SPLIT_MIN_MACS``, ``GEMM_THREADS``. Process-wide (every thread
+    reads the same values): for tests and measurements.
+    """
+    unknown = sorted(set(values) - set(_TUNABLE))
+    if unknown:
+        raise ValueError(f"tuning: unknown setting {', '.join(unknown)}; the settings are {', '.join(_TUNABLE)}")
+    if "GEMM_THREADS" in values and values["GEMM_THREADS"] not in ("numba", "pool"):
+        raise ValueError(f"tuning: GEMM_THREADS must be 'numba' or 'pool', got {values['GEMM_THREADS']!r}")
+    module = globals()
+    saved = {name: module[name] for name in values}
+    module.update(values)
+    try:
+        yield
+    finally:
+        module.update(saved)
+
+
+def serial_below(n: int):
+    """``with serial_below(n):`` calls with less than ``n`` work run serially (0: every call runs
+    the parallel kernel; a huge ``n``: none does); ``tuning(SERIAL_MAX_WORK=n)``."""
+    return tuning(SERIAL_MAX_WORK=int(n))
+
 
 _twins: dict = {}
 _twins_lock = threading.Lock()
@@ -140,11 +210,20 @@ def serial_twin(kernel):
     return twin
 
 
+def run_parallel(kernel, *args):
+    """Call a parallel numba kernel as it is, under the region lock when the threading layer
+    cannot take concurrent callers."""
+    if _needs_lock:
+        with _region_lock:
+            return kernel(*args)
+    return kernel(*args)
+
+
 def run(kernel, *args, work=None, weight=1):
     """Call a parallel numba kernel: its serial twin when the call is small (``work`` below
     ``SERIAL_MAX_WORK``; by default ``weight`` times the total size of the array arguments, a
     weight above 1 marking a kernel that does much more per value than a copy), else the
-    parallel version, serialised when the threading layer requires it."""
+    parallel version (``run_parallel``)."""
     if work is None:
         work = 0
         for a in args:
@@ -153,29 +232,7 @@ def run(kernel, *args, work=None, weight=1):
         work = work * weight
     if work < SERIAL_MAX_WORK:
         return serial_twin(kernel)(*args)
-    if _needs_lock:
-        with _region_lock:
-            return kernel(*args)
-    return kernel(*args)
-
-
-class serial_below:
-    """``with serial_below(n):`` calls with less than ``n`` work run serially (0: every call runs
-    the parallel kernel; a huge ``n``: none does): ``SERIAL_MAX_WORK`` set for the block, then
-    restored. Process-wide; for tests and measurements."""
-
-    def __init__(self, n: int):
-        self.n = int(n)
-
-    def __enter__(self):
-        global SERIAL_MAX_WORK
-        self._saved, SERIAL_MAX_WORK = SERIAL_MAX_WORK, self.n
-        return self
-
-    def __exit__(self, *exc):
-        global SERIAL_MAX_WORK
-        SERIAL_MAX_WORK = self._saved
-        return False
+    return run_parallel(kernel, *args)
 
 
 ALIGN = 64
@@ -185,8 +242,8 @@ def aligned_empty(shape, dtype, align: int = ALIGN) -> np.ndarray:
     """``np.empty(shape, dtype)`` whose data starts on an ``align``-byte boundary (a cache line).
 
     Large numpy arrays come from malloc, whose blocks start 16 bytes into a page, so every
-    64-byte AVX-512 load of such an array straddles two cache lines; where a buffer lands then
-    varied from process to process, and so did ResNet-18's speed (batch 8: 125 to 165 ms).
+    64-byte AVX-512 load of such an array would straddle two cache lines, and a model's speed
+    would depend on where its buffers happened to land.
     """
     dtype = np.dtype(dtype)
     n = math.prod(map(int, shape))
@@ -227,21 +284,10 @@ def workspace_bytes() -> int:
     return sum(b.nbytes for b in getattr(_local, "buffers", {}).values())
 
 
+# Started at import, before any kernel of this package can compile (see _launch).
 _layer: str = _launch()
-_launch_pid: int = os.getpid()  # a forked child has another: GNU OpenMP's threads did not come with it
+_launch_pid: int = os.getpid()  # a forked child has another (see launched_here)
 _needs_lock: bool = _layer not in ("tbb", "omp")
-
-
-# Each slice of a split product has at least this many multiply-adds; a smaller product runs on
-# the calling thread alone: handing half of it to another thread costs more than it saves. With
-# Python helper threads 8M (which left the digits convnet's 4.7M-MAC GEMMs whole) beat 2M; on
-# numba's spinning workers 2M splits them and is as fast or faster (benchmarks/threads_ab.py);
-# every ResNet-18 GEMM is far above either.
-SPLIT_MIN_MACS = 2_000_000
-# Where the slices of a split GEMM run: "numba" (numba's own threads, each calling OpenBLAS; see
-# _gemm.py) or "pool" (the calling thread and Python helper threads). "numba" falls back to
-# "pool" for what it cannot take (other dtypes, layouts BLAS cannot read in place).
-GEMM_THREADS = "numba"
 
 _pool = None
 _pool_key = (0, 0)

@@ -1,8 +1,18 @@
 """Helpers shared by the numba kernels: dtype and layout normalisation, argument checks, and the
-two small kernels several ops reuse (the conv/linear epilogue and the per-channel sum).
+two small kernels several ops reuse (the conv/linear epilogue and the per-channel sums).
 
 Every kernel is compiled for C-contiguous, writeable float32 or float64 arrays and plain ints, so
 each has at most two specialisations (one per dtype). ``prepare`` is what keeps it that way.
+
+The shared kernels, checked on every flag and layout by
+``python -m pytest -q tests/test_numba_backend.py -k epilogue`` and through the ops that use
+them (``python -m pytest -q tests/test_conformance.py -k "numba and (batchnorm or linear or conv)"``),
+timed inside those ops (``python -m benchmarks.profile --mode train --batch 16``, per op):
+
+- ``epilogue``: dst = act(src * scale + bias + residual) over strided (image, channel, value)
+  rows; the im2col write-back, batchnorm's affine pass, packing dY for the backward GEMMs.
+- ``channel_sums``: per-channel float64 sums in one pass, in one of three forms
+  (``CENTERED_MOMENTS``, ``GRAD_MOMENTS``, ``SUM_ONLY``), one task per channel.
 """
 from __future__ import annotations
 
@@ -94,15 +104,14 @@ def epilogue(src, s_off, s_n, s_k, dst, d_off, d_n, d_k, nc, K, L,
     indexed like dst. One task per (i, k) row, or per i when rows are single values (L == 1).
 
     The flat arrays are indexed with unsigned integers: numba then knows no index is negative,
-    drops its wrap-around test and LLVM vectorises the row loops. (Row views did the same but
-    cost a reference count each, atomically: 27 against 6 us for a digits conv's 64x16x64
-    write-back on one thread.)
+    drops its wrap-around test and LLVM vectorises the row loops. (Row views would do the same
+    but cost an atomic reference count each, which dominates short rows; docs/kernels.md,
+    "Lesson: 0-based loops over views".)
     """
     zero = dst.dtype.type(0)
     one = dst.dtype.type(1)
     # rows of one value (a linear layer's bias, L == 1) go one task per i, k innermost: a task
-    # per single value cost more in index arithmetic than the value itself (the digits
-    # convnet's 64x64 linear layer's bias: 17.6 -> 4.9 us per call)
+    # per single value costs more in index arithmetic than the value itself
     tasks = nc if L == 1 else nc * K
     for task in prange(tasks):
         if L == 1:
@@ -141,28 +150,32 @@ def epilogue(src, s_off, s_n, s_k, dst, d_off, d_n, d_k, nc, K, L,
                 dst[db + j] = src[sb + j] * a + bias
 
 
+# the forms of ``channel_sums``: batchnorm's statistics, batchnorm's backward, a bias gradient
+CENTERED_MOMENTS, GRAD_MOMENTS, SUM_ONLY = 0, 1, 2
+
+
 @njit(cache=True, parallel=True)
 def channel_sums(mode, a3, b3, center):  # pragma: no cover - jitted
     """Per k of (N, K, L) arrays, two float64 sums over n and l, one task per k (fixed order):
 
-    mode 0: s1 = sum(a - center[k]), s2 = sum((a - center[k])^2)   (b3 unused)
-    mode 1: s1 = sum(b),             s2 = sum(b * (a - center[k]))
-    mode 2: s1 = sum(a),             s2 = 0                         (b3 and center unused)
+    CENTERED_MOMENTS: s1 = sum(a - center[k]), s2 = sum((a - center[k])^2)   (b3 unused)
+    GRAD_MOMENTS:     s1 = sum(b),             s2 = sum(b * (a - center[k]))
+    SUM_ONLY:         s1 = sum(a),             s2 = 0                 (b3 and center unused)
     """
     N, K, L = a3.shape
     s1 = np.empty(K, dtype=np.float64)
     s2 = np.empty(K, dtype=np.float64)
     for k in prange(K):
-        m = center[k] if mode != 2 else 0.0
+        m = center[k] if mode != SUM_ONLY else 0.0
         acc1 = 0.0
         acc2 = 0.0
         for n in range(N):
-            if mode == 0:
+            if mode == CENTERED_MOMENTS:
                 for j in range(L):
                     d = np.float64(a3[n, k, j]) - m
                     acc1 += d
                     acc2 += d * d
-            elif mode == 2:
+            elif mode == SUM_ONLY:
                 for j in range(L):
                     acc1 += np.float64(a3[n, k, j])
             else:
@@ -193,5 +206,5 @@ _NO_CENTER = np.zeros(1)
 
 def sum_over_n_l(a3) -> np.ndarray:
     """Float64 per-k sum of an (N, K, L) array over n and l."""
-    s1, _ = _threads.run(channel_sums, 2, a3, a3, _NO_CENTER)
+    s1, _ = _threads.run(channel_sums, SUM_ONLY, a3, a3, _NO_CENTER)
     return s1

@@ -8,6 +8,11 @@ a number tested inside the loop and at most two parameters; selu is elu with PyT
 Their backward takes the input x. NaN handling follows the reference branch by branch (every
 comparison with NaN is false in both). Softmax rows are reduced in float64 and the max is
 subtracted first, so exp never overflows.
+
+One version of each kernel; the mode (or kind) is a named constant tested inside the loop, so one
+compilation per dtype serves every activation. Checked against the numpy reference by
+``python -m pytest -q tests/test_conformance.py -k "numba and (relu or sigmoid or tanh or softmax or activation)"``;
+timed per op inside a training step by ``python -m benchmarks.profile --mode train --batch 16``.
 """
 from __future__ import annotations
 

@@ -8,7 +8,10 @@ one on the same input::
     y = VARIANTS["winograd_f2x2_3x3"](x, w, b, (1, 1), (1, 1), (1, 1), 1)
 
 ``im2col_gemm``        unfold a chunk of images into columns (C*R*S, n*P*Q), one BLAS GEMM per
-                       group, then one pass that writes y with bias/residual/ReLU applied.
+                       group, then one pass that writes y with bias/residual/ReLU applied; or,
+                       where ``conv_images.applies`` (ungrouped, small per-image columns, a
+                       batch for every thread, no residual), each thread unfolds and multiplies
+                       its own images one at a time in cache (``conv_images``).
 ``pointwise_gemm``     1x1, no padding: the input already *is* the column matrix, so stride-1
                        layers skip the unfold and the GEMM writes straight into y.
 ``direct``             the seven loops, parallel over (image, out channel), epilogue fused; the
@@ -17,28 +20,43 @@ one on the same input::
 ``winograd_f2x2_3x3``  3x3 stride 1: 2x2 outputs per 4x4 tile with 16 instead of 36 multiplies.
 ``winograd_f4x4_3x3``  3x3 stride 1: 4x4 outputs per 6x6 tile with 36 instead of 144 multiplies.
 
-``choose_variant`` holds the rule ``conv2d_forward`` follows; docs/kernels.md gives the why and the
-measurements behind it. Backward always uses im2col: dW = dY . cols^T summed over the batch (one
-GEMM per chunk), dX = col2im(W^T . dY), db a per-channel reduction.
+``choose_variant`` holds the rule ``conv2d_forward`` follows; docs/kernels.md ("Selection rule")
+gives the why and the measurements behind it. ``conv2d_maxpool_fused`` is the im2col variant with
+a max pool read from its cached output (a ResNet stem).
+
+Backward, two forms of each gradient: by im2col, dW = dY . cols^T summed over the batch (one GEMM
+per chunk, or per image on each thread where ``conv_images.applies``, both gradients from one
+unfold) and dX = col2im(W^T . dY); or, for the 3x3 stride-1 layers the rule sends to Winograd,
+dX as a Winograd forward convolution of dY and dW by Winograd's transposed form
+(``winograd.conv3x3_dw``). db is a per-channel reduction.
+
+Checked by ``python -m pytest -q tests/test_numba_backend.py -k "conv or winograd or selection"``
+(every variant and both backward forms against the numpy reference),
+``python -m pytest -q tests/test_conv_images.py`` (the per-image path) and
+``python -m pytest -q tests/test_conformance.py -k "numba and conv"``; timed by
+``python -m benchmarks.variant_sweep`` (every 3x3 variant forced on ResNet-18's layers, forward,
+dX and dW, with the rule's pick) and ``minicnn bench ops`` (every variant on every ResNet-18 conv).
 """
 from __future__ import annotations
 
 import contextlib
 import threading
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
-from . import _filters, _memory, _threads, winograd
-from .im2col import _q_range, col2im, im2col
-from ._util import check_conv, compute_dtype, empty_like_ndim, prepare, run_epilogue, sum_over_n_l
+from . import _filters, _memory, _threads, conv_images, winograd
+from .im2col import col2im, im2col, q_range
+from ._util import check_conv, compute_dtype, empty_like_ndim, pair, prepare, run_epilogue, sum_over_n_l
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_fused_forward"]
 
 # Column budget per chunk: enough columns that BLAS runs near peak, few enough bytes that the
-# unfolded chunk stays a bounded, reusable workspace.
+# unfolded chunk stays a bounded, reusable workspace (Winograd's chunks have their own budget,
+# winograd.TILES_CHUNK_BYTES).
 TARGET_COLUMNS = 2048
-CHUNK_BYTES = 32 * 1024 * 1024
+COLUMNS_CHUNK_BYTES = 32 * 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,7 +94,7 @@ def _direct(x, w, y3, b, has_b, res, has_res, relu, sh, sw, ph, pw, dh, dw, G, P
                 for s in range(S):
                     wv = w[k, c, r, s]
                     off_w = s * dw - pw
-                    q_lo, q_hi = _q_range(Q, W, sw, off_w)
+                    q_lo, q_hi = q_range(Q, W, sw, off_w)
                     nq = q_hi - q_lo
                     if nq <= 0:
                         continue
@@ -104,15 +122,32 @@ def _direct(x, w, y3, b, has_b, res, has_res, relu, sh, sw, ph, pw, dh, dw, G, P
 # Forward variants
 
 
-def _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where, out=None, with_output=True):
+class PreparedConv(NamedTuple):
+    """A forward convolution's arguments, checked and brought to one float dtype and C order."""
+
+    x: np.ndarray                # (N, C, H, W)
+    w: np.ndarray                # (K, C/groups, R, S)
+    b: np.ndarray | None         # (K,) or None
+    res3: np.ndarray | None      # the residual as (N, K, P*Q), or None
+    y: np.ndarray | None         # the output (N, K, P, Q) to fill, or None (with_output=False)
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    P: int                       # output height
+    Q: int                       # output width
+    wkey: np.ndarray | None      # the caller's filter when it is constant (the key for cached transforms)
+
+
+def _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where, out=None,
+                     with_output=True) -> PreparedConv:
     """Check arguments, bring arrays to one float dtype and C order, and provide the output.
 
     A constant filter (see ``_filters``) is not copied per call: it is used as it is when its
     dtype and layout already fit, else its converted copy is cached. ``out``, when given, must be
     a C-contiguous writeable array of the output's shape and dtype that overlaps neither x nor
     the residual; ``with_output=False`` provides none (y is None: the caller stores no whole
-    output). Returns the prepared arrays plus ``wkey``: the caller's filter when it is
-    constant (the key for cached transforms), else None.
+    output).
     """
     x, w = np.asarray(x), np.asarray(w)
     b = None if b is None else np.asarray(b)
@@ -139,7 +174,7 @@ def _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where
         y = _memory.empty((N, K, P, Q), dt)
     else:
         y = _check_out(out, (N, K, P, Q), dt, x, res3, where)
-    return x, w, b, res3, y, stride, padding, dilation, groups, P, Q, wkey
+    return PreparedConv(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, wkey)
 
 
 def _check_out(out, shape, dt, x, res3, where):
@@ -157,15 +192,17 @@ def _check_out(out, shape, dt, x, res3, where):
     return out
 
 
-def _chunk_images(N, per_image_bytes, columns_per_image):
-    """How many images one GEMM covers: enough for TARGET_COLUMNS columns, within CHUNK_BYTES."""
+def chunk_images(N, per_image_bytes, columns_per_image):
+    """How many images one GEMM covers: enough for TARGET_COLUMNS columns, within COLUMNS_CHUNK_BYTES."""
     want = -(-TARGET_COLUMNS // max(columns_per_image, 1))
-    fit = CHUNK_BYTES // max(per_image_bytes, 1)
+    fit = COLUMNS_CHUNK_BYTES // max(per_image_bytes, 1)
     return max(1, min(N, want, fit))
 
 
-def _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, relu):
+def _gemm_forward(p: PreparedConv, relu):
     """The im2col + GEMM forward on prepared arrays (shared by im2col_gemm and pointwise_gemm)."""
+    x, w, b, res3, y = p.x, p.w, p.b, p.res3, p.y
+    stride, padding, dilation, groups, P, Q = p.stride, p.padding, p.dilation, p.groups, p.P, p.Q
     N, C, H, W = x.shape
     K, Cg, R, S = w.shape
     G, Kg, CRSg, PQ = groups, K // groups, Cg * R * S, P * Q
@@ -175,7 +212,10 @@ def _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, rel
     res = None if res3 is None else res3.reshape(-1)
     wg = w.reshape(G, Kg, CRSg)
     direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
-    nc = _chunk_images(N, C * R * S * PQ * dt.itemsize, PQ)
+    if res3 is None and not direct_cols and conv_images.applies(x.shape, w.shape, G, P, Q, dt):
+        # small per-image columns and a batch to share: each thread unfolds and multiplies its own images
+        return conv_images.forward_images(x, w, b, y, stride, padding, dilation, relu)
+    nc = chunk_images(N, C * R * S * PQ * dt.itemsize, PQ)
     needs_epilogue = b is not None or res3 is not None or relu
     for n0 in range(0, N, nc):
         m = min(nc, N - n0)
@@ -201,21 +241,20 @@ def _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, rel
 
 def im2col_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
     """Convolution as GEMM over unfolded columns; any stride, padding, dilation and groups."""
-    x, w, b, res3, y, stride, padding, dilation, groups, P, Q, _ = _prepare_forward(
-        x, w, b, stride, padding, dilation, groups, residual, "conv2d[im2col_gemm]", out)
-    return _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, relu)
+    p = _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, "conv2d[im2col_gemm]", out)
+    return _gemm_forward(p, relu)
 
 
 def pointwise_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
     """1x1 convolution without padding: y[n] = W . x[n] (strided layers read every s-th pixel)."""
-    x, w, b, res3, y, stride, padding, dilation, groups, P, Q, _ = _prepare_forward(
-        x, w, b, stride, padding, dilation, groups, residual, "conv2d[pointwise_gemm]", out)
+    p = _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, "conv2d[pointwise_gemm]", out)
+    x, w, b, res3, y, stride, padding = p.x, p.w, p.b, p.res3, p.y, p.stride, p.padding
     if w.shape[2:] != (1, 1) or padding != (0, 0):
         raise ValueError(
             f"conv2d[pointwise_gemm]: needs a 1x1 kernel without padding, got weight {tuple(w.shape)} padding {padding}"
         )
     N, C, H, W = x.shape
-    K, G = w.shape[0], groups
+    K, G = w.shape[0], p.groups
     if stride == (1, 1) and H * W >= TARGET_COLUMNS // 4:
         # big planes: one batched GEMM for the whole batch, written straight into y
         HW = H * W
@@ -226,23 +265,23 @@ def pointwise_gemm(x, w, b, stride, padding, dilation, groups, residual=None, re
                          b=b, res=None if res3 is None else res3.reshape(-1), relu=relu)
         return y
     # small planes or a stride: gather a chunk of images into one wide GEMM instead
-    return _gemm_forward(x, w, b, res3, y, stride, padding, dilation, groups, P, Q, relu)
+    return _gemm_forward(p, relu)
 
 
 def direct(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
     """Direct convolution, one parallel task per (image, out channel); any shape."""
-    x, w, b, res3, y, stride, padding, dilation, groups, P, Q, _ = _prepare_forward(
-        x, w, b, stride, padding, dilation, groups, residual, "conv2d[direct]", out)
+    p = _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, "conv2d[direct]", out)
+    x, b, res3, y = p.x, p.b, p.res3, p.y
     # the kernel is compiled for writeable arrays only (one specialisation per dtype); the
     # baseline variant copies a read-only filter rather than compiling a second one
-    w = prepare(w, w.dtype)
+    w = prepare(p.w, p.w.dtype)
     N, K = y.shape[:2]
     dt = x.dtype
     _threads.run(
-        _direct, x, w, y.reshape(N, K, P * Q),
+        _direct, x, w, y.reshape(N, K, p.P * p.Q),
         b if b is not None else empty_like_ndim(1, dt), b is not None,
         res3 if res3 is not None else empty_like_ndim(3, dt), res3 is not None, bool(relu),
-        stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], groups, P, Q,
+        p.stride[0], p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1], p.groups, p.P, p.Q,
     )
     return y
 
@@ -250,19 +289,19 @@ def direct(x, w, b, stride, padding, dilation, groups, residual=None, relu=False
 def _winograd(tile):
     def variant(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
         where = f"conv2d[winograd_f{tile}x{tile}_3x3]"
-        x, w, b, res3, y, stride, padding, dilation, groups, P, Q, wkey = _prepare_forward(
-            x, w, b, stride, padding, dilation, groups, residual, where, out)
-        if w.shape[2:] != (3, 3) or stride != (1, 1) or dilation != (1, 1) or groups != 1:
+        p = _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where, out)
+        w = p.w
+        if w.shape[2:] != (3, 3) or p.stride != (1, 1) or p.dilation != (1, 1) or p.groups != 1:
             raise ValueError(
                 f"{where}: needs a 3x3 kernel, stride 1, dilation 1, groups 1; got weight {tuple(w.shape)}, "
-                f"stride {stride}, dilation {dilation}, groups {groups}"
+                f"stride {p.stride}, dilation {p.dilation}, groups {p.groups}"
             )
-        if wkey is None:
+        if p.wkey is None:
             U = winograd.transform_filters(w, tile)
         else:  # a constant filter: its transform is computed once and kept while it lives
-            U = _filters.derived(wkey, ("winograd", tile, w.dtype.str),
+            U = _filters.derived(p.wkey, ("winograd", tile, w.dtype.str),
                                  lambda: winograd.transform_filters(w, tile, fresh=True))
-        return winograd.conv3x3(x, U, b, res3, y, padding, tile, relu)
+        return winograd.conv3x3(p.x, U, p.b, p.res3, p.y, p.padding, tile, relu)
 
     variant.__name__ = variant.__qualname__ = f"winograd_f{tile}x{tile}_3x3"
     variant.__doc__ = (
@@ -292,14 +331,9 @@ VARIANTS = {
 # keep its 16 or 36 GEMMs wide, and when the layer has enough input channels for those GEMMs to
 # dominate the data transforms. A tile count that does not divide the output ("ragged") computes
 # outputs that are thrown away: 14x14 in 4x4 tiles is 16x16, 23% waste, so F(4x4) needs more
-# tiles there. The floors below were measured on ResNet-18's layers at batch 1, 8 and 16 with
-# every variant timed side by side (``python -m benchmarks.variant_sweep``; docs/kernels.md,
-# "Selection rule"):
-#   writeable filters (training), batch 16: layer1 F(4x4) 13.2 ms, im2col 13.7; layer2 F(4x4) 8.8,
-#   F(2x2) 12.0; layer3 (ragged) F(2x2) 9.9, F(4x4) 11.8; layer4 (ragged, 256 2x2 tiles) im2col
-#   11.9, F(2x2) 13.1, F(4x4) 13.9; the digits convnet (1 and 16 input channels) im2col 5x faster.
-#   constant filters, batch 1: layer2 F(4x4) 0.77, im2col 1.21; layer3 F(2x2) 0.70, F(4x4) 0.78;
-#   layer4 (16 2x2 tiles) im2col 0.97, F(2x2) 1.03, F(4x4) 2.15; batch 8 layer4 F(2x2) 5.6, im2col 5.9.
+# tiles there. The floors below are where each variant overtook the others on ResNet-18's layers
+# at batch 1, 8 and 16 and on the digits convnet, every variant timed side by side
+# (``python -m benchmarks.variant_sweep``; docs/kernels.md, "Selection rule", has the tables).
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_F4_MIN_TILES = 160           # writeable filter, tiles divide the output
 WINOGRAD_F4_MIN_TILES_RAGGED = 1024   # writeable filter, ragged tiles
@@ -307,16 +341,15 @@ WINOGRAD_F2_MIN_TILES = 320           # writeable filter
 WINOGRAD_F4_MIN_TILES_CONSTANT = 16   # constant filter, tiles divide the output (else F(2x2))
 WINOGRAD_F2_MIN_TILES_CONSTANT = 32   # constant filter
 # F(4x4) only up to this many input channels: its float32 error is 10-40x GEMM's and could grow
-# with the reduction over C; measured max relative error 5e-6 to 1.4e-5 up to C=512 (against
-# 4e-7 for GEMM and F(2x2)), all within the 1.5e-5 per-layer bound docs/kernels.md sets.
+# with the reduction over C; up to C=512 it stays within the 1.5e-5 per-layer bound that
+# docs/kernels.md ("Winograd accuracy, measured") sets and measures.
 WINOGRAD_F4_MAX_CHANNELS = 512
 
 _override = threading.local()
 
 # dX by Winograd (``_dx_by_winograd``) needs this many 4x4 tiles of dX in the batch: with fewer,
-# its 36 GEMMs are too narrow to pay for transforming the filter on every call (ResNet-18's
-# layer4 at batch 16, 64 tiles: 15.9 ms against 12.2 for col2im; layer3, 256 tiles: 12.8 vs
-# 13.4; layer2, 784 tiles: 11.4 vs 16.0; docs/kernels.md)
+# its 36 GEMMs are too narrow to pay for transforming the filter on every call (docs/kernels.md,
+# "Training: dX of 3x3 layers by Winograd", has the timings per layer)
 DX_WINOGRAD_MIN_TILES = 128
 
 
@@ -391,12 +424,8 @@ def prefer_variant(name):
 
 
 def _pick(x, w, stride, padding, dilation, groups):
-    return VARIANTS[choose_variant(np.shape(x), np.shape(w), _pair(stride), _pair(padding), _pair(dilation),
-                                   int(groups), constant=_filters.is_constant(w))]
-
-
-def _pair(v):
-    return (int(v), int(v)) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+    return VARIANTS[choose_variant(np.shape(x), np.shape(w), pair(stride, "stride"), pair(padding, "padding"),
+                                   pair(dilation, "dilation"), int(groups), constant=_filters.is_constant(w))]
 
 
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
@@ -440,20 +469,21 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
 
     where = "conv2d_maxpool_fused"
     # no output array for the convolution: it is never stored whole
-    x, w, b, _, _, stride, padding, dilation, groups, P, Q, _ = _prepare_forward(
-        x, w, b, stride, padding, dilation, groups, None, where, with_output=False)
+    p = _prepare_forward(x, w, b, stride, padding, dilation, groups, None, where, with_output=False)
+    x, w, b, P, Q = p.x, p.w, p.b, p.P, p.Q
+    stride, padding, dilation, groups = p.stride, p.padding, p.dilation, p.groups
     N, C = x.shape[:2]
     K, Cg, R, S = w.shape
-    (PR, PS), pstride, ppad, pdil, PP, PQo = pool._window_out((N, K, P, Q), pool_kernel, pool_stride, pool_padding,
-                                                              pool_dilation, where)
+    (PR, PS), pstride, ppad, pdil, PP, PQo = pool.window_out((N, K, P, Q), pool_kernel, pool_stride, pool_padding,
+                                                             pool_dilation, where)
     G, Kg, CRSg, PQ = groups, K // groups, Cg * R * S, P * Q
     dt = x.dtype
     if out is None:
         y = _memory.empty((N, K, PP, PQo), dt)
     else:
         y = _check_out(out, (N, K, PP, PQo), dt, x, None, where)
-    rows = pool._regular(PP, PR, pstride[0], ppad[0], pdil[0], P)
-    cols_w = pool._regular(PQo, PS, pstride[1], ppad[1], pdil[1], Q)
+    rows = pool.regular_windows(PP, PR, pstride[0], ppad[0], pdil[0], P)
+    cols_w = pool.regular_windows(PQo, PS, pstride[1], ppad[1], pdil[1], Q)
     direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
     wg = w.reshape(G, Kg, CRSg)
     bias = b if b is not None else empty_like_ndim(1, dt)
@@ -465,8 +495,8 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
             im2col(x, n, 1, cols, R, S, stride, padding, dilation, P, Q)
         z = _threads.workspace("conv.pool_z", (1, K, P, Q), dt)
         _threads.matmul(wg, cols.reshape(G, CRSg, PQ), z.reshape(G, Kg, PQ))
-        _threads.run(pool._maxpool_values, z, y[n:n + 1], rows[0], rows[2], rows[3], pdil[0],
-                     cols_w[0], cols_w[2], cols_w[3], pdil[1], bias, b is not None, bool(relu))
+        _threads.run(pool.maxpool_values, z, y[n:n + 1], rows.lo, rows.inside_lo, rows.inside_hi, pdil[0],
+                     cols_w.lo, cols_w.inside_lo, cols_w.inside_hi, pdil[1], bias, b is not None, bool(relu))
     return y
 
 
@@ -518,8 +548,9 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
     convolution of dY (``_dx_by_winograd``) and dW from Winograd's transposed form
     (``_dw_by_winograd``). Otherwise, per chunk of images: dY is packed once to (K, n*P*Q);
     dW += dY_g . cols_g^T (one GEMM per group, the batch sum happening inside the GEMM);
-    dcols = W_g^T . dY_g and col2im folds them back, one task per (image, channel) plane. db is
-    a float64-accumulated channel sum.
+    dcols = W_g^T . dY_g and col2im folds them back, one task per (image, channel) plane. Where
+    ``conv_images.applies``, each thread does both per image instead, from one unfold kept in
+    cache (``conv_images.backward_images``). db is a float64-accumulated channel sum.
     """
     dy, x, w = np.asarray(dy), np.asarray(x), np.asarray(w)
     stride, padding, dilation, groups, P, Q = check_conv(x, w, None, stride, padding, dilation, groups,
@@ -532,11 +563,20 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
     dy, x, w = prepare(dy, dt), prepare(x, dt), prepare(w, dt)
     G, Kg, CRSg, PQ = groups, K // groups, Cg * R * S, P * Q
     dy3 = dy.reshape(N, K, PQ)
-    db = sum_over_n_l(dy3).astype(dt) if need_db else None
+    direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
+    by_images = not direct_cols and conv_images.applies(x.shape, w.shape, G, P, Q, dt)
+    # the per-image path sums db itself, while each image's dY is in cache
+    db = sum_over_n_l(dy3).astype(dt) if need_db and not by_images else None
     dx = _dx_by_winograd(dy, w, stride, padding, dilation, groups, x.shape) if need_dx else None
     dw = _dw_by_winograd(dy, x, w, stride, padding, dilation, groups) if need_dw else None
     dx_by_col2im = need_dx and dx is None
     dw_by_gemm = need_dw and dw is None
+    if by_images:
+        # each thread unfolds its images once for both gradients, in cache (see conv_images)
+        dx_i, dw_i, db = conv_images.backward_images(dy, x, w, stride, padding, dilation, dx_by_col2im, dw_by_gemm,
+                                                     need_db)
+        dx, dw = (dx_i if dx_by_col2im else dx), (dw_i if dw_by_gemm else dw)
+        return dx, (dw.reshape(K, Cg, R, S) if need_dw else None), db
     if not (dx_by_col2im or dw_by_gemm):
         return dx, dw, db
     if dx_by_col2im:
@@ -544,8 +584,7 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
     wg = w.reshape(G, Kg, CRSg)
     if dw_by_gemm:
         dw = _memory.empty((G, Kg, CRSg), dt)
-    direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
-    nc = _chunk_images(N, C * R * S * PQ * dt.itemsize, PQ)
+    nc = chunk_images(N, C * R * S * PQ * dt.itemsize, PQ)
     for n0 in range(0, N, nc):
         m = min(nc, N - n0)
         if m == 1:

@@ -11,13 +11,16 @@ kernel of its own. Per chunk of images:
 ``backward``  ``im2col`` unfolds dy on x's (H, W) grid; dX = W_g . cols_g (a GEMM whose (C_in,
               n*H*W) result the epilogue writes back to dx's layout); dW += x_g . cols_g^T (the batch
               sum happens inside the GEMM); db is the float64 channel sum of dy.
+
+One version. Checked by ``python -m pytest -q tests/test_conformance.py -k "numba and conv_transpose"``;
+its kernels are timed as the convolution's (``python -m benchmarks.unfold_sweep``).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import _memory, _threads
-from .conv import _chunk_images
+from .conv import chunk_images
 from .im2col import col2im, im2col
 from ._util import compute_dtype, pair, prepare, run_epilogue, sum_over_n_l
 from ...shapes import conv_transpose_output_size
@@ -80,7 +83,7 @@ def conv_transpose2d_forward(x, w, b, stride, padding, output_padding, dilation,
     K = G * Og
     y = _memory.empty((N, K, OH, OW), dt)
     wgT = w.reshape(G, Cg, ORS).transpose(0, 2, 1)
-    nc = _chunk_images(N, K * R * S * HW * dt.itemsize, HW)
+    nc = chunk_images(N, K * R * S * HW * dt.itemsize, HW)
     for n0 in range(0, N, nc):
         m = min(nc, N - n0)
         xp = _pack(x, n0, m, C, HW, "conv_t.x")
@@ -119,7 +122,7 @@ def conv_transpose2d_backward(dy, x, w, stride, padding, output_padding, dilatio
     wg = w.reshape(G, Cg, ORS)
     dx = _memory.empty((N, C, H, W), dt) if need_dx else None
     dw = _memory.empty((G, Cg, ORS), dt) if need_dw else None
-    nc = _chunk_images(N, K * R * S * HW * dt.itemsize, HW)
+    nc = chunk_images(N, K * R * S * HW * dt.itemsize, HW)
     for n0 in range(0, N, nc):
         m = min(nc, N - n0)
         cols = _threads.workspace("conv_t.cols", (K * R * S, m * HW), dt)

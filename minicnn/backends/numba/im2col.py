@@ -1,21 +1,26 @@
 """im2col and its adjoint col2im: the unfolding that turns a convolution into a GEMM.
 
-Two ways to unfold, chosen per shape by :func:`unfold_mode` (the choice never changes a value):
+Two forms of each, chosen per shape by :func:`unfold_mode` (the choice never changes a value;
+both forms of the fold also sum each cell's taps in the same order):
 
-- ``TABLE`` gathers through a table of source offsets, one int32 per (tap, output cell) and -1
-  where the tap falls in the padding, shared by every image and channel. One task per row of
-  the column matrix (channel, tap) then writes that row from start to end as one stream, each
-  value ``plane[tab[j]]`` or 0. Used where the table is small and the rows are short or strided
-  (the digits convnet's 4x4 and 8x8 planes, ResNet's 7x7 planes, strided layers): per-row loops
-  there cost more in bookkeeping than in bytes. The fold uses it wherever the table is small.
-- ``ROWS`` copies runs of contiguous input cells: stride-1 rows directly, strided rows from a
-  copy of the input split by column phase (``w mod stride``), where the columns one tap reads are
-  contiguous. For long rows (14x14 and larger unstrided planes, the 7x7 stem's 112-wide output).
+- ``TABLE`` (``_im2col_table``, ``_col2im_table``) gathers through a table of source offsets,
+  one int32 per (tap, output cell) and -1 where the tap falls in the padding, shared by every
+  image and channel. One task per row of the column matrix (channel, tap) then writes that row
+  from start to end as one stream, each value ``plane[tab[j]]`` or 0. Used where the table is
+  small and the rows are short or strided (the digits convnet's 4x4 and 8x8 planes, ResNet's
+  7x7 planes, strided layers): per-row loops there cost more in bookkeeping than in bytes. The
+  fold uses it wherever the table is small.
+- ``ROWS`` (``_im2col_rows``, ``_col2im_rows``) copies runs of contiguous input cells:
+  stride-1 rows directly, strided rows from a copy of the input split by column phase
+  (``w mod stride``), where the columns one tap reads are contiguous. For long rows (14x14 and
+  larger unstrided planes, the 7x7 stem's 112-wide output).
 
-Against the previous unfold (the row form with slice copies), one thread, median per call: the
-digits convnet's 64x16x4x4 chunk 301 -> 49 us, ResNet-18's stem (one image) 687 -> 212 us, a
-3x3/2 chunk of 11x128x28x28 3.5 -> 0.87 ms. ``python -m benchmarks.unfold_sweep`` times both
-forms; docs/kernels.md holds a run.
+The row form came first, with slice assignments; it now copies with 0-based loops over views,
+and the table form was added beside it (docs/kernels.md, "im2col: a gather table for short rows,
+row runs for long ones", has both versions' timings). Checked by
+``python -m pytest -q tests/test_numba_backend.py -k "im2col or unfold"`` (both forms of both
+kernels against the numpy reference's unfold); timed by ``python -m benchmarks.unfold_sweep``
+(both forms side by side, with the rule's pick).
 """
 from __future__ import annotations
 
@@ -24,17 +29,20 @@ from numba import njit, prange
 
 from . import _threads
 
+# the two forms of the unfold and the fold (see the module docstring)
 TABLE, ROWS = 0, 1
 # the gather table is used up to this many entries (R*S*P*Q; 128 KiB of int32) ...
 TABLE_MAX = 1 << 15
-# ... by im2col unless the rows are unstrided and at least this long: contiguous copies then win
-ROWS_MIN_Q = 12
+# ... by im2col unless the rows are unstrided and at least this long: contiguous copies then
+# win. The unfold's own threshold, measured on the unfold (the max pool has its own,
+# pool.ROWS_MIN_Q, for its own two forms)
+UNFOLD_ROWS_MIN_Q = 12
 # the table holds int32 offsets into one (H, W) plane: larger planes always copy row runs
 PLANE_MAX = 2**31 - 1
 
 
 @njit(cache=True)
-def _q_range(Q, W, sw, off_w):  # pragma: no cover - jitted
+def q_range(Q, W, sw, off_w):  # pragma: no cover - jitted
     """Output columns q whose input column q*sw + off_w lies inside [0, W)."""
     q_lo = 0 if off_w >= 0 else (-off_w + sw - 1) // sw
     last = W - 1 - off_w
@@ -101,7 +109,7 @@ def _im2col_rows(xs, i0, C, H, row_len, Wq, W, nc, cols, R, S, sh, sw, ph, pw, d
     the rows and a "same" width), all valid rows of one tap are a single run: one copy, then the
     cells that fall in the padding are zeroed.
     Copies are 0-based loops over views (numba then drops its negative-index checks and LLVM
-    vectorises them); a slice assignment measured 2-3x slower.
+    vectorises them); numba lowers a slice assignment through a slower generic path.
     One task per (image, channel, kernel row): it owns S distinct rows of cells, so no races;
     the 7x7 stem of a one-image chunk thus has 21 tasks rather than 3.
     """
@@ -118,7 +126,7 @@ def _im2col_rows(xs, i0, C, H, row_len, Wq, W, nc, cols, R, S, sh, sw, ph, pw, d
             off_w = s * dw - pw
             phase = off_w % sw
             j0 = (off_w - phase) // sw
-            q_lo, q_hi = _q_range(Q, W, sw, off_w)
+            q_lo, q_hi = q_range(Q, W, sw, off_w)
             nq = q_hi - q_lo
             if sh == 1 and row_len == Q and nq > 0:
                 p_lo = min(max(0, ph - r * dh), P)
@@ -163,10 +171,11 @@ def unfold_mode(R, S, stride, P, Q, adjoint=False) -> int:
     """TABLE or ROWS for this layer shape, for im2col or (``adjoint``) col2im; both modes give
     the same values. The fold gathers through the table wherever it is small (a scatter-add
     per cell beat the strided row views at every size measured); the unfold only where the rows
-    are strided or shorter than ROWS_MIN_Q (from 14x14 planes up, contiguous row copies won)."""
+    are strided or shorter than UNFOLD_ROWS_MIN_Q (from 14x14 planes up, contiguous row copies
+    are faster)."""
     if R * S * P * Q > TABLE_MAX:
         return ROWS
-    if adjoint or stride[1] > 1 or Q < ROWS_MIN_Q:
+    if adjoint or stride[1] > 1 or Q < UNFOLD_ROWS_MIN_Q:
         return TABLE
     return ROWS
 
@@ -258,7 +267,7 @@ def _col2im_rows(cols, dx, n0, nc, R, S, sh, sw, ph, pw, dh, dw, P, Q):  # pragm
         for r in range(R):
             for s in range(S):
                 off_w = s * dw - pw
-                q_lo, q_hi = _q_range(Q, W, sw, off_w)
+                q_lo, q_hi = q_range(Q, W, sw, off_w)
                 nq = q_hi - q_lo
                 if nq <= 0:
                     continue

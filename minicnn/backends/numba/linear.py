@@ -1,5 +1,10 @@
 """Fully connected layer: y = x W^T + b. The products are BLAS GEMMs; the bias is added by the
-shared epilogue kernel and db is the float64-accumulated column sum of dy."""
+shared epilogue kernel and db is the float64-accumulated column sum of dy.
+
+No kernel of its own. Checked against the numpy reference by
+``python -m pytest -q tests/test_conformance.py -k "numba and linear"`` (a product large enough
+to be split over threads included); timed by ``minicnn bench ops`` (ResNet-18's fc layer).
+"""
 from __future__ import annotations
 
 import numpy as np

@@ -5,7 +5,7 @@ One forward kernel (``_pool_fwd``) serves every forward: each pooling window is 
 output row and column by a start and a tap count (regular pooling: p*stride - padding and the
 kernel size; adaptive pooling: its bins), so max/avg and regular/adaptive differ only in the
 arrays passed in. Regular max pooling has two faster forms beside it (``_max_table`` for short
-rows, ``_maxpool_values`` without argmax), and the backwards are ``_max_bwd`` (through argmax)
+rows, ``maxpool_values`` without argmax), and the backwards are ``_max_bwd`` (through argmax)
 and ``_avg_bwd``.
 
 Every backward is a scatter into the input gradient; because a task owns a whole (n, c) plane of
@@ -20,15 +20,36 @@ takes per-window inside-tap ranges, so a last window hanging past the padding ne
 code, and the floor-mode paths run exactly as before. Average pooling's divisor counts the
 window clipped to the padded input (``_avg_windows``), which is the full window without ceil_mode.
 Max unpooling (``_unpool_fwd``/``_unpool_bwd``) is a scatter and a gather through the indices.
+
+Forms of regular max pooling (``maxpool2d_forward`` picks; every form gives the same values):
+
+- ``MAX`` in ``_pool_fwd``: window by window; the first form, kept for adaptive max pooling and
+  for shapes whose gather table would be too large.
+- ``MAX_ROWS`` in ``_pool_fwd``: a whole output row per tap, a vectorised compare-and-select
+  over the row; for rows of at least ``ROWS_MIN_Q`` outputs.
+- ``_max_table``: tap by tap over the whole plane through im2col's gather table; for shorter
+  rows, where the row views cost more than the row.
+- ``maxpool_values``: without argmax (inference), separably, rows then columns; NaNs counted only
+  for a plane that has one.
+
+Each compare that keeps or replaces a running maximum is written as a select, not a branch: a
+branch goes whichever way the data says, and on fresh activations it is mispredicted half the
+time. docs/kernels.md ("The other kernels", Pooling) has each form's timings. Checked by
+``python -m pytest -q tests/test_numba_backend.py -k max_pool`` (every form against the
+reference) and ``python -m pytest -q tests/test_conformance.py -k "numba and pool"``; timed by
+``python -m benchmarks.unfold_sweep --pools`` (window by window against the table) and
+``minicnn bench ops`` (ResNet-18's max pool).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange, uint64
 
 from . import _memory, _threads
 from ._util import compute_dtype, conv_output_size, empty_like_ndim, pair, prepare
-from .im2col import PLANE_MAX, TABLE_MAX, _q_range, tap_table
+from .im2col import PLANE_MAX, TABLE_MAX, q_range, tap_table
 
 __all__ = [
     "maxpool2d_forward",
@@ -43,11 +64,13 @@ __all__ = [
 ]
 
 
+# the forms of ``_pool_fwd``: max window by window (with argmax), average, max row by row
 MAX, AVG, MAX_ROWS = 0, 1, 2
 # regular max pooling goes row by row (MAX_ROWS) from this many outputs per row; shorter rows go
 # tap by tap over the whole plane through im2col's gather table (as the views MAX_ROWS makes per
 # row and tap cost more than they save there), or window by window where that table would have
-# more than TABLE_MAX entries
+# more than TABLE_MAX entries. The max pool's own threshold, set by timing the pool's forms; the
+# unfold's crossover, timed on the unfold's forms, is a different number (im2col.UNFOLD_ROWS_MIN_Q)
 ROWS_MIN_Q = 8
 
 
@@ -63,7 +86,7 @@ def _pool_fwd(mode, x, y, am, hlo, hcnt, hta, htb, dh, wlo, wcnt, wta, wtb, dw, 
     compilation) serves all four forwards.
     MAX_ROWS (regular max pooling, windows of one size at stride ``sw``) visits the taps in the
     same order but updates a whole output row per tap, as a 0-based loop over views that LLVM
-    vectorises (7x faster than window by window, whose compare is a mispredicted branch).
+    vectorises (window by window, the loop over a window's few taps does not vectorise).
     Max takes the window's first real tap (even -inf), then any strictly greater value, so the
     first maximum in scan order wins; padding never wins. A NaN always wins and so propagates: the
     last NaN in regular pooling (as PyTorch), the first in adaptive pooling (keep_first_nan, as
@@ -93,7 +116,7 @@ def _pool_fwd(mode, x, y, am, hlo, hcnt, hta, htb, dh, wlo, wcnt, wta, wtb, dw, 
                     xrow = xp[hi]
                     for s in range(S):
                         off = s * dw - pw
-                        q_lo, q_hi = _q_range(Q, W, sw, off)
+                        q_lo, q_hi = q_range(Q, W, sw, off)
                         nq = q_hi - q_lo
                         if nq <= 0:
                             continue
@@ -112,7 +135,7 @@ def _pool_fwd(mode, x, y, am, hlo, hcnt, hta, htb, dh, wlo, wcnt, wta, wtb, dw, 
                 continue
             for q in range(Q):
                 s_lo, s_hi = wta[q], wtb[q]
-                if mode == 0:
+                if mode == MAX:
                     best = neg_inf
                     arg = -1
                     for r in range(r_lo, r_hi):
@@ -145,11 +168,9 @@ def _max_table(x3, y3, am3, tab):  # pragma: no cover - jitted
 
     Same rule as MAX_ROWS: a window takes its first real tap, then any strictly greater value or
     any NaN (the last NaN wins, as in PyTorch); argmax stays -1 where no tap is real. One loop of
-    P*Q values per tap instead of a short loop per window: the digits convnet's 2x2 pools at
-    batch 64 went from 372 to 53 us (8x8 planes) and 171 to 36 us (4x4), two threads
-    (``python -m benchmarks.unfold_sweep --pools``). The compare is a select, not a branch: on
-    activations it has not seen before the branch went the wrong way half the time (cycling
-    through 16 inputs, 125 -> 48 us and 65 -> 31 us; docs/kernels.md, "Pooling").
+    P*Q values per tap instead of a short loop per window, which pays on small planes (the
+    digits convnet's 8x8 and 4x4). The compare is a select, not a branch: on activations it has
+    not seen before a branch goes the wrong way half the time.
     """
     RS, PQ = tab.shape
     neg_inf = y3.dtype.type(-np.inf)
@@ -203,7 +224,7 @@ def _window_max(t, nans, base, ta, tb, dw, counting, bias, has_b, relu):  # prag
 @njit(cache=True)
 def _maxpool_plane(xp, yp, hlo, hta, htb, dh, wlo, wta, wtb, dw, q3a, q3b, i3, st3, bias, has_b, relu,
                    counting, t, nans):  # pragma: no cover - jitted
-    """One (H, W) plane of ``_maxpool_values``. Returns True when ``counting`` is off and a tap
+    """One (H, W) plane of ``maxpool_values``. Returns True when ``counting`` is off and a tap
     was NaN or infinite (the caller then runs the plane again with ``counting``)."""
     H, W = xp.shape
     P, Q = yp.shape
@@ -256,7 +277,7 @@ def _maxpool_plane(xp, yp, hlo, hta, htb, dh, wlo, wta, wtb, dw, q3a, q3b, i3, s
 
 
 @njit(cache=True, parallel=True)
-def _maxpool_values(x, y, hlo, hta, htb, dh, wlo, wta, wtb, dw, b, has_b, relu):  # pragma: no cover - jitted
+def maxpool_values(x, y, hlo, hta, htb, dh, wlo, wta, wtb, dw, b, has_b, relu):  # pragma: no cover - jitted
     """Regular max pooling without argmax (inference), separably: rows first, then columns.
 
     Per output row, ``t`` = the elementwise max of the window's input rows that lie inside the
@@ -267,8 +288,8 @@ def _maxpool_values(x, y, hlo, hta, htb, dh, wlo, wta, wtb, dw, b, has_b, relu):
     Counting is only done for a plane that needs it: the first pass sums ``v - v`` per column
     (0 for every finite tap, vectorised like the select), and a plane where that is not 0 (a
     NaN or an infinity went by) is pooled again with per-window NaN counts. (A separate scan of
-    each plane for NaNs cost about as much as the pool: integer counts of ``v != v`` stay
-    scalar.) ResNet-18's stem pool, two threads: 0.72 -> 0.42 ms per image.
+    each plane for NaNs would cost about as much as the pool: integer counts of ``v != v`` stay
+    scalar.)
     ``has_b``/``relu``: y = act(max + b[c]) as it is stored (the stem's epilogue, moved after
     the pool by monotonicity, see conv.conv2d_maxpool_fused).
     """
@@ -307,8 +328,7 @@ def _max_bwd(dyf, amf, dxf, HW, PQ):  # pragma: no cover - jitted
     outside [-1, HW): the caller rejects those (they were skipped here).
 
     One task per (n, c) plane, reading only that plane's outputs: no races, fixed order. Indexed
-    with unsigned integers, so numba drops its wrap-around tests (4D indexing with them measured
-    33 against 9 us for the digits convnet's first pool at batch 64).
+    with unsigned integers, so numba drops its wrap-around tests (4-D indexing keeps them).
     """
     zero = dxf.dtype.type(0)
     planes = dxf.size // HW if HW > 0 else 0
@@ -360,6 +380,17 @@ def _avg_bwd(dy, dx, hlo, hcnt, wlo, wcnt, include_pad):  # pragma: no cover - j
                         dx[n, c, h0 + r, w0 + s] += g
 
 
+class Windows(NamedTuple):
+    """The pooling windows along one axis, one entry per output row (or column): output i reads
+    input positions lo[i] + t*step for taps t < count[i], of which taps in
+    [inside_lo[i], inside_hi[i]) lie inside the input. Passed to the kernels field by field."""
+
+    lo: np.ndarray
+    count: np.ndarray
+    inside_lo: np.ndarray
+    inside_hi: np.ndarray
+
+
 def _inside(lo, cnt, step, L):
     """Per window, the taps t in [a, b) of lo + t*step (t < cnt) that land inside [0, L)."""
     a = np.where(lo >= 0, 0, (-lo + step - 1) // step)
@@ -368,27 +399,28 @@ def _inside(lo, cnt, step, L):
     return a, np.maximum(a, b)
 
 
-def _regular(out, k, stride, pad, dil, L):
-    """Window starts, tap counts and inside-tap ranges of regular pooling along one axis."""
+def regular_windows(out, k, stride, pad, dil, L) -> Windows:
+    """The windows of regular pooling along one axis: ``out`` outputs, ``k`` taps ``dil`` apart,
+    starting at i*stride - pad, over an input of length ``L``."""
     lo = np.arange(out, dtype=np.int64) * stride - pad
     cnt = np.full(out, k, dtype=np.int64)
-    return (lo, cnt, *_inside(lo, cnt, dil, L))
+    return Windows(lo, cnt, *_inside(lo, cnt, dil, L))
 
 
-def _avg_windows(out, k, stride, pad, L):
-    """``_regular`` for average pooling, with each tap count clipped to the padded input
+def _avg_windows(out, k, stride, pad, L) -> Windows:
+    """``regular_windows`` for average pooling, with each tap count clipped to the padded input
     [-pad, L + pad): the divisor PyTorch uses with count_include_pad. Only a ceil_mode window
     hanging past the padding is clipped; every other window keeps its k taps."""
-    lo, cnt, a, b = _regular(out, k, stride, pad, 1, L)
-    return lo, np.minimum(cnt, L + pad - lo), a, b
+    w = regular_windows(out, k, stride, pad, 1, L)
+    return w._replace(count=np.minimum(w.count, L + pad - w.lo))
 
 
-def _adaptive(L, out):
+def _adaptive(L, out) -> Windows:
     """PyTorch's adaptive bins [floor(i*L/O), ceil((i+1)*L/O)) along one axis (all taps inside)."""
     i = np.arange(out, dtype=np.int64)
     lo = (i * L) // out
     cnt = -((-(i + 1) * L) // out) - lo
-    return lo, cnt, np.zeros(out, dtype=np.int64), cnt
+    return Windows(lo, cnt, np.zeros(out, dtype=np.int64), cnt)
 
 
 _NO_ARGMAX = np.empty((0, 0, 0, 0), dtype=np.int64)
@@ -401,7 +433,7 @@ def _as4d(x, where):
     return prepare(x, compute_dtype(x))
 
 
-def _window_out(shape, kernel_size, stride, padding, dilation, where, ceil_mode=False):
+def window_out(shape, kernel_size, stride, padding, dilation, where, ceil_mode=False):
     """((R, S), stride, padding, dilation, P, Q) of pooling an input of ``shape`` (N, C, H, W), checked."""
     R, S = pair(kernel_size, "kernel_size")
     stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
@@ -427,8 +459,8 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
     and skips computing and writing the int64 argmax. ``ceil_mode`` rounds the output size up.
     """
     x = _as4d(x, "maxpool2d")
-    (R, S), stride, padding, dilation, P, Q = _window_out(x.shape, kernel_size, stride, padding, dilation, "maxpool2d",
-                                                          ceil_mode)
+    (R, S), stride, padding, dilation, P, Q = window_out(x.shape, kernel_size, stride, padding, dilation, "maxpool2d",
+                                                         ceil_mode)
     N, C = x.shape[:2]
     y = _memory.empty((N, C, P, Q), x.dtype)
     H, W = x.shape[2:]
@@ -438,11 +470,11 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
         _threads.run(_max_table, x.reshape(N * C, H * W), y.reshape(N * C, P * Q), am.reshape(N * C, P * Q), tab,
                      work=y.size * R * S)
         return y, am
-    rows = _regular(P, R, stride[0], padding[0], dilation[0], H)
-    cols = _regular(Q, S, stride[1], padding[1], dilation[1], W)
+    rows = regular_windows(P, R, stride[0], padding[0], dilation[0], H)
+    cols = regular_windows(Q, S, stride[1], padding[1], dilation[1], W)
     if not need_argmax:
-        _threads.run(_maxpool_values, x, y, rows[0], rows[2], rows[3], dilation[0], cols[0], cols[2], cols[3],
-                     dilation[1], empty_like_ndim(1, x.dtype), False, False)
+        _threads.run(maxpool_values, x, y, rows.lo, rows.inside_lo, rows.inside_hi, dilation[0],
+                     cols.lo, cols.inside_lo, cols.inside_hi, dilation[1], empty_like_ndim(1, x.dtype), False, False)
         return y, None
     am = _memory.empty((N, C, P, Q), np.int64)
     mode = MAX_ROWS if Q >= ROWS_MIN_Q else MAX
@@ -473,7 +505,7 @@ def avgpool2d_forward(x, kernel_size, stride, padding, count_include_pad=True, c
     """Mean of each window; ``count_include_pad`` divides by the window within the padded input
     (the full window unless ceil_mode lets it hang past the padding), else by its inside part."""
     x = _as4d(x, "avgpool2d")
-    (R, S), stride, padding, _, P, Q = _window_out(x.shape, kernel_size, stride, padding, 1, "avgpool2d", ceil_mode)
+    (R, S), stride, padding, _, P, Q = window_out(x.shape, kernel_size, stride, padding, 1, "avgpool2d", ceil_mode)
     y = _memory.empty(x.shape[:2] + (P, Q), x.dtype)
     rows = _avg_windows(P, R, stride[0], padding[0], x.shape[2])
     cols = _avg_windows(Q, S, stride[1], padding[1], x.shape[3])
@@ -485,14 +517,14 @@ def avgpool2d_backward(dy, x_shape, kernel_size, stride, padding, count_include_
     """Spread each gradient evenly over its window (divided as in the forward)."""
     x_shape = tuple(int(s) for s in x_shape)
     dy = _check_dy(dy, x_shape, "avgpool2d_backward")
-    (R, S), stride, padding, _, P, Q = _window_out(x_shape, kernel_size, stride, padding, 1, "avgpool2d_backward",
-                                                   ceil_mode)
+    (R, S), stride, padding, _, P, Q = window_out(x_shape, kernel_size, stride, padding, 1, "avgpool2d_backward",
+                                                  ceil_mode)
     if dy.shape[2:] != (P, Q):
         raise ValueError(f"avgpool2d_backward: dy shape {tuple(dy.shape)} does not fit input shape {x_shape}")
-    hlo, hcnt = _avg_windows(P, R, stride[0], padding[0], x_shape[2])[:2]
-    wlo, wcnt = _avg_windows(Q, S, stride[1], padding[1], x_shape[3])[:2]
+    rows = _avg_windows(P, R, stride[0], padding[0], x_shape[2])
+    cols = _avg_windows(Q, S, stride[1], padding[1], x_shape[3])
     dx = _memory.empty(x_shape, dy.dtype)
-    _threads.run(_avg_bwd, dy, dx, hlo, hcnt, wlo, wcnt, bool(count_include_pad))
+    _threads.run(_avg_bwd, dy, dx, rows.lo, rows.count, cols.lo, cols.count, bool(count_include_pad))
     return dx
 
 
@@ -517,10 +549,10 @@ def adaptive_avgpool2d_backward(dy, x_shape):
     """Each bin's gradient divided evenly over the bin's inputs."""
     x_shape = tuple(int(s) for s in x_shape)
     dy = _check_dy(dy, x_shape, "adaptive_avgpool2d_backward")
-    hlo, hcnt = _adaptive(x_shape[2], dy.shape[2])[:2]
-    wlo, wcnt = _adaptive(x_shape[3], dy.shape[3])[:2]
+    rows = _adaptive(x_shape[2], dy.shape[2])
+    cols = _adaptive(x_shape[3], dy.shape[3])
     dx = _memory.empty(x_shape, dy.dtype)
-    _threads.run(_avg_bwd, dy, dx, hlo, hcnt, wlo, wcnt, True)
+    _threads.run(_avg_bwd, dy, dx, rows.lo, rows.count, cols.lo, cols.count, True)
     return dx
 
 

@@ -15,17 +15,37 @@ so per tile the 9*m*m multiplies of a direct 3x3 become alpha*alpha: 16 instead 
 
 The two data transforms are written out separably with their nonzero coefficients (about 100
 additions per F(4x4) tile and channel instead of the 1296 multiply-adds of a dense kron(B^T, B^T)),
-and each fuses a step that used to be a pass of its own: the input transform reads the image
-directly (no gathered tile array), the output transform applies the epilogue as it stores y.
-docs/kernels.md has the history and the numbers (an earlier version ran both transforms as dense
-Kronecker GEMMs in BLAS around a gather and a scatter kernel).
+and each fuses a step that would otherwise be a pass of its own: the input transform reads the
+image directly (no gathered tile array), the output transform applies the epilogue as it stores y.
+
+Versions of the forward (docs/kernels.md, "Convolution variants", has each one's timings):
+
+1. Hand-written transform loops per (image, channel); scalar, slower than the GEMMs they fed.
+2. Every 2-D transform as one Kronecker matrix, so all three are BLAS GEMMs over every tile; the
+   tiles gathered by the im2col kernel, one scatter kernel with the epilogue.
+3. A dedicated gather and a row-contiguous scatter (no per-row views), and chunks of
+   ``TARGET_TILES`` tiles that stay in cache.
+4. (this file) Separable written-out transforms that read the image and write y directly: the
+   data passes memory twice per chunk (V, M) instead of four times (tiles, V, M, Y).
+
+Beside the forward: dW by Winograd's transposed form (``conv3x3_dw``, below), and dX as a
+Winograd forward convolution of dY (conv.py, ``_dx_by_winograd``).
 
 A constant (read-only) filter's U is computed once and cached by the caller (conv.py, _filters).
 
 Accuracy: the transforms multiply by constants up to 8 (F(4x4)) and divide by up to 24, so float32
-rounding grows; docs/kernels.md has the measured errors that set the selection rule in conv.py.
+rounding grows; docs/kernels.md ("Winograd accuracy, measured") has the measured errors that set
+the selection rule in conv.py.
+
+Checked by ``python -m pytest -q tests/test_numba_backend.py -k "winograd or transform or f4_error"``
+(both tile sizes against the numpy reference, the written-out transforms against the matrices,
+the float32 error bound); timed by ``python -m benchmarks.variant_sweep`` (forward, dX and dW
+against im2col on ResNet-18's layers) and ``python -m benchmarks.train_ab --off dw`` (a training
+step with and without the Winograd dW).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
@@ -71,11 +91,11 @@ AT = {
 # the 2-D filter transform as a matrix on row-major flattened 3x3 filters (float64; cast per dtype on use)
 KRON_G = {t: np.kron(G[t], G[t]) for t in G}
 
-# bytes of tiles, transformed tiles and products one chunk of images may occupy
-CHUNK_BYTES = 48 * 1024 * 1024
+# bytes of transformed tiles and products one chunk of images may occupy (the im2col variants'
+# chunks have their own budget, conv.COLUMNS_CHUNK_BYTES)
+TILES_CHUNK_BYTES = 48 * 1024 * 1024
 # tiles per chunk: about one 56x56 image for F(4x4). Wide enough for the GEMMs, small enough that
-# the chunk's V and M (C*T and K*T values per tap) stay in L2/L3; 1024 measured 10-30% slower
-# on ResNet-18's layers at batch 8 (docs/kernels.md)
+# the chunk's V and M (C*T and K*T values per tap) stay in L2/L3 (docs/kernels.md, version 3)
 TARGET_TILES = 196
 
 _cast = {}
@@ -261,14 +281,24 @@ def transform_filters(w, tile, fresh=False):
     return U
 
 
-def _tiling(N, C, K, P, Q, tile, dtype, target_tiles):
-    """(m, alpha^2, tile rows TH, tile columns TW, images per chunk) of a P x Q output in m x m tiles:
-    about ``target_tiles`` tiles per chunk, and the chunk's V and M/Y within ``CHUNK_BYTES``."""
+class Tiling(NamedTuple):
+    """How a P x Q output is cut into m x m tiles, and how many images one chunk takes."""
+
+    m: int        # outputs per tile side (2 or 4)
+    A2: int       # alpha^2 = (m + 2)^2 values per transformed tile
+    TH: int       # tile rows
+    TW: int       # tile columns
+    images: int   # images per chunk
+
+
+def _tiling(N, C, K, P, Q, tile, dtype, target_tiles) -> Tiling:
+    """The tiling of a P x Q output in ``tile`` x ``tile`` tiles: about ``target_tiles`` tiles per
+    chunk, and the chunk's V and M/Y within ``TILES_CHUNK_BYTES``."""
     m, alpha = tile, tile + 2
     TH, TW = -(-P // m), -(-Q // m)
     tiles = TH * TW
     per_image = alpha * alpha * (C + K) * tiles * np.dtype(dtype).itemsize
-    return m, alpha * alpha, TH, TW, max(1, min(N, -(-target_tiles // tiles), CHUNK_BYTES // per_image))
+    return Tiling(m, alpha * alpha, TH, TW, max(1, min(N, -(-target_tiles // tiles), TILES_CHUNK_BYTES // per_image)))
 
 
 def _transformed_inputs(x, n0, nc, m, TH, TW, padding):
@@ -401,8 +431,8 @@ def _dy_transform(dy3, n0, nc, Y, m, TH, TW, Q):  # pragma: no cover - jitted
 
 
 # tiles per chunk for dW: wider chunks mean fewer passes adding each chunk's alpha^2*K*C partial
-# sums, but 1024 measured slower than 256 on ResNet-18's layer2 at batch 8 and 16 (its V and Y no
-# longer stay in cache between the transforms and the GEMMs); docs/kernels.md
+# sums, but past this the chunk's V and Y no longer stay in cache between the transforms and the
+# GEMMs (docs/kernels.md, "Training: dW of 3x3 layers by Winograd")
 DW_TARGET_TILES = 256
 
 
