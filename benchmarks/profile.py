@@ -5,7 +5,7 @@
 Every op of the chosen backend's table is wrapped with a timer for the duration of the run (the
 op seam makes this a dictionary swap), so the table shows each op's share of the whole pass, and
 the time outside ops (Python, the layers' bookkeeping). This is how a slow kernel is found before
-the harness in ``benchmarks/ops.py`` is pointed at it.
+the harness in ``minicnn/bench/ops.py`` (``minicnn bench ops``) is pointed at it.
 """
 from __future__ import annotations
 

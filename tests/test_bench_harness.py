@@ -7,19 +7,34 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the suite lives in the checkout's benchmarks/, not in the package
-    sys.path.insert(0, str(ROOT))
+from minicnn.backends.numpy.conv import conv2d_forward as np_conv, conv2d_forward_naive
+from minicnn.bench import end_to_end, harness, ops, shapes
+from minicnn.bench.roofline import roofline_points
 
-from benchmarks import end_to_end, harness, ops, shapes  # noqa: E402
-from benchmarks.roofline import roofline_points  # noqa: E402
-from minicnn.backends.numpy.conv import conv2d_forward as np_conv, conv2d_forward_naive  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def _restore_numba_threads():
+    """``harness.set_threads`` pins numba's count for the process, as a benchmark run wants; here it
+    must not outlive the test (the tests that run after compare against their own serial calls)."""
+    numba = sys.modules.get("numba")
+    before = numba.get_num_threads() if numba is not None else None
+    yield
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        want = before if before is not None else numba.config.NUMBA_NUM_THREADS
+        if numba.get_num_threads() != want:
+            numba.set_num_threads(want)
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the sweeps and A/B scripts live in the checkout's benchmarks/ folder
+    sys.path.insert(0, str(ROOT))
 
 TINY = shapes.ConvShape(2, 3, 7, 6, 4, 3, 3, stride=1, pad=1, where="tiny")
 
@@ -265,6 +280,16 @@ def test_tiny_ops_run_writes_json_markdown_and_roofline(tmp_path, env):
     assert data["env"]["machine"]["numpy"] == np.__version__
 
 
+def test_ops_run_without_matplotlib_writes_everything_but_the_plot(tmp_path, env, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: importing it fails
+    logged = []
+    payload = ops.run(quick=True, out_dir=str(tmp_path), variants=[_variant("im2col", np_conv)],
+                      cases=[ops.conv_forward_case(TINY)], env=env, log=logged.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ops.json", "ops.md"] and "plot" not in payload
+    assert "roofline.png not drawn: matplotlib is not installed (pip install matplotlib)" in logged
+    assert json.loads((tmp_path / "ops.json").read_text())["results"][0]["variants"][0]["status"] == "ok"
+
+
 @pytest.mark.torch
 def test_tiny_end_to_end_run_cross_checks_frameworks(tmp_path, env):
     pytest.importorskip("torch")
@@ -439,3 +464,237 @@ def test_unfold_sweep_pools_checks_and_times_both_max_pool_forms(monkeypatch):
     rows = unfold_sweep.pool_sweep(rounds=1, threads=1, log=lambda line: None)
     assert len(rows) == 1 and rows[0]["windows (us)"] > 0 and rows[0]["table (us)"] > 0
     assert (pool.ROWS_MIN_Q, pool.TABLE_MAX) == before  # restored
+
+
+# -- where results and temporary files go --------------------------------------------------------
+
+
+def test_other_cores_never_exceeds_the_machine(monkeypatch):
+    import os
+
+    meter = harness.LoadMeter()
+    # a short window's tick rounding: /proc/stat says 50 busy core-seconds went by, we used none
+    busy = iter([100.0, 150.0])
+    monkeypatch.setattr(harness.LoadMeter, "_busy_seconds", staticmethod(lambda: next(busy)))
+    monkeypatch.setattr(harness.LoadMeter, "_own_seconds", staticmethod(lambda: 0.0))
+    meter.start()
+    assert meter.other_cores() == float(os.cpu_count())
+    # and never below zero when our own time outran the machine's count
+    busy = iter([100.0, 100.0])
+    monkeypatch.setattr(harness.LoadMeter, "_own_seconds", staticmethod(iter([0.0, 5.0]).__next__))
+    meter.start()
+    assert meter.other_cores() == 0.0
+
+
+def test_quick_runs_never_write_over_the_committed_results(tmp_path, env, capsys, monkeypatch):
+    from minicnn.cli import main
+
+    committed = harness.COMMITTED_RESULTS
+    assert Path(committed) == ROOT / "benchmarks" / "results"
+    with pytest.raises(ValueError, match="--quick results would overwrite the committed full run"):
+        harness.check_out_dir(committed, quick=True)
+    assert harness.check_out_dir(committed, quick=False) == committed  # a full run may, when named
+    before = {p.name: p.stat().st_mtime_ns for p in Path(committed).iterdir()}
+    # the library entry points refuse before measuring anything
+    with pytest.raises(ValueError, match="committed full run"):
+        ops.run(quick=True, out_dir=committed, env=env, cases=[], variants=[], log=lambda *_: None)
+    with pytest.raises(ValueError, match="committed full run"):
+        end_to_end.run(quick=True, out_dir=committed, parts=("memory",), env=env, log=lambda *_: None)
+    # the command: one line, exit status 1, nothing written
+    assert main(["bench", "ops", "--quick", "--out", committed]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "would overwrite the committed full run" in err[0]
+    with pytest.raises(SystemExit) as e:
+        ops.main(["--quick", "--out", committed])
+    assert e.value.code == 2 and "committed full run" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in Path(committed).iterdir()} == before
+    # by default a run writes into ./bench-results of the working directory
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    monkeypatch.setattr(ops, "run", lambda **kw: seen.update(kw))
+    monkeypatch.setattr(harness, "setup", lambda **kw: env)
+    assert main(["bench", "ops", "--quick"]) == 0
+    assert seen["out_dir"] == str(tmp_path / "bench-results") and (tmp_path / "bench-results").is_dir()
+    capsys.readouterr()
+
+
+def test_end_to_end_parts_leave_no_temporary_folders(tmp_path, env, monkeypatch):
+    """Each part that writes files (the reference logits, the exported ONNX model, the seeded
+    weights and numba caches of the start-up part) writes them under one temporary folder per
+    run, and removes it when the part ends, whether it succeeded or not."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    made = []
+    real = tempfile.TemporaryDirectory
+
+    def tracked(*a, **k):
+        d = real(*a, **k)
+        made.append(Path(d.name))
+        return d
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", tracked)
+    end_to_end.run(quick=True, out_dir=str(tmp_path / "out"), parts=("inference",), batches=(1,), size=32,
+                   env=env, log=lambda *_: None, frameworks=["minicnn numpy"])
+    assert made and all(p.parent == scratch for p in made)
+    # start-up: the commands are replaced by stand-ins that check what they were given
+    seen = []
+
+    def fake_cli(args, env_extra, threads, timeout=600):
+        weights = Path(args[args.index("--weights") + 1])
+        assert weights.stat().st_size > 40e6 and Path(env_extra["NUMBA_CACHE_DIR"]).is_dir()
+        seen.append(weights)
+        return 0.1
+
+    monkeypatch.setattr(end_to_end, "_run_cli", fake_cli)
+    monkeypatch.setattr(end_to_end, "_child", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("child failed")))
+    rows = end_to_end.startup(env, log=lambda *_: None, breakdown=True)
+    assert seen and any(r["status"] == "FAIL" for r in rows)  # the failing child is reported, not raised
+    assert all(not w.exists() for w in seen)
+    assert list(scratch.iterdir()) == []
+
+
+# -- the suite inside the package, and an installed copy -----------------------------------------
+
+
+def test_benchmarks_names_are_aliases_of_the_package_modules():
+    """``benchmarks.X`` (docs, the sweeps, ``python -m benchmarks.X``) is the package's module itself."""
+    import importlib
+
+    import minicnn.bench
+
+    for name in ("harness", "shapes", "ops", "roofline", "end_to_end"):
+        assert importlib.import_module(f"benchmarks.{name}") is importlib.import_module(f"minicnn.bench.{name}")
+    from benchmarks import threads_ab
+
+    assert threads_ab.harness is harness  # the scripts beside it reach the package's harness through it
+    assert Path(minicnn.bench.__file__).parent == ROOT / "minicnn" / "bench"
+
+
+def test_the_suite_imports_no_torch():
+    """Importing the suite, the command and the torch reference module loads neither torch nor onnxruntime."""
+    import subprocess
+
+    code = ("import sys, minicnn.bench.end_to_end, minicnn.bench.ops, minicnn.bench.roofline, "
+            "minicnn.bench.torch_reference as t, minicnn.cli.bench; "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'matplotlib') if m in sys.modules), sorted(t.LAYERS)); "
+            "from minicnn.cli import build_parser; build_parser(); "  # what `minicnn bench --help` runs
+            "print(sorted(m for m in ('torch', 'onnxruntime') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["[] ['resnet18', 'resnet34']", "[]"]
+
+
+@pytest.mark.torch
+def test_torch_reference_is_the_one_definition_the_tests_use():
+    pytest.importorskip("torch")
+    import torch
+    import torch_resnet
+
+    from minicnn.bench import torch_reference
+    from minicnn.models.resnet import resnet18, seeded_state_dict
+
+    assert torch_resnet.ResNet is torch_reference.ResNet and torch_resnet.build is torch_reference.build
+    assert torch_reference.ResNet.__qualname__ == "ResNet" and torch_reference.BasicBlock.__module__ == torch_reference.__name__
+    sd = seeded_state_dict("resnet18", seed=0)
+    model = torch_reference.build("resnet18", state_dict=sd).eval()
+    assert set(model.state_dict()) == set(sd)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    import minicnn as mc
+
+    with mc.backend("numpy"), mc.no_grad():
+        ref = np.asarray(mc.to_numpy(resnet18(weights=sd).eval()(x)))
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).numpy()
+    assert harness.max_rel_error(got, ref) < 1e-4
+    # an unknown name is still an AttributeError, not a torch import
+    with pytest.raises(AttributeError, match="no attribute 'ResNet50'"):
+        torch_reference.ResNet50  # noqa: B018
+
+
+def test_quick_runs_refuse_any_checkouts_committed_results(tmp_path):
+    """An installed copy run inside a clone knows that clone's benchmarks/results too."""
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    assert harness.is_committed_results(str(results)) and harness.is_committed_results(harness.COMMITTED_RESULTS)
+    with pytest.raises(ValueError, match="would overwrite the committed full run"):
+        harness.check_out_dir(str(results), quick=True)
+    assert harness.check_out_dir(str(results), quick=False) == str(results)
+    # a results folder outside a checkout, or any other folder, is the user's to fill
+    (tmp_path / "pyproject.toml").unlink()
+    assert not harness.is_committed_results(str(results))
+    assert harness.check_out_dir(str(tmp_path / "out"), quick=True) == str(tmp_path / "out")
+
+
+def test_cli_bench_frameworks_are_checked_before_anything_runs(tmp_path, capsys):
+    from minicnn.cli import main
+
+    out = tmp_path / "out"
+    assert main(["bench", "e2e", "--frameworks", "minicnn numpy,tensorflow", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("minicnn bench: error: framework(s) 'tensorflow' not available here; "
+                                               "choose from ") and "minicnn numpy compiled" in err[0]
+    assert main(["bench", "ops", "--frameworks", "pytorch", "--out", str(out)]) == 1
+    assert "does not apply to 'ops'" in capsys.readouterr().err
+    assert not out.exists()
+    assert end_to_end.split_list(" minicnn numpy, ,pytorch,") == ["minicnn numpy", "pytorch"]
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_runs_the_bench_outside_the_checkout(tmp_path):
+    """Build a wheel from the package, install it (no dependencies, no network) into a fresh venv
+    that borrows this interpreter's numpy and numba, and run ``minicnn bench`` from a folder
+    outside the source tree: the suite and its child processes run from the installed copy,
+    results land in --out and nowhere else, and no temporary folder is left behind."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    pytest.importorskip("setuptools", minversion="64")  # the build backend pyproject.toml names, used offline
+    # build from a copy, so the build's own folders (build/, *.egg-info) stay out of the checkout
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(ROOT / "minicnn", src / "minicnn", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                    "-q", "-w", str(dist), str(src)], check=True, capture_output=True, text=True)
+    (wheel,) = dist.glob("minicnn-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module in ("harness", "shapes", "ops", "roofline", "end_to_end", "torch_reference"):
+        assert f"minicnn/bench/{module}.py" in names
+    assert "minicnn/data/images/chelsea.jpg" in names and not any(n.startswith("benchmarks/") for n in names)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    py, cmd = venv / "bin" / "python", venv / "bin" / "minicnn"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q",
+                    str(wheel)], check=True, capture_output=True, text=True, env=env)
+    work, scratch = tmp_path / "work", tmp_path / "scratch"
+    work.mkdir()
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)  # every temporary folder of the run, its children's too, goes here
+
+    def run(*args):
+        return subprocess.run([*map(str, args)], cwd=work, env=env, capture_output=True, text=True, timeout=900)
+
+    where = run(py, "-c", "import minicnn.bench; print(minicnn.bench.__file__)")
+    assert where.returncode == 0 and Path(where.stdout.strip()).is_relative_to(venv), where
+    helped = run(cmd, "bench", "--help")
+    assert helped.returncode == 0 and "--out DIR" in helped.stdout and "--frameworks" in helped.stdout
+    out = tmp_path / "results"
+    done = run(cmd, "bench", "e2e", "--quick", "--parts", "inference", "--frameworks", "minicnn numpy",
+               "--threads", "1", "--out", out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == f"results written to {out}"
+    assert sorted(p.name for p in out.iterdir()) == ["e2e.json", "e2e.md"]
+    data = json.loads((out / "e2e.json").read_text())
+    (row,) = data["inference"]
+    assert (row["framework"], row["batch"], row["size"], row["status"]) == ("minicnn numpy", 1, 224, "ok")
+    assert row["max_rel_err"] == 0.0 and row["median_ms"] > 0  # the reference itself: checked against its own logits
+    assert "| 1 | minicnn numpy |" in (out / "e2e.md").read_text()
+    assert list(work.iterdir()) == [] and list(scratch.iterdir()) == []

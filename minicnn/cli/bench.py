@@ -1,21 +1,21 @@
-"""``minicnn bench [ops|e2e|all] [--quick] [--out DIR]``: the benchmark suite of the source checkout.
+"""``minicnn bench [ops|e2e|all] [--quick] [--out DIR]``: validate and time the kernels and ResNet-18.
 
 ``ops`` validates every kernel variant of every usable backend against the numpy reference on
 each distinct ResNet-18 layer shape and times the ones that pass; ``e2e`` runs ResNet-18 inference
 and training against PyTorch and ONNX Runtime, plus memory and start-up measurements. Both print
-markdown tables and write JSON (and the roofline PNG) to ``--out``. The suite lives in the
-repository's ``benchmarks/`` folder (it compares against frameworks the library never imports),
-so this command needs a source checkout.
+markdown tables and write JSON (and the roofline PNG) to ``--out`` (default ``bench-results`` in the
+working directory; a ``--quick`` run never writes over a checkout's committed ``benchmarks/results``),
+and remove their temporary files when the run ends. The suite is ``minicnn.bench``, so an
+installed minicnn runs it anywhere; the comparisons need torch and onnxruntime, which minicnn
+itself never imports (without them those rows are left out).
 """
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
-
-from ..errors import MinicnnError
 
 SUITES = ("ops", "e2e", "all")
+# relative to the working directory: a run never lands in the committed benchmarks/results unless named
+DEFAULT_OUT = "bench-results"
 
 
 def register(subparsers) -> None:
@@ -29,29 +29,21 @@ def register(subparsers) -> None:
     p.add_argument("suite", nargs="?", default="all", choices=SUITES,
                    help="ops: per-kernel on ResNet-18 shapes; e2e: whole-network runs; all: both (default)")
     p.add_argument("--quick", action="store_true", help="batch 1 only and fewer repeats, for iteration (under a few minutes)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="directory for ops.json, e2e.json, the .md tables and roofline.png (default: benchmarks/results)")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"directory for ops.json, e2e.json, the .md tables and roofline.png (default: ./{DEFAULT_OUT}; "
+                        "--quick refuses the committed benchmarks/results)")
     p.add_argument("--threads", type=int, default=2, help="threads for every framework (default 2)")
     p.add_argument("--parts", default=None,
                    help="e2e only: comma-separated subset of inference,training,memory,startup")
+    p.add_argument("--frameworks", default=None, metavar="LIST",
+                   help="e2e inference and memory only: comma-separated subset of the frameworks, e.g. "
+                        "'minicnn numba compiled,onnxruntime' (default: every one usable here)")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                    help="first wait up to S seconds for other processes to leave the CPUs")
     p.add_argument("--rounds", type=int, default=1, metavar="N",
                    help="e2e inference: each framework's process takes N turns, frameworks alternating; "
                         "the round with the lowest median is reported (default 1)")
     p.set_defaults(func=run)
-
-
-def benchmarks_root() -> Path:
-    """The source checkout holding ``benchmarks/`` (next to the package, or the working directory)."""
-    here = Path(__file__).resolve().parents[2]
-    for root in (here, Path.cwd()):
-        if (root / "benchmarks" / "harness.py").is_file():
-            return root
-    raise MinicnnError(
-        "minicnn bench runs the suite in a source checkout's benchmarks/ folder, which this installation "
-        "does not have; run it from a clone of the repository"
-    )
 
 
 def run(args) -> int:
@@ -62,19 +54,19 @@ def run(args) -> int:
         raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
     if args.parts and args.suite == "ops":
         raise ValueError("--parts selects parts of the e2e suite; it does not apply to 'ops'")
-    root = benchmarks_root()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    from benchmarks import end_to_end, harness, ops
+    if args.frameworks and args.suite == "ops":
+        raise ValueError("--frameworks selects frameworks of the e2e suite; it does not apply to 'ops'")
+    from ..bench import end_to_end, harness, ops
 
-    parts = end_to_end.check_parts(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts \
-        else list(end_to_end.PARTS)
-    out = args.out or str(root / "benchmarks" / "results")
+    parts = end_to_end.check_parts(end_to_end.split_list(args.parts)) if args.parts else list(end_to_end.PARTS)
+    out = harness.check_out_dir(args.out, args.quick)
+    frameworks = end_to_end.check_frameworks(end_to_end.split_list(args.frameworks)) if args.frameworks else None
     os.makedirs(out, exist_ok=True)
     env = harness.setup(threads=args.threads, quick=args.quick, wait_quiet_s=args.wait_quiet, log=print)
     if args.suite in ("ops", "all"):
         ops.run(quick=args.quick, out_dir=out, threads=args.threads, env=env)
     if args.suite in ("e2e", "all"):
-        end_to_end.run(quick=args.quick, out_dir=out, threads=args.threads, parts=parts, env=env, rounds=args.rounds)
+        end_to_end.run(quick=args.quick, out_dir=out, threads=args.threads, parts=parts, env=env, rounds=args.rounds,
+                       frameworks=frameworks)
     print(f"results written to {out}")
     return 0
