@@ -11,12 +11,15 @@ by one is a single convolution with a rescaled weight and a new bias::
 becomes ``nn.Identity``). ``compile_inference(model)`` goes further for ResNets: every BasicBlock
 becomes two or three calls of ``ops.conv2d_fused_forward``, whose epilogue adds the folded bias,
 the residual and applies the ReLU while the output tile is still hot, instead of the five to
-seven full passes over the activations that conv, bn, relu, conv, bn, add, relu make::
+seven full passes over the activations that conv, bn, relu, conv, bn, add, relu make. A VGG
+compiles the same way: each conv (+ bn) + relu is one fused call, and one that a 2x2 max pool
+follows runs with the pool fused in (``conv2d_maxpool_fused``)::
 
     fast = mc.inference.compile_inference(resnet18().eval())
     logits = fast(x)                    # same numbers as model(x) in eval mode, to float32 rounding
     fmap = fast.forward_features(x)     # what model.forward_features(x) returns (layer4's map)
     emb = fast.embed(x)                 # what model.embed(x) returns (N, 512)
+    g = fast.capture(x)                 # a GPU backend: the forward for x's shape as one device graph
 
 The compiled object snapshots the weights when it is built: compile again after loading new ones.
 Any backend works: everything it uses is in the backend's table (``minicnn.ops``): the fused op,
@@ -28,21 +31,24 @@ autotuner keep the op and the stem run as conv then pool.
 from __future__ import annotations
 
 import copy
+import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
 from . import backends, ops
 from .grad_mode import no_grad
-from .nn.activation import Identity
+from .nn.activation import Identity, ReLU
 from .nn.batchnorm import BatchNorm2d
 from .nn.conv import Conv2d
+from .nn.dropout import Dropout
 from .nn.linear import Linear
 from .nn.module import Module, Parameter, Sequential
 from .nn.pooling import AdaptiveAvgPool2d, MaxPool2d
 from .shapes import conv_output_size
 
-__all__ = ["fold_conv_bn", "fold_batchnorm", "compile_inference", "CompiledModel"]
+__all__ = ["fold_conv_bn", "fold_batchnorm", "compile_inference", "CompiledModel", "CompiledVGG", "CapturedModel"]
 
 
 def fold_conv_bn(conv: Conv2d, bn: BatchNorm2d):
@@ -196,8 +202,11 @@ class _FusedConv:
             b.flags.writeable = False
         self._host = (w, b)
         self._dev: dict = {}
-        # (input shape, dtype, backend, threads, has residual) -> (variant name, function): the autotuner's picks
+        # (input shape, dtype, backend, threads, tuning_key, has residual) -> (variant name, function): the autotuner's picks
         self.chosen: dict = {}
+        # one autotuning at a time per conv: threads that meet a new shape together wait for the
+        # first one's pick instead of timing against each other and choosing differently
+        self._tune_lock = threading.Lock()
 
     def arrays(self, be):
         """Weight and bias in the memory of backend ``be`` (converted once per backend)."""
@@ -212,12 +221,15 @@ class _FusedConv:
         args = (x, w, b, self.stride, self.padding, self.dilation, self.groups, residual, self.relu)
         fn = ctx.fused
         if ctx.tune:
-            key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, residual is not None)
+            key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, ctx.be.tuning_key(), residual is not None)
             pick = self.chosen.get(key)
             if pick is None:
-                pick = self.chosen[key] = _autotune(ctx, args, kwargs)
-                # what the backend cached for the losers (numba: Winograd filter transforms) goes
-                ctx.be.release_unpicked(w, {name for name, _ in self.chosen.values()})
+                with self._tune_lock:
+                    pick = self.chosen.get(key)
+                    if pick is None:
+                        pick = self.chosen[key] = _autotune(ctx, args, kwargs)
+                        # what the backend cached for the losers (numba: Winograd filter transforms) goes
+                        ctx.be.release_unpicked(w, {name for name, _ in self.chosen.values()})
             fn = pick[1]
         return fn(*args, **kwargs)
 
@@ -271,8 +283,10 @@ def _autotune(ctx, args, kwargs):
     best = {name: float("inf") for name in ok}
     for _ in range(TUNE_ROUNDS):
         for name, fn in ok.items():
+            ctx.be.synchronize()  # a device backend queues work: time each run to its end
             t0 = time.perf_counter()
             fn(*args, **kwargs)
+            ctx.be.synchronize()
             best[name] = min(best[name], time.perf_counter() - t0)
     name = min(best, key=best.get)
     return (name, ok[name])
@@ -356,7 +370,11 @@ class CompiledModel:
     through ``ops.conv2d_fused_forward`` and never keeps anything for backward. ``forward_features``
     and ``embed`` return what the model's methods of those names return (layer4's feature map; the
     pooled (N, 512) features that feed ``fc``). Input of any real dtype is converted to the model's
-    dtype, as ``Module`` does. Not thread-safe: calls share the kept output buffers.
+    dtype, as ``Module`` does.
+
+    Safe to call from several threads at once, as a thread-pool server does: each call borrows a
+    set of activation buffers that no other call uses until it is given back, so the buffers kept
+    between calls grow with the largest number of calls that ran at the same time.
     """
 
     def __init__(self, model: Module, autotune: bool = True):
@@ -381,7 +399,13 @@ class CompiledModel:
             raise ValueError(f"compile_inference: expected avgpool to be AdaptiveAvgPool2d, got {type(model.avgpool).__name__}")
         self.avg_size = model.avgpool.output_size
         self.fc = self._head(model.fc)
-        self._pool = _BufferPool()
+        self._init_buffers(autotune)
+
+    def _init_buffers(self, autotune):
+        # sets of activation buffers: a call borrows one no other call holds (see _pass)
+        self._pools: list = []
+        self._free_pools: list = []
+        self._pools_lock = threading.Lock()
         self.autotune = bool(autotune)
 
     @staticmethod
@@ -419,19 +443,33 @@ class CompiledModel:
             x = out
         return x
 
+    @contextmanager
+    def _pass(self):
+        """A forward pass's context, with a buffer pool that only this pass uses until it ends."""
+        with self._pools_lock:
+            if self._free_pools:
+                pool = self._free_pools.pop()
+            else:
+                pool = _BufferPool()
+                self._pools.append(pool)
+        pool.reset()
+        try:
+            yield _Ctx(pool, self.autotune)
+        finally:
+            with self._pools_lock:
+                self._free_pools.append(pool)
+
     def forward_features(self, x):
         """The last feature map, layer4's output (N, 512, ceil(H/32), ceil(W/32)), as ``model.forward_features``."""
-        ctx = _Ctx(self._pool, self.autotune)
-        self._pool.reset()
-        # the caller keeps this array, so it must not be a pool buffer the next call overwrites
-        return self._features_map(self._check(x), ctx).copy()
+        with self._pass() as ctx:
+            # the caller keeps this array, so it must not be a pool buffer the next call overwrites
+            return self._features_map(self._check(x), ctx).copy()
 
     def embed(self, x):
         """The globally average-pooled features (N, 512) the classifier reads, as ``model.embed``."""
-        ctx = _Ctx(self._pool, self.autotune)
-        self._pool.reset()
-        fmap = self._features_map(self._check(x), ctx)
-        y = ops.adaptive_avgpool2d_forward(fmap, self.avg_size)
+        with self._pass() as ctx:
+            fmap = self._features_map(self._check(x), ctx)
+            y = ops.adaptive_avgpool2d_forward(fmap, self.avg_size)
         return y.reshape(y.shape[0], -1)
 
     def forward(self, x):
@@ -444,10 +482,10 @@ class CompiledModel:
             with no_grad():
                 return self.fc[1](feats)
         be = backends.current()
-        w, b = self.fc[1], self.fc[2]
+        _, w, b = self.fc  # one read: another thread may be replacing the tuple
         if not be.is_native(w):
-            self.fc = ("linear", be.asarray(w), None if b is None else be.asarray(b))
-            w, b = self.fc[1], self.fc[2]
+            w, b = be.asarray(w), None if b is None else be.asarray(b)
+            self.fc = ("linear", w, b)
         return ops.linear_forward(feats, w, b)
 
     __call__ = forward
@@ -460,24 +498,226 @@ class CompiledModel:
         return out
 
     def variants(self) -> dict:
-        """What the autotuner picked: conv name -> {(input shape, dtype, backend, threads, residual): variant}."""
+        """What the autotuner picked: conv name -> {(input shape, dtype, backend, threads, tuning_key, residual): variant}."""
         return {c.name: {k: v[0] for k, v in c.chosen.items()} for c in self.convs() if c.chosen}
 
     def buffer_bytes(self) -> int:
         """Bytes of activation buffers kept between calls (0 when the backend allocates per call)."""
-        return self._pool.nbytes()
+        with self._pools_lock:
+            return sum(p.nbytes() for p in self._pools)
+
+    def capture(self, example) -> "CapturedModel":
+        """This model's forward recorded once as a device graph, for inputs shaped like ``example``.
+
+        Returns a :class:`CapturedModel`; the backend in force must be able to record (its
+        ``capture_graph`` entry; a CPU backend refuses with a RuntimeError saying so).
+        """
+        return CapturedModel(self, example)
 
     def __repr__(self):
         return f"CompiledModel({self.model_name}, {len(self.convs())} fused convs)"
 
 
-def compile_inference(model: Module, autotune: bool = True) -> CompiledModel:
-    """Compile a ResNet (``resnet18`` .. ``resnet152``) for fast eval-mode inference.
+class CapturedModel:
+    """A compiled model's forward recorded as one device graph for a fixed input shape: ``g(x)`` -> logits.
 
-    Returns a ``CompiledModel``: ``fast(x)`` gives the logits ``model.eval()(x)`` gives (to float32
-    rounding), ``fast.forward_features(x)`` and ``fast.embed(x)`` the features. BatchNorm is folded into the convs and each
-    BasicBlock or Bottleneck becomes fused conv + bias (+ residual) + ReLU calls. VGG and other plain
-    conv stacks: ``fold_batchnorm``. ``model`` is not modified; the
+    Built by ``fast.capture(example)`` under a backend that can record (the GPU one). The
+    forward runs a few times to warm up, then once under capture; each call then copies ``x``
+    into the recording's input buffer and replays every kernel with one launch, which removes
+    the per-kernel launch cost that dominates batch-1 latency. ``x`` must have the example's
+    shape (ValueError otherwise); its dtype is converted to the model's. Each call returns a
+    new array. The recording keeps its own activation buffers (the compiled model's are not
+    shared) and the weights as they were at capture; call it under the backend that recorded it.
+
+        fast = mc.inference.compile_inference(resnet18(weights=path).eval())
+        with mc.backend(gpu_backend):
+            g = fast.capture(x1)          # x1: one image, (1, 3, 224, 224)
+            logits = g(x2)                # same numbers as fast(x2)
+    """
+
+    def __init__(self, compiled: CompiledModel, example):
+        be = backends.current()
+        self.backend = be.NAME
+        self.model_name = compiled.model_name
+        x = compiled._check(example)
+        self.input_shape = tuple(int(s) for s in x.shape)
+        self.dtype = compiled.dtype
+        # a copy that shares weights and autotuner picks but owns its activation buffers: the
+        # recording keeps their addresses, so no other call may ever borrow them
+        self._compiled = copy.copy(compiled)
+        self._compiled._init_buffers(compiled.autotune)
+        self._replay = be.capture_graph(self._compiled.forward, x)
+
+    def __call__(self, x):
+        """Logits for ``x`` of the recorded shape, by one replay of the graph."""
+        be = backends.current()
+        if be.NAME != self.backend:
+            raise RuntimeError(f"captured {self.model_name}: recorded on backend {self.backend!r}, called under "
+                               f"{be.NAME!r}; a recording replays only where it was made")
+        shape = tuple(np.shape(x))
+        if shape != self.input_shape:
+            raise ValueError(f"captured {self.model_name}: recorded for input shape {self.input_shape}, got "
+                             f"{shape}; capture again for another shape")
+        return self._replay(self._compiled._check(x))
+
+    forward = __call__
+
+    def __repr__(self):
+        return f"CapturedModel({self.model_name}, input {self.input_shape}, backend {self.backend!r})"
+
+
+def _is_vgg(m) -> bool:
+    feats, head = getattr(m, "features", None), getattr(m, "classifier", None)
+    return (isinstance(feats, Sequential) and len(feats) > 0 and isinstance(feats[0], Conv2d)
+            and all(isinstance(c, (Conv2d, BatchNorm2d, ReLU, MaxPool2d)) for c in feats)
+            and isinstance(getattr(m, "avgpool", None), AdaptiveAvgPool2d)
+            and isinstance(head, Sequential) and len(head) > 0
+            and all(isinstance(c, (Linear, ReLU, Dropout, Identity)) for c in head))
+
+
+class CompiledVGG(CompiledModel):
+    """A VGG (``vgg11`` .. ``vgg19_bn``) compiled for inference; ``fast(x)`` -> logits, as the model in eval mode.
+
+    Built by ``compile_inference``. ``features`` becomes a list of fused convs: each conv takes the
+    BatchNorm after it folded in and the ReLU after that in its epilogue, and a conv followed by a
+    2x2 max pool runs as one ``conv2d_maxpool_fused`` call (the pool reads the conv's output while it
+    is in cache). The classifier runs as ``linear_forward`` and ``relu_forward``; dropout is the
+    identity in eval mode. ``forward_features`` and ``embed`` return what the model's methods of those
+    names return (``features``' output; the (N, hidden) penultimate features). Buffers and threads as
+    ``CompiledModel``.
+    """
+
+    def __init__(self, model: Module, autotune: bool = True):
+        if not _is_vgg(model):
+            raise ValueError(
+                f"compile_inference: {type(model).__name__} is not a VGG (needs features: a Sequential of Conv2d, "
+                "BatchNorm2d, ReLU and MaxPool2d starting with a conv; avgpool: AdaptiveAvgPool2d; classifier: a "
+                "Sequential of Linear, ReLU and Dropout); use fold_batchnorm(model) for other models"
+            )
+        self.dtype = np.dtype(model.dtype)
+        self.model_name = type(model).__name__
+        self.arch = getattr(model, "arch", self.model_name)
+        self.num_classes = getattr(model, "num_classes", None)
+        self.training = False
+        self.num_pools = getattr(model, "num_pools", 0)
+        # ("conv", fused conv) | ("conv_pool", fused conv, pool args) | ("pool", pool args, ceil_mode) | ("relu",)
+        self.steps = []
+        kids = list(model.features)
+        i = 0
+        while i < len(kids):
+            m = kids[i]
+            if isinstance(m, Conv2d):
+                j = i + 1
+                bn = kids[j] if j < len(kids) and isinstance(kids[j], BatchNorm2d) else None
+                if bn is not None:
+                    if not bn.track_running_stats:
+                        raise ValueError(f"compile_inference: features.{j} keeps no running statistics; it cannot be folded")
+                    j += 1
+                relu = j < len(kids) and isinstance(kids[j], ReLU)
+                j += relu
+                conv = _FusedConv(m, bn, relu, f"features.{i}")
+                if j < len(kids) and isinstance(kids[j], MaxPool2d) and not kids[j].ceil_mode:
+                    self.steps.append(("conv_pool", conv, self._pool_args(kids[j])))
+                    j += 1
+                else:
+                    self.steps.append(("conv", conv))
+                i = j
+            elif isinstance(m, MaxPool2d):
+                self.steps.append(("pool", self._pool_args(m), m.ceil_mode))
+                i += 1
+            elif isinstance(m, ReLU):
+                self.steps.append(("relu",))
+                i += 1
+            else:
+                raise ValueError(f"compile_inference: features.{i} ({type(m).__name__}) does not follow a conv; "
+                                 "only a conv's own batchnorm can be folded")
+        self.stem = self.steps[0][1]  # the first conv: what _check reads the input channels from
+        self.avg_size = model.avgpool.output_size
+        # the classifier, one entry per child so that embed stops where the model's does (before the last)
+        self.head = []
+        for c in model.classifier:
+            if isinstance(c, Linear):
+                self.head.append(self._head(c))
+            elif isinstance(c, ReLU):
+                self.head.append(("relu",))
+            else:  # Dropout in eval mode, Identity
+                self.head.append(("identity",))
+        self._head_dev: dict = {}
+        self._init_buffers(autotune)
+
+    @staticmethod
+    def _pool_args(mp):
+        return (mp.kernel_size, mp.stride, mp.padding, mp.dilation)
+
+    def _check(self, x):
+        x = super()._check(x)
+        side = 2 ** self.num_pools
+        if x.shape[0] < 1 or min(x.shape[2:]) < side:
+            raise ValueError(f"compiled {self.arch}: input of shape {tuple(x.shape)} is too small: {self.num_pools} "
+                             f"2x2 max pools need H and W of at least {side} (and a batch of at least 1)")
+        return x
+
+    def _features_map(self, x, ctx):
+        for step in self.steps:
+            kind = step[0]
+            if kind == "conv":
+                out = step[1](x, ctx)
+            elif kind == "conv_pool":
+                out = step[1].pooled(x, ctx, ctx.be.conv2d_maxpool_fused, step[2])
+            elif kind == "pool":
+                out, _ = ops.maxpool2d_forward(x, *step[1], need_argmax=False, ceil_mode=step[2])
+            else:
+                out = ops.relu_forward(x)
+            ctx.done_with(x)  # a no-op for arrays the pool did not hand out (the input, a pool op's output)
+            x = out
+        return x
+
+    def _run_head(self, h, entries):
+        be = backends.current()
+        arrays = self._head_dev.get(be.NAME)
+        if arrays is None:  # the Linear weights in the backend's memory, converted once per backend
+            arrays = self._head_dev[be.NAME] = [
+                (e[0], be.asarray(e[1]), None if e[2] is None else be.asarray(e[2])) if e[0] == "linear" else e
+                for e in self.head]
+        for e in (arrays[i] for i in entries):
+            if e[0] == "linear":
+                h = ops.linear_forward(h, e[1], e[2])
+            elif e[0] == "relu":
+                h = ops.relu_forward(h)
+        return h
+
+    def embed(self, x):
+        """The penultimate features (N, hidden) the classifier's last layer reads, as ``model.embed``."""
+        with self._pass() as ctx:
+            fmap = self._features_map(self._check(x), ctx)
+            y = ops.adaptive_avgpool2d_forward(fmap, self.avg_size)  # a new array, not a pool buffer
+        return self._run_head(y.reshape(y.shape[0], -1), range(len(self.head) - 1))
+
+    def forward(self, x):
+        """Logits for a batch ``x`` of shape (N, 3, H, W)."""
+        return self._run_head(self.embed(x), [len(self.head) - 1])
+
+    __call__ = forward
+
+    def convs(self):
+        """Every fused conv in execution order."""
+        return [s[1] for s in self.steps if s[0] in ("conv", "conv_pool")]
+
+    def __repr__(self):
+        return f"CompiledVGG({self.arch}, {len(self.convs())} fused convs)"
+
+
+def compile_inference(model: Module, autotune: bool = True) -> CompiledModel:
+    """Compile a ResNet (``resnet18`` .. ``resnet152``) or a VGG (``vgg11`` .. ``vgg19_bn``) for fast
+    eval-mode inference.
+
+    Returns a ``CompiledModel`` (a ``CompiledVGG`` for a VGG): ``fast(x)`` gives the logits ``model.eval()(x)``
+    gives (to float32 rounding), ``fast.forward_features(x)`` and ``fast.embed(x)`` the features. BatchNorm is
+    folded into the convs; each BasicBlock or Bottleneck becomes fused conv + bias (+ residual) + ReLU calls,
+    a VGG's conv + ReLU (+ max pool) one call each. A model imported by ``minicnn.onnx.load`` becomes a
+    ``CompiledOnnx`` (``minicnn/onnx/compiled.py``): each Conv takes the BatchNormalization it alone
+    feeds, and a following Relu (or residual Add + Relu, or MaxPool), into one fused call; the other nodes run as
+    the imported graph runs them. ``model`` is not modified; the
     weights are copied, so compile again after changing them. Other models: ``fold_batchnorm``.
 
     ``autotune=True``: on a backend that offers several conv algorithms (numba: im2col + GEMM,
@@ -486,4 +726,12 @@ def compile_inference(model: Module, autotune: bool = True) -> CompiledModel:
     about a second more); ``fast.variants()`` shows the picks. ``autotune=False`` keeps the
     backend's fixed rule.
     """
+    from .onnx.graph import OnnxModel  # no onnx package needed: the graph is already minicnn modules
+
+    if isinstance(model, OnnxModel):
+        from .onnx.compiled import CompiledOnnx
+
+        return CompiledOnnx(model, autotune=autotune)
+    if _is_vgg(model):
+        return CompiledVGG(model, autotune=autotune)
     return CompiledModel(model, autotune=autotune)

@@ -371,3 +371,38 @@ def test_basic_block_type_is_the_one_compiled(seeded_resnet):
     """The compiled path recognises the library's BasicBlock (a guard against the model drifting)."""
     assert all(inference._is_basic_block(b) for b in seeded_resnet.layer2)
     assert isinstance(seeded_resnet.layer2[0], BasicBlock)
+
+
+def test_autotune_retunes_when_the_backend_tuning_key_changes_and_times_to_the_end(seeded_resnet, x_small,
+                                                                                   reference_outputs):
+    """A pick is keyed by the backend's ``tuning_key()`` (cupy: the precision mode), so a mode that
+    offers other variants is tuned afresh; and each timed run is bracketed by ``synchronize()``."""
+    import types
+
+    ref = backends.load("numpy")
+    mode = {"now": "m1"}
+    synced = []
+
+    def conv_variants(x_shape, w_shape, stride, padding, dilation, groups):
+        fused = ref.OPS["conv2d_fused_forward"]
+        return {f"{mode['now']}_a": fused, f"{mode['now']}_b": fused}
+
+    table = {k: v for k, v in ref.module.OPS.items()}
+    table.update(conv_variants=conv_variants, tuning_key=lambda: (mode["now"],),
+                 synchronize=lambda: synced.append(1))
+    backends.register("tuned", types.SimpleNamespace(NAME="tuned", OPS=table))
+    try:
+        fast = inference.compile_inference(seeded_resnet)
+        with mc.backend("tuned"):
+            first = fast(x_small)
+            assert synced, "the autotuner never waited for the backend"
+            mode["now"] = "m2"
+            second = fast(x_small)
+    finally:
+        backends.unregister("tuned")
+    assert _rel(first, reference_outputs["logits"]) < 1e-4
+    np.testing.assert_array_equal(first, second)
+    for name, picks in fast.variants().items():
+        modes = sorted(key[4] for key in picks)
+        assert modes == [("m1",), ("m2",)], (name, picks)
+        assert {v[:2] for v in picks.values()} == {"m1", "m2"}, (name, picks)

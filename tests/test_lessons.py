@@ -34,7 +34,160 @@ LESSONS = {
                                 "08_resnet_fine_tune.png"],
     "09_heads.py": ["09_multilabel.png", "09_multilabel_examples.png", "09_regression.png",
                     "09_regression_examples.png"],
+    "10_multilabel_resnet50.py": ["10_metrics.png", "10_examples.png"],
+    "11_segmentation_unet.py": ["11_metrics.png", "11_overlays.png"],
+    "12_keypoints.py": ["12_errors.png", "12_points.png"],
+    "13_vgg_features.py": ["13_curves.png", "13_confusion.png"],
+    "14_deep_dream_vgg19.py": ["14_fashion_dream.png", "14_fashion_channels.png", "14_vgg19_dream.png"],
+    "15_fashion_filter_bank.py": ["15_filter_bank.png", "15_filter_responses.png", "15_orientation_energy.png"],
+    "16_fashion_filters.py": ["16_conv1_filters.png", "16_conv1_maps.png", "16_conv2_maps.png", "16_top_maps.png"],
+    "17_fashion_grad_cam.py": ["17_grad_cam_classes.png", "17_logit_maps.png", "17_grad_cam.png", "17_saliency.png"],
+    "18_fashion_mistakes.py": ["18_confusion.png", "18_confident_mistakes.png", "18_confidence.png"],
 }
+# lessons that read the Fashion-MNIST test images: skipped, saying so, only when Debian's files are absent
+FASHION_DATA = {"15_fashion_filter_bank.py", "16_fashion_filters.py", "17_fashion_grad_cam.py", "18_fashion_mistakes.py"}
+
+
+# -- the numbers the lessons report, recomputed from what they saved, without minicnn.metrics --------
+
+def _check_10(out):
+    """Per-label F1 from TP/FP/FN counted in a loop; AP as the mean, over the positives, of the
+    precision at each positive's rank (equal to the step sum when no two scores tie)."""
+    z = np.load(out / "10_results.npz")
+    t, s = z["targets"].astype(bool), z["scores"].astype(np.float64)
+    assert t.shape == s.shape and t.shape[1] == 4
+    aps = []
+    for c in range(t.shape[1]):
+        tp = sum(1 for i in range(len(t)) if t[i, c] and s[i, c] > 0)
+        fp = sum(1 for i in range(len(t)) if not t[i, c] and s[i, c] > 0)
+        fn = sum(1 for i in range(len(t)) if t[i, c] and not s[i, c] > 0)
+        assert z["f1"][c] == pytest.approx(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0, abs=1e-12)
+        assert len(np.unique(s[:, c])) == len(s)  # no ties, so the simple formula applies
+        rank = np.argsort(np.argsort(-s[:, c])) + 1  # 1-based rank of each sample
+        pos_ranks = np.sort(rank[t[:, c]])
+        aps.append(np.mean([(j + 1) / r for j, r in enumerate(pos_ranks)]))
+        assert z["ap"][c] == pytest.approx(aps[-1], abs=1e-12)
+    assert float(z["map"]) == pytest.approx(np.mean(aps), abs=1e-12)
+
+
+def _check_11(out):
+    """IoU per class from sets of pixel positions; mIoU over the classes present in either."""
+    z = np.load(out / "11_results.npz")
+    masks, pred = z["masks"], z["pred"]
+    assert masks.shape == pred.shape and masks.ndim == 3
+    ious = []
+    for c in range(5):
+        t = set(zip(*np.nonzero(masks == c)))
+        p = set(zip(*np.nonzero(pred == c)))
+        if not t and not p:
+            assert np.isnan(z["iou"][c])
+            continue
+        ious.append(len(t & p) / len(t | p))
+        assert z["iou"][c] == pytest.approx(ious[-1], abs=1e-12)
+    assert float(z["miou"]) == pytest.approx(np.mean(ious), abs=1e-12)
+
+
+def _check_12(out):
+    """The mean pixel error as the mean of math.hypot over the points; the points lie in the image."""
+    import math
+
+    z = np.load(out / "12_results.npz")
+    pts, pred = z["points"].astype(np.float64), z["pred"]
+    assert pts.shape == pred.shape and pts.shape[1] == 2
+    assert pts.min() >= 0 and pts.max() <= 31
+    errs = [math.hypot(px - tx, py - ty) for (tx, ty), (px, py) in zip(pts, pred)]
+    assert float(z["mean_error"]) == pytest.approx(sum(errs) / len(errs), rel=1e-12)
+
+
+def _check_13(out):
+    """Accuracy counted in a loop; the frozen blocks did not move at all, the fine-tuned block did."""
+    z = np.load(out / "13_results.npz")
+    labels, logits = z["labels"], z["logits"]
+    right = sum(1 for t, row in zip(labels, logits) if int(np.argmax(row)) == int(t))
+    assert float(z["accuracy"]) == pytest.approx(right / len(labels), abs=1e-12)
+    assert float(z["frozen_change"]) == 0.0 and float(z["block_change"]) > 0.0
+
+
+def _check_14(out):
+    """DeepDream raised its objective: 0.5 * mean(A**2) of the shipped Fashion-MNIST net's layer,
+    recomputed by running its children one by one on the saved images."""
+    import minicnn as mc
+    from minicnn.models.fashion import fashion_convnet
+
+    z = np.load(out / "14_results.npz")
+    model = fashion_convnet(weights="DEFAULT").eval()
+    energies = []
+    for x in (z["image"], z["dream"]):
+        h = x[None].astype(np.float32)
+        with mc.backend("numpy"), mc.no_grad():
+            for m in list(model.children())[: int(z["layer"]) + 1]:
+                h = m(h)
+        energies.append(0.5 * float((np.asarray(h, np.float64) ** 2).mean()))
+    assert float(z["before"]) == pytest.approx(energies[0], rel=1e-5)
+    assert float(z["after"]) == pytest.approx(energies[1], rel=1e-5)
+    assert energies[1] > 1.5 * energies[0]
+    assert z["dream"].min() >= 0.0 and z["dream"].max() <= 1.0  # clipped to the input range
+
+
+def _check_15(out):
+    """The filter bank's responses, as minicnn's conv2d computed them, equal numpy's sliding-window
+    correlation of the saved images with the saved filters (zero padding 3)."""
+    z = np.load(out / "15_results.npz")
+    x, w, r = z["images"].astype(np.float64), z["weights"].astype(np.float64), z["responses"]
+    assert w.shape == (7, 1, 7, 7) and r.shape == (len(x), 7, 28, 28)
+    win = np.lib.stride_tricks.sliding_window_view(np.pad(x[:, 0], ((0, 0), (3, 3), (3, 3))), (7, 7), axis=(1, 2))
+    np.testing.assert_allclose(r, np.einsum("nhwij,kij->nkhw", win, w[:, 0]), atol=1e-5)
+
+
+def _check_17(out):
+    """Grad-CAM of each image's predicted class at the ReLU after conv2 equals its closed form,
+    relu(sum_k alpha_k A_k) with alpha_k the class's linear weights on pooled map k summed over the
+    7x7 cells / 196, A from running the net's children one by one; the logit maps sum to the logits."""
+    import minicnn as mc
+    from minicnn.models.fashion import fashion_convnet
+
+    z = np.load(out / "17_results.npz")
+    model = fashion_convnet(weights="DEFAULT").eval()
+    h = z["images"].astype(np.float32)
+    with mc.backend("numpy"), mc.no_grad():
+        for m in list(model.children())[:5]:
+            h = m(h)
+    a = np.asarray(h, np.float64)
+    w = np.asarray(model[8].weight.data, np.float64).reshape(10, 64, 7, 7)
+    alpha = w[z["logits"].argmax(axis=1)].sum(axis=(2, 3)) / 196.0  # (N, 64)
+    cam = np.maximum(np.einsum("nk,nkhw->nhw", alpha, a), 0.0)
+    cam /= cam.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(z["cams"], cam, atol=1e-5)
+    b = np.asarray(model[8].bias.data, np.float64)
+    np.testing.assert_allclose(z["logit_maps"].sum(axis=(2, 3)) + b, z["per_class_logits"], atol=1e-4)
+
+
+def _check_18(out):
+    """The confusion matrix counted in a loop; the mistakes are all wrong, sorted by the softmax
+    probability of the wrong answer, computed here with math.exp."""
+    import math
+
+    z = np.load(out / "18_results.npz")
+    labels, logits, cm = z["labels"], z["logits"].astype(np.float64), z["confusion"]
+    counted = np.zeros((10, 10), np.int64)
+    for t, row in zip(labels, logits):
+        counted[int(t), int(np.argmax(row))] += 1
+    np.testing.assert_array_equal(cm, counted)
+    assert cm.sum() == len(labels)
+    probs = []
+    for i in z["mistakes"]:
+        row = logits[i]
+        assert int(np.argmax(row)) != int(labels[i])
+        probs.append(1.0 / sum(math.exp(v - row.max()) for v in row))
+    assert len(probs) == len(labels) - np.trace(cm)
+    np.testing.assert_allclose(z["mistake_conf"], probs, rtol=1e-9)
+    assert all(p >= q for p, q in zip(probs, probs[1:]))
+
+
+RESULTS = {"10_multilabel_resnet50.py": _check_10, "11_segmentation_unet.py": _check_11, "12_keypoints.py": _check_12,
+           "13_vgg_features.py": _check_13, "14_deep_dream_vgg19.py": _check_14,
+           "15_fashion_filter_bank.py": _check_15, "17_fashion_grad_cam.py": _check_17,
+           "18_fashion_mistakes.py": _check_18}
 
 
 def test_every_lesson_file_is_listed():
@@ -64,6 +217,13 @@ def _png_std(path):
 @pytest.mark.parametrize("lesson", sorted(LESSONS))
 def test_lesson_runs_and_draws(lesson, tmp_path, weights_file):
     pytest.importorskip("matplotlib")
+    if lesson in FASHION_DATA:
+        from minicnn.data.mnist import DEBIAN_FASHION_MNIST
+
+        files = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+        if not all(os.path.isfile(os.path.join(DEBIAN_FASHION_MNIST, f + ".gz")) for f in files):
+            pytest.skip(f"Fashion-MNIST is not installed in {DEBIAN_FASHION_MNIST} "
+                        "(apt-get install dataset-fashion-mnist; .ci/run does)")
     out = tmp_path / "out"
     cmd = [sys.executable, str(EXAMPLES / lesson), "--out", str(out), "--quick"]
     if lesson.startswith("08_"):
@@ -79,6 +239,8 @@ def test_lesson_runs_and_draws(lesson, tmp_path, weights_file):
         std = _png_std(out / name)
         assert std > 8.0, f"{lesson}: {name} looks blank (pixel std {std:.1f})"
     assert "wrote" in proc.stdout
+    if lesson in RESULTS:
+        RESULTS[lesson](out)
 
 
 def test_lesson_rejects_a_bad_weights_file(tmp_path):

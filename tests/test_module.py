@@ -1,6 +1,7 @@
 """Module / Parameter / Sequential bookkeeping, state dicts, summary() and backend selection."""
 import io
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -154,6 +155,40 @@ def test_num_batches_tracked_is_ignored_on_load():
     del sd["1.num_batches_tracked"]
     assert fresh.load_state_dict(sd) == ([], [])  # and its absence is not "missing"
     np.testing.assert_array_equal(fresh[1].running_mean, net[1].running_mean)
+
+
+def test_num_batches_tracked_without_a_batchnorm_is_unexpected():
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    sd = net.state_dict()
+    # under the conv, or under a module that does not exist: not a counter this model has
+    for stray in ("0.num_batches_tracked", "7.num_batches_tracked", "num_batches_tracked"):
+        bad = dict(sd, **{stray: np.array(3)})
+        with pytest.raises(ValueError, match=rf"unexpected keys: {re.escape(stray)}$"):
+            net.load_state_dict(bad)
+        assert net.load_state_dict(bad, strict=False) == ([], [stray])
+    # a BatchNorm that keeps no running statistics has no counter either (PyTorch saves none for it)
+    plain = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2, track_running_stats=False))
+    psd = plain.state_dict()
+    assert "1.num_batches_tracked" not in psd
+    with pytest.raises(ValueError, match=r"unexpected keys: 1\.num_batches_tracked"):
+        plain.load_state_dict(dict(psd, **{"1.num_batches_tracked": np.array(0)}))
+
+
+@pytest.mark.torch
+def test_pytorch_state_dict_with_counters_loads_strictly():
+    torch = pytest.importorskip("torch")
+    tnet = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
+    tnet.train()
+    with torch.no_grad():
+        tnet(torch.randn(4, 1, 3, 3))
+        tnet(torch.randn(4, 1, 3, 3))
+    sd = {k: v.numpy() for k, v in tnet.state_dict().items()}
+    assert int(sd["1.num_batches_tracked"]) == 2
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    assert net.load_state_dict(sd) == ([], [])
+    np.testing.assert_array_equal(net[1].running_var, sd["1.running_var"])
+    np.testing.assert_array_equal(net[0].weight.data, sd["0.weight"])
+    assert int(net[1].num_batches_tracked) == 0  # accepted, not loaded
 
 
 # -- modes, grads, dtype -----------------------------------------------------------------------------

@@ -65,14 +65,19 @@ def test_torch_exported_net_matches_pytorch_and_onnxruntime(net, opset, tmp_path
 
 
 @pytest.mark.torch
-def test_opset9_bilinear_upsample_is_refused(tmp_path):
-    """Opset 9's Upsample(linear) uses asymmetric coordinates, which PyTorch's bilinear is not."""
+def test_opset9_bilinear_upsample_matches_onnxruntime(tmp_path):
+    """Opset 9's Upsample(linear) samples at asymmetric coordinates (i / scale), not PyTorch's
+    half-pixel ones: the imported net computes what ONNX Runtime computes for the file."""
     torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
     import torch_onnx_nets as T
 
+    torch.manual_seed(0)
     path = T.export(T.unet_small(), torch.randn(1, 3, 16, 16), tmp_path / "unet9.onnx", 9)
-    with pytest.raises(mc.onnx.OnnxImportError, match=r"\(Upsample\): mode=linear .*asymmetric"):
-        mc.onnx.load(path)
+    net = mc.onnx.load(path)
+    assert any(getattr(m, "asymmetric", False) for m in net.modules())
+    x = np.random.default_rng(2).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    assert rel(net(x), ort_run(path, x)[0]) < 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +287,37 @@ def _classic_cases():
     return cases
 
 
-CLASSIC = _classic_cases()
+def _resize_gap_cases():
+    """Opset-9 Upsample (linear, nearest) and linear Resize with asymmetric coordinates; Gemm with
+    transA, alpha and beta."""
+    return {
+        "upsample9_linear": make([helper.make_node("Upsample", ["x", "sc"], ["y"], mode="linear")],
+                                 [("x", [2, 3, 4, 5])], [("y", None)],
+                                 {"sc": np.array([1, 1, 2, 3], np.float32)}, opset=9),
+        "upsample9_linear_fractional": make([helper.make_node("Upsample", ["x", "sc"], ["y"], mode="linear")],
+                                            [("x", [1, 2, 5, 4])], [("y", None)],
+                                            {"sc": np.array([1, 1, 1.5, 2.5], np.float32)}, opset=9),
+        "upsample9_nearest_fractional": make([helper.make_node("Upsample", ["x", "sc"], ["y"], mode="nearest")],
+                                             [("x", [1, 2, 5, 4])], [("y", None)],
+                                             {"sc": np.array([1, 1, 1.5, 2.5], np.float32)}, opset=9),
+        "resize10_linear": make([helper.make_node("Resize", ["x", "sc"], ["y"], mode="linear")],
+                                [("x", [1, 2, 3, 4])], [("y", None)],
+                                {"sc": np.array([1, 1, 2, 2], np.float32)}, opset=10),
+        "resize13_linear_asymmetric_sizes": make([
+            helper.make_node("Resize", ["x", "", "", "sz"], ["y"], mode="linear",
+                             coordinate_transformation_mode="asymmetric")],
+            [("x", [1, 2, 3, 4])], [("y", None)], {"sz": np.array([1, 2, 7, 6], np.int64)}, opset=13),
+        "gemm_transA_alpha_beta": make([
+            helper.make_node("Gemm", ["x", "B", "C"], ["y"], transA=1, transB=1, alpha=0.5, beta=2.0)],
+            [("x", [6, 3])], [("y", None)], {"B": f32(4, 6), "C": f32(4)}, opset=11),
+        "gemm_alpha_beta_scalar_C": make([
+            helper.make_node("Flatten", ["x"], ["f"], axis=1),
+            helper.make_node("Gemm", ["f", "B", "C"], ["y"], alpha=1.5, beta=-0.5)],
+            [("x", [2, 2, 2, 2])], [("y", None)], {"B": f32(8, 5), "C": f32(1)}, opset=9),
+    }
+
+
+CLASSIC = {**_classic_cases(), **_resize_gap_cases()}
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIC))
@@ -303,7 +338,9 @@ def test_classic_graph_matches_onnxruntime(name, backend_name):
 
 @pytest.mark.parametrize("name", ["lrn", "sum_reshape_chain", "activations", "split_concat_slice_gather_squeeze",
                                   "matmul_resize_linear", "asymmetric_pads",
-                                  "conv_same_upper_stride2_maxpool_same_lower", "bn7_dropout_softmax9"])
+                                  "conv_same_upper_stride2_maxpool_same_lower", "bn7_dropout_softmax9",
+                                  "upsample9_linear_fractional", "resize13_linear_asymmetric_sizes",
+                                  "gemm_transA_alpha_beta", "gemm_alpha_beta_scalar_C"])
 def test_classic_graph_backward_matches_numerical_gradient(name):
     model = CLASSIC[name]
     net = mc.onnx.load(model.SerializeToString()).to(np.float64)
@@ -321,6 +358,101 @@ def test_classic_graph_backward_matches_numerical_gradient(name):
             return net(*args)
         num = eval_numerical_gradient_array(f, x.copy(), dy)
         assert rel_error(mc.to_numpy(dxs[i]), num) < 1e-6, (name, i)
+
+
+def _asymmetric_linear_reference(x, out_h, out_w, sh, sw):
+    """ONNX's linear resize with asymmetric coordinates as plain loops (the operator's definition):
+    output (i, j) reads input position (i / sh, j / sw), clamped to the last row and column."""
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, out_h, out_w))
+    for i in range(out_h):
+        yi = min(i / sh, h - 1)
+        i0 = int(np.floor(yi))
+        i1, fi = min(i0 + 1, h - 1), yi - i0
+        for j in range(out_w):
+            xj = min(j / sw, w - 1)
+            j0 = int(np.floor(xj))
+            j1, fj = min(j0 + 1, w - 1), xj - j0
+            y[:, :, i, j] = ((1 - fi) * (1 - fj) * x[:, :, i0, j0] + (1 - fi) * fj * x[:, :, i0, j1]
+                             + fi * (1 - fj) * x[:, :, i1, j0] + fi * fj * x[:, :, i1, j1])
+    return y
+
+
+@pytest.mark.parametrize("name,scales,size", [("upsample9_linear", (2, 3), (8, 15)),
+                                              ("upsample9_linear_fractional", (1.5, 2.5), (7, 10)),
+                                              ("resize10_linear", (2, 2), (6, 8)),
+                                              ("resize13_linear_asymmetric_sizes", (7 / 3, 6 / 4), (7, 6))])
+def test_asymmetric_linear_resize_matches_the_loop_reference(name, scales, size, backend_name):
+    """The reference loop, ONNX Runtime and the import agree: the loop pins down what the
+    operator means, so a resize that ONNX Runtime and minicnn got wrong the same way would show."""
+    model = CLASSIC[name]
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(9).standard_normal(shape).astype(np.float32)
+    ref = _asymmetric_linear_reference(x.astype(np.float64), *size, *scales)
+    assert rel(ort_run(model.SerializeToString(), x)[0], ref) < 1e-5
+    with mc.backend(backend_name):
+        got = mc.onnx.load(model.SerializeToString())(x)
+    assert rel(got, ref) < 1e-5
+
+
+def test_nearest_upsample9_matches_floor_reference():
+    model = CLASSIC["upsample9_nearest_fractional"]
+    x = f32(1, 2, 5, 4)
+    ref = x[:, :, np.floor(np.arange(7) / 1.5).astype(int)][:, :, :, np.floor(np.arange(10) / 2.5).astype(int)]
+    np.testing.assert_array_equal(mc.to_numpy(mc.onnx.load(model.SerializeToString())(x)), ref)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_gemm_trans_a_alpha_beta_matches_the_formula(backend):
+    model = CLASSIC["gemm_transA_alpha_beta"]
+    inits = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    a = np.random.default_rng(5).standard_normal((6, 3)).astype(np.float32)
+    ref = 0.5 * a.T.astype(np.float64) @ inits["B"].T + 2.0 * inits["C"]
+    assert rel(ort_run(model.SerializeToString(), a)[0], ref) < 1e-6
+    with mc.backend(backend):
+        net = mc.onnx.load(model.SerializeToString())
+        got = net(a)
+    assert rel(got, ref) < 1e-6
+    # the initializers come back under their names and in their ONNX layout
+    sd = net.state_dict()
+    assert sorted(sd) == ["B", "C"]
+    np.testing.assert_array_equal(sd["B"], inits["B"].astype(np.float32))
+    np.testing.assert_array_equal(sd["C"], inits["C"].astype(np.float32))
+    # parameter gradients of y = alpha * A^T B^T + beta * C, against the numerical gradient
+    net64 = mc.onnx.load(model.SerializeToString()).to(np.float64)
+    layer = next(m for m in net64.modules() if type(m).__name__ == "Gemm")
+    a64 = a.astype(np.float64)
+    dy = np.random.default_rng(6).standard_normal((3, 4))
+    net64.zero_grad()
+    net64(a64)
+    net64.backward(dy)
+    for p in (layer.weight, layer.bias):
+        def f(v, p=p):
+            old = p.data
+            p.data = v
+            try:
+                return mc.to_numpy(net64(a64))
+            finally:
+                p.data = old
+        num = eval_numerical_gradient_array(f, np.array(p.data, copy=True), dy)
+        assert rel_error(mc.to_numpy(p.grad), num) < 1e-7
+
+
+def test_gemm_and_resize_refusals_name_what_is_missing():
+    full_c = make([helper.make_node("Gemm", ["x", "B", "C"], ["y"], name="g", beta=0.5)],
+                  [("x", [2, 3])], [("y", None)], {"B": f32(3, 4), "C": f32(2, 4)})
+    with pytest.raises(mc.onnx.OnnxImportError, match=r"node 'g' \(Gemm\): C of shape \(2, 4\) is not supported"):
+        mc.onnx.load(full_c.SerializeToString())
+    crop = make([helper.make_node("Resize", ["x", "", "sc"], ["y"], name="r", mode="linear",
+                                  coordinate_transformation_mode="tf_crop_and_resize")],
+                [("x", [1, 1, 2, 2])], [("y", None)], {"sc": np.array([1, 1, 2, 2], np.float32)})
+    with pytest.raises(mc.onnx.OnnxImportError,
+                       match=r"node 'r' \(Resize\): mode=linear with coordinate_transformation_mode='tf_crop_and_resize'"):
+        mc.onnx.load(crop.SerializeToString(), check=False)
+    cubic = make([helper.make_node("Upsample", ["x", "sc"], ["y"], name="u", mode="cubic")],
+                 [("x", [1, 1, 2, 2])], [("y", None)], {"sc": np.array([1, 1, 2, 2], np.float32)}, opset=9)
+    with pytest.raises(mc.onnx.OnnxImportError, match=r"node 'u' \(Upsample\): mode='cubic' is not supported"):
+        mc.onnx.load(cubic.SerializeToString(), check=False)
 
 
 def test_initializer_feeding_two_nodes_shares_one_parameter():

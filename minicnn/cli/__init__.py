@@ -4,7 +4,9 @@ means adding a file. Errors on bad input print one line and exit non-zero, witho
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import pkgutil
 import sys
 
@@ -37,9 +39,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _notices_on_stderr():
+    """The package's INFO log lines (the one-time "compiling kernels, first run only") on stderr as
+    ``minicnn: ...`` while a command runs; left alone when the program configured that logger."""
+    log = logging.getLogger("minicnn")
+    if log.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("minicnn: %(message)s"))
+    level = log.level
+    log.addHandler(handler)
+    if log.level == logging.NOTSET:  # a level the program set (say WARNING, to silence it) stays
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with _notices_on_stderr():
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         if args.backend:
             from .. import set_backend

@@ -87,6 +87,22 @@ def load_model(weights, arch=None):
     return model_from_weights(weights, arch).eval(), str(weights)
 
 
+def compiled(model):
+    """``compile_inference(model)`` when ``model`` is one it compiles (a ResNet, a VGG, a model imported
+    from ONNX), else ``model``.
+
+    The compiled model computes the eval model's outputs (to float32 rounding) with BatchNorm
+    folded and fused convs. Without autotuning: a command runs few batches, and timing every conv
+    variant on the first batch of each shape would cost more than it saves.
+    """
+    from ..inference import compile_inference
+
+    try:
+        return compile_inference(model, autotune=False)
+    except ValueError:  # not an architecture compile_inference takes: the model runs as it is
+        return model
+
+
 def iter_batches(paths, batch_size, mode):
     """Yield ``(loaded_paths, batch, failures)`` per chunk of ``batch_size`` paths.
 
@@ -165,6 +181,14 @@ def _run(args) -> int:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    from ._stream import is_directory_out, run_stream, stream_only_options
+
+    if args.out is not None:
+        if not is_directory_out(args.out) or args.json:
+            raise ValueError(f"--out names a results directory (DIR/, Parquet shards); got {args.out!r}"
+                             + (" with --json, which prints to stdout instead" if args.json else ""))
+        return run_stream(args, "classify")
+    stream_only_options(args)
     paths = find_images(args.inputs)
     if args.model:
         from ._onnx import load_for_images
@@ -188,7 +212,7 @@ def _run(args) -> int:
 
     with pixel_limit(getattr(args, "max_pixels", None)):
         results, errors = classify_files(
-            model, paths, labels, topk, args.batch_size, args.preprocess,
+            compiled(model), paths, labels, topk, args.batch_size, args.preprocess,
             progress=any(Path(p).is_dir() for p in args.inputs),
             on_result=None if args.json else show, on_error=report,
         )
@@ -292,6 +316,12 @@ def register(subparsers):
                    help="how many classes to show per image (default 5, or every class when there are fewer)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (UTF-8); default: ImageNet's 1000")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("--out", default=None, metavar="DIR/",
+                   help="stream the results into a directory of Parquet shards (path, label, score, topk) "
+                        "instead of printing them")
     p.add_argument("--arch", choices=ALL_ARCHS, help="architecture (default: inferred from the weights); without "
                    "--weights, the cached <arch>.safetensors is used")
+    from ._stream import add_stream_args
+
+    add_stream_args(p)
     p.set_defaults(func=_run)

@@ -598,18 +598,24 @@ class Module:
 
         With ``strict=True`` any missing, unexpected or mis-shaped key raises one ``StateDictError``
         (a ValueError and a RuntimeError) that lists them all, with both shapes, and nothing is
-        modified. Keys ending in ``num_batches_tracked`` are ignored. With ``strict=False`` missing
+        modified. A BatchNorm's ``num_batches_tracked`` (PyTorch's state dicts carry one per
+        BatchNorm) is accepted when present and not loaded, and not missing when absent; the same
+        name under a module that has no such buffer is an unexpected key. With ``strict=False`` missing
         and unexpected keys are returned as ``IncompatibleKeys(missing_keys, unexpected_keys)``;
         shape mismatches always raise. Values are cast to each slot's dtype.
         """
         targets = OrderedDict()
+        counters = set()  # keys of the num_batches_tracked buffers: accepted, never loaded nor required
         for mprefix, m in self.named_modules(remove_duplicate=False):
             for name in m._parameters:
                 targets[f"{mprefix}.{name}" if mprefix else name] = (m, name, "param")
             for name, b in m._buffers.items():
-                if b is not None and name not in m._non_persistent and name != "num_batches_tracked":
-                    targets[f"{mprefix}.{name}" if mprefix else name] = (m, name, "buffer")
-        given = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+                key = f"{mprefix}.{name}" if mprefix else name
+                if name == "num_batches_tracked":
+                    counters.add(key)
+                elif b is not None and name not in m._non_persistent:
+                    targets[key] = (m, name, "buffer")
+        given = {k: v for k, v in state_dict.items() if k not in counters}
         missing = [k for k in targets if k not in given]
         unexpected = [k for k in given if k not in targets]
         mismatched = []

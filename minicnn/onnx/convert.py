@@ -310,8 +310,6 @@ def lrn(b, node):
 def gemm(b, node):
     alpha, beta = float(b.attr(node, "alpha", 1.0)), float(b.attr(node, "beta", 1.0))
     trans_a, trans_b = int(b.attr(node, "transA", 0)), int(b.attr(node, "transB", 0))
-    if trans_a or alpha != 1.0:
-        b.refuse(node, f"transA={trans_a}, alpha={alpha}: only transA=0, alpha=1 is supported")
     if not b.is_const(node.input[1]):
         b.refuse(node, "a weight B computed at run time is not supported (it must be an initializer)")
     w = b.const(node, 1, "B")
@@ -320,9 +318,13 @@ def gemm(b, node):
     out_f, in_f = (w.shape if trans_b else w.shape[::-1])
     c_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
     c = b.const(node, 2, "C") if c_name else None
-    if c is not None and (beta != 1.0 or c.size not in (1, out_f) or (c.ndim == 2 and c.shape[0] != 1)):
-        b.refuse(node, f"C of shape {c.shape} with beta={beta}: only a bias of {out_f} values and beta=1 is supported")
-    layer = nn.Linear(in_f, out_f, bias=c is not None)
+    if c is not None and (c.size not in (1, out_f) or c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1)):
+        b.refuse(node, f"C of shape {c.shape} is not supported: only a bias of {out_f} values (shape ({out_f},) or "
+                       f"(1, {out_f})) or a scalar is")
+    if trans_a or alpha != 1.0 or beta != 1.0:
+        layer = N.Gemm(in_f, out_f, bias=c is not None, alpha=alpha, beta=beta, trans_a=bool(trans_a))
+    else:
+        layer = nn.Linear(in_f, out_f, bias=c is not None)
     params = [("weight", node.input[1], w if trans_b else w.T, None if trans_b else "T")]
     if c is not None:
         params.append(("bias", c_name, np.broadcast_to(c.reshape(-1), (out_f,)).copy(),
@@ -561,13 +563,13 @@ def resize(b, node):
     if linear:
         if coord == "align_corners":
             align = True
-        elif coord in ("half_pixel", "pytorch_half_pixel"):
+        elif coord in ("half_pixel", "pytorch_half_pixel", "asymmetric"):
             align = False
         else:
             b.refuse(node, f"mode=linear with coordinate_transformation_mode={coord!r} is not supported "
-                           "(align_corners, half_pixel and pytorch_half_pixel are)")
-        b.add(N.Resize("bilinear", align, scales, sizes, runtime), "resize", node, [node.input[0]] + extra,
-              node.output[0], kind="node")
+                           "(align_corners, half_pixel, pytorch_half_pixel and asymmetric are)")
+        b.add(N.Resize("bilinear", align, scales, sizes, runtime, asymmetric=coord == "asymmetric"), "resize", node,
+              [node.input[0]] + extra, node.output[0], kind="node")
         return
     exact = coord == "asymmetric" and nearest_mode == "floor"
     if not exact and coord in ("half_pixel", "pytorch_half_pixel", "asymmetric") and scales is not None and all(

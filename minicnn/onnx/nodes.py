@@ -15,11 +15,11 @@ import math
 import numpy as np
 
 from .. import backends, ops
-from ..nn.module import Module
+from ..nn.module import Module, Parameter, WeightBiasLayer
 
 __all__ = [
     "Binary", "SumN", "Concat", "View", "Transpose", "Slice", "Gather", "Softmax", "Clip", "HardSigmoidAB",
-    "LRN", "MatMul", "AutoPad2d", "Resize", "unbroadcast", "slice_index",
+    "LRN", "MatMul", "Gemm", "AutoPad2d", "Resize", "unbroadcast", "slice_index",
 ]
 
 
@@ -415,6 +415,53 @@ class MatMul(Module):
         return da, db
 
 
+class Gemm(WeightBiasLayer):
+    """ONNX Gemm with a constant B: y = alpha * A' B' + beta * C, where A' is the input A
+    (transposed when ``trans_a``), ``weight`` holds B' as an (out, in) matrix (``nn.Linear``'s
+    layout) and ``bias`` holds C, a vector of ``out_features`` values.
+
+    Computed as one ``ops.linear_forward(A', alpha * weight, beta * bias)``. Backward, with
+    dY the gradient of y: dweight = alpha * dY^T A', dbias = beta * sum over rows of dY, and
+    dA' = alpha * dY weight, transposed back when ``trans_a``.
+
+    Shape: (N, in_features), or (in_features, N) when ``trans_a``, -> (N, out_features).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, alpha=1.0, beta=1.0, trans_a=False):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.alpha, self.beta, self.trans_a = float(alpha), float(beta), bool(trans_a)
+        self.weight = Parameter(np.zeros((self.out_features, self.in_features), np.float32))
+        self.bias = Parameter(np.zeros(self.out_features, np.float32)) if bias else None
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"alpha={self.alpha}, beta={self.beta}, transA={int(self.trans_a)}")
+
+    def forward(self, x):
+        x = self._prepare_input(x)
+        a = x.T.copy() if (self.trans_a and x.ndim == 2) else x
+        if a.ndim != 2 or a.shape[1] != self.in_features:
+            want = f"({self.in_features}, N)" if self.trans_a else f"(N, {self.in_features})"
+            raise ValueError(f"{self._short()}: expected input of shape {want}, got shape {tuple(x.shape)}")
+        t = a.dtype.type
+        w = self.weight.data if self.alpha == 1.0 else self.weight.data * t(self.alpha)
+        b = None if self.bias is None else (self.bias.data if self.beta == 1.0 else self.bias.data * t(self.beta))
+        self._save((a, w))
+        return ops.linear_forward(a, w, b)
+
+    def _grads(self, dy, saved, need_dx, need_dw, need_db):
+        a, w = saved
+        dx, dw, db = ops.linear_backward(dy, a, w, need_dx, need_dw, need_db)
+        if dw is not None and self.alpha != 1.0:
+            dw = dw * dw.dtype.type(self.alpha)
+        if db is not None and self.beta != 1.0:
+            db = db * db.dtype.type(self.beta)
+        if dx is not None and self.trans_a:
+            dx = dx.T.copy()
+        return dx, dw, db
+
+
 class AutoPad2d(Module):
     """ONNX ``auto_pad=SAME_UPPER|SAME_LOWER`` in front of a conv or max pool: the pads that make
     the output ceil(H / stride) are only known from the input size, so they are computed per call
@@ -449,23 +496,58 @@ class AutoPad2d(Module):
         return (ops.pad2d_backward(dy, shape, pads, "constant"),)
 
 
+def asymmetric_linear_weights(n_in, n_out, scale):
+    """The (n_out, n_in) matrix of ONNX's linear resize along one axis with ``asymmetric``
+    coordinates (opset-9 ``Upsample``, opset-10 ``Resize``): output i reads input position
+    x = min(i / scale, n_in - 1) and weighs its neighbours floor(x) and floor(x) + 1 (the last
+    index again at the edge) by 1 - frac(x) and frac(x)."""
+    pos = np.minimum(np.arange(n_out, dtype=np.float64) / float(scale), n_in - 1)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = pos - lo
+    m = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    np.add.at(m, (rows, lo), 1.0 - frac)
+    np.add.at(m, (rows, hi), frac)
+    return m
+
+
 class Resize(Module):
     """ONNX Resize / Upsample on (N, C, H, W): ``mode`` "nearest" or "bilinear" (ONNX "linear"),
     through the upsample ops. The output size comes from fixed ``scales`` or ``sizes`` or from
     runtime operands; ``use_scales`` passes the scale factors to the op's index rule (PyTorch's
     ``interpolate`` with a scale_factor, ONNX's ``asymmetric`` / ``half_pixel`` coordinates),
-    otherwise the rule steps by in/out."""
+    otherwise the rule steps by in/out.
 
-    def __init__(self, mode, align_corners, scales=None, sizes=None, runtime=None):
+    ``asymmetric=True`` (bilinear only) samples at i / scale instead of half-pixel centres, which
+    no upsample op does: the resize is then separable, y = A_h x A_w^T with the matrices of
+    ``asymmetric_linear_weights``, run as two ``ops.linear_forward`` calls (the backward applies
+    the transposed matrices the same way). The scale is the given one, or out / in for sizes."""
+
+    def __init__(self, mode, align_corners, scales=None, sizes=None, runtime=None, asymmetric=False):
         super().__init__()
         self.mode, self.align_corners = mode, bool(align_corners)
         self.scales = None if scales is None else tuple(float(s) for s in scales)
         self.sizes = None if sizes is None else tuple(int(s) for s in sizes)
         self.runtime = runtime  # None, or ("scales" | "sizes", position of that operand)
+        self.asymmetric = bool(asymmetric)
+        if self.asymmetric and (mode != "bilinear" or self.align_corners):
+            raise ValueError("Resize: asymmetric coordinates are implemented for bilinear mode without align_corners")
 
     def extra_repr(self):
         what = f"scales={self.scales}" if self.scales is not None else f"sizes={self.sizes}"
-        return f"mode={self.mode!r}, {what}, align_corners={self.align_corners}"
+        coord = ", coordinates='asymmetric'" if self.asymmetric else ""
+        return f"mode={self.mode!r}, {what}, align_corners={self.align_corners}{coord}"
+
+    @staticmethod
+    def _separable(x, ah, aw):
+        """A_h x A_w^T over the last two axes of (N, C, H, W) ``x``, for (P, H) ``ah`` and (Q, W) ``aw``."""
+        n, c, h, w = x.shape
+        p, q = ah.shape[0], aw.shape[0]
+        t = ops.linear_forward(x.reshape(n * c * h, w), aw, None)  # rows: (n, c, h), columns: q
+        t = t.reshape(n, c, h, q).transpose(0, 1, 3, 2).copy().reshape(n * c * q, h)
+        y = ops.linear_forward(t, ah, None)  # rows: (n, c, q), columns: p
+        return y.reshape(n, c, q, p).transpose(0, 1, 3, 2).copy()
 
     def _target(self, shape, args):
         scales, sizes = self.scales, self.sizes
@@ -492,6 +574,13 @@ class Resize(Module):
             raise ValueError(f"Resize: output size {out} from input {tuple(x.shape)} is empty")
         if x.shape[0] * x.shape[1] * out[0] * out[1] > 1 << 31:
             raise ValueError(f"Resize: output size {out} from input {tuple(x.shape)} is absurdly large")
+        if self.asymmetric:
+            sh, sw = scales if scales is not None else (out[0] / x.shape[2], out[1] / x.shape[3])
+            be = backends.current()
+            ah = be.asarray(asymmetric_linear_weights(x.shape[2], out[0], sh).astype(x.dtype))
+            aw = be.asarray(asymmetric_linear_weights(x.shape[3], out[1], sw).astype(x.dtype))
+            self._save((x.shape, (ah, aw)))
+            return self._separable(x, ah, aw)
         if self.align_corners:
             scales = None
         self._save((x.shape, scales))
@@ -501,6 +590,9 @@ class Resize(Module):
 
     def backward(self, dy):
         shape, scales = self._saved()
+        if self.asymmetric:
+            ah, aw = scales
+            return (self._separable(dy, ah.T.copy(), aw.T.copy()),)
         if self.mode == "nearest":
             dx = ops.upsample_nearest2d_backward(dy, shape, scales)
         else:
