@@ -114,4 +114,5 @@ def test_applies_declines_what_it_does_not_cover():
     assert not conv_images.applies((8, 4, 14, 14), (8, 4, 3, 3), 1, 14, 14, np.int32)        # integer
     assert not conv_images.applies((1, 4, 14, 14), (8, 4, 3, 3), 1, 14, 14, np.float32)      # one image
     assert not conv_images.applies((8, 512, 7, 7), (512, 512, 3, 3), 1, 7, 7, np.float32)    # 49 cells
+    assert not conv_images.applies((32, 16, 8, 8), (64, 16, 3, 3), 1, 8, 8, np.float32)      # 64 cells (digits)
     assert not conv_images.applies((8, 64, 56, 56), (64, 64, 3, 3), 1, 56, 56, np.float32)   # 7 MB of columns

@@ -46,8 +46,11 @@ __all__ = ["applies", "forward_images", "backward_images"]
 # then stay within a core's L2 (1 MiB on the development machine) or close to it
 COLUMNS_MAX_BYTES = 1024 * 1024
 # at least this many output cells per image: a narrower per-image GEMM (ResNet-18's 7x7 layers)
-# runs below the chunked path's wide one, and A/B on a ResNet-18 training step showed no gain
-MIN_OUTPUT_CELLS = 64
+# runs below the chunked path's wide one, and A/B on a ResNet-18 training step showed no gain.
+# The digits convnet's 8x8 layers (64 cells) stay on the chunked path too: their step gained about
+# a tenth here, but a first `minicnn train digits` paid seconds more compiling this path's kernels
+# (cold starts in docs/training.md)
+MIN_OUTPUT_CELLS = 100
 # each thread gets at least this many images, so the per-thread partial dW and the extra
 # region pay for themselves; smaller batches use the chunked path
 MIN_IMAGES_PER_THREAD = 2
