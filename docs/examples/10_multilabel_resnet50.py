@@ -17,6 +17,11 @@ colour says nothing about the label. Reported on held-out images, per label:
 
     python docs/examples/10_multilabel_resnet50.py --out out/10
 
+What to expect: with 6,144 training images and 15 epochs (about 4 minutes on a 2-vCPU machine) the
+held-out mAP is near 1 (0.998 in our run: every shape is learnable); with a third of the images
+and 12 epochs it was 0.576, barely above the labels' shares (about 0.42): here data, not the
+network, is what the task needs.
+
 Writes 10_examples.png (test images with true and predicted labels), 10_metrics.png (learning
 curve, per-label F1 and AP, precision-recall curves) and 10_results.npz (targets, scores and the
 reported numbers, which the tests recompute).
@@ -44,7 +49,7 @@ def main():
     args = _common.parser(__doc__.splitlines()[0], "10").parse_args()
     out = _common.setup(args)
     print(_common.env_backend_note())
-    n_train, n_test, epochs = (192, 64, 2) if args.quick else (2048, 512, 12)
+    n_train, n_test, epochs = (192, 64, 2) if args.quick else (6144, 512, 15)
     size = 32 if args.quick else 64  # the stem divides by 4 at once: at 32x32 a shape is 2 or 3 pixels in layer1
     train = make_shapes(n_train, size, seed=args.seed)
     test = make_shapes(n_test, size, seed=args.seed + 1000)
