@@ -37,11 +37,12 @@ def _check(im2col_mod, x, k, s, p, P, Q, cols, dx, g):
     N, C, H, W = x.shape
     want = ref_im2col(x, k, k, (s, s), (p, p), (1, 1)).transpose(1, 2, 3, 0, 4, 5).reshape(cols.shape)
     fold = ref_col2im(g.reshape(C, k, k, N, P, Q).transpose(3, 0, 1, 2, 4, 5), x.shape, (s, s), (p, p), (1, 1))
+    geo = im2col_mod.geometry(k, k, (s, s), (p, p), (1, 1), P, Q)
     for mode in (im2col_mod.TABLE, im2col_mod.ROWS):
-        im2col_mod.im2col(x, 0, N, cols, k, k, (s, s), (p, p), (1, 1), P, Q, mode=mode)
+        im2col_mod.im2col(x, 0, N, cols, geo, mode=mode)
         if not np.array_equal(cols, want):
             raise AssertionError(f"im2col mode {mode} differs from the reference on {x.shape}")
-        im2col_mod.col2im(g, dx, 0, N, k, k, (s, s), (p, p), (1, 1), P, Q, mode=mode)
+        im2col_mod.col2im(g, dx, 0, N, geo, mode=mode)
         if harness.max_rel_error(dx, fold) > 1e-5:
             raise AssertionError(f"col2im mode {mode} differs from the reference on {x.shape}")
 
@@ -60,7 +61,7 @@ def sweep(rounds: int = 2, threads: int = 2, log=print) -> list[dict]:
         g = rng.standard_normal(cols.shape).astype(np.float32)
         dx = np.empty_like(x)
         _check(im, x, k, s, p, P, Q, cols, dx, g)
-        a = (k, k, (s, s), (p, p), (1, 1), P, Q)
+        a = (im.geometry(k, k, (s, s), (p, p), (1, 1), P, Q),)
         fns = {
             "unfold table": lambda: im.im2col(x, 0, N, cols, *a, mode=im.TABLE),
             "unfold rows": lambda: im.im2col(x, 0, N, cols, *a, mode=im.ROWS),

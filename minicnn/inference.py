@@ -30,6 +30,7 @@ autotuner keep the op and the stem run as conv then pool.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
@@ -253,15 +254,31 @@ TUNE_TOLERANCE = 1e-3
 TUNE_ROUNDS = 5
 
 
+def _compile_freely():
+    """The guard of ``autotune="all"``: candidates compile what they need."""
+    return contextlib.nullcontext()
+
+
+_compile_freely.refusal = ()
+
+
 def _autotune(ctx, args, kwargs):
     """Time every conv variant the backend offers for this call's shape; return (name, function) of the fastest.
 
-    Each candidate runs once to warm up (JIT, workspaces, cached filter transforms) and to be
+    Each candidate runs once to warm up (workspaces, cached filter transforms) and to be
     checked: one that raises or whose output is not within ``TUNE_TOLERANCE`` of the backend
     op's own result is dropped, so the pick is never worse than the op in correctness. Then the
     candidates run in turn for ``TUNE_ROUNDS`` rounds on the real input and the fastest single
     run decides: interleaving and taking the minimum keep a burst of load from another process
     (which only ever adds time) from deciding the pick. Backends without variants keep the op.
+
+    The op's own choice runs first and compiles what it needs. Unless ``ctx.tune == "all"``,
+    the candidates then run inside the backend's ``compiled_only`` (numba: kernels compiled in
+    this process or held by numba's on-disk cache run, any other raises instead of compiling),
+    and a candidate that would compile is left out: on a cold cache a variant's kernels cost
+    seconds each to compile (the Winograd transforms 7-10 s on a 2-core machine), more than
+    tuning saves on a first call. Variants whose kernels other layers compiled stay in the
+    race, and once a later run finds them in the cache they are timed too.
     """
     x, w = args[0], args[1]
     cands = ctx.be.conv_variants(x.shape, w.shape, args[3], args[4], args[5], args[6])
@@ -270,11 +287,15 @@ def _autotune(ctx, args, kwargs):
     # compared on the host: a copy (the candidates reuse the out buffer), whatever the backend
     ref = np.array(ctx.be.to_numpy(ctx.fused(*args, **kwargs)), copy=True)
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    guard = ctx.be.compiled_only if ctx.tune != "all" else _compile_freely
     ok = {}
     for name, fn in cands.items():
         try:
-            y = ctx.be.to_numpy(fn(*args, **kwargs))
+            with guard():
+                y = ctx.be.to_numpy(fn(*args, **kwargs))
         except (ValueError, TypeError, MemoryError):
+            continue
+        except guard.refusal:  # its kernels are not compiled yet (see above): not timed
             continue
         if y.shape == ref.shape and np.all(np.abs(y - ref) <= TUNE_TOLERANCE * scale + 1e-30):
             ok[name] = fn
@@ -406,7 +427,8 @@ class CompiledModel:
         self._pools: list = []
         self._free_pools: list = []
         self._pools_lock = threading.Lock()
-        self.autotune = bool(autotune)
+        # True, False or "all" (time every variant, compiling what it needs: see _autotune)
+        self.autotune = autotune if autotune == "all" else bool(autotune)
 
     @staticmethod
     def _head(fc):
@@ -707,7 +729,7 @@ class CompiledVGG(CompiledModel):
         return f"CompiledVGG({self.arch}, {len(self.convs())} fused convs)"
 
 
-def compile_inference(model: Module, autotune: bool = True) -> CompiledModel:
+def compile_inference(model: Module, autotune: bool | str = True) -> CompiledModel:
     """Compile a ResNet (``resnet18`` .. ``resnet152``) or a VGG (``vgg11`` .. ``vgg19_bn``) for fast
     eval-mode inference.
 
@@ -723,8 +745,10 @@ def compile_inference(model: Module, autotune: bool = True) -> CompiledModel:
     ``autotune=True``: on a backend that offers several conv algorithms (numba: im2col + GEMM,
     pointwise GEMM, Winograd F(2x2) and F(4x4)), the first call with a new input shape times
     each one on every layer's real input and keeps the fastest (a first call at batch 8 costs
-    about a second more); ``fast.variants()`` shows the picks. ``autotune=False`` keeps the
-    backend's fixed rule.
+    about a second more); ``fast.variants()`` shows the picks. A variant whose kernels are neither
+    compiled in this process nor in numba's cache is left out rather than compiled just to be
+    timed (seconds per kernel on a cold cache); ``autotune="all"`` compiles and times every one.
+    ``autotune=False`` keeps the backend's fixed rule.
     """
     from .onnx.graph import OnnxModel  # no onnx package needed: the graph is already minicnn modules
 

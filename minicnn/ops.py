@@ -128,6 +128,11 @@ conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_kern
                              then ``maxpool2d_forward`` without argmax
 synchronize() -> None        wait until the work the backend has queued is done (a device backend runs
                              asynchronously; timing a kernel needs this); default: nothing to wait for
+compiled_only() -> context   a context manager: inside it (this thread), a call that would first
+                             have to compile code raises ``compiled_only.refusal`` (an exception
+                             class) instead; what is compiled or cached runs. The autotuner times
+                             its candidates inside it (numba: a cold cache leaves out variants whose
+                             kernels would compile). Default: nothing is refused (``refusal = ()``)
 tuning_key() -> tuple        what besides the call's shapes, dtype and ``threads()`` decides which
                              ``conv_variants`` apply or win (cupy: the precision mode); part of an
                              autotuned pick's key; default ``()``
@@ -211,7 +216,7 @@ ARRAY_FUNCS = ("asarray", "is_native", "to_numpy", "empty")
 
 # entries a backend may leave out; backends.load fills them from backends/_defaults.py
 OPTIONAL = ("generator", "threads", "conv_variants", "release_unpicked", "conv2d_maxpool_fused", "capture_graph",
-            "synchronize", "tuning_key")
+            "synchronize", "tuning_key", "compiled_only")
 
 TABLE = OP_NAMES + ARRAY_FUNCS + OPTIONAL
 

@@ -308,6 +308,17 @@ def test_tiny_end_to_end_run_cross_checks_frameworks(tmp_path, env):
     assert payload["inference"][0]["reference"] == "pytorch"
 
 
+def test_a_batch_the_reference_did_not_run_is_refused_not_timed(tmp_path, env):
+    # the numpy reference runs only the small batches (no PyTorch): a larger batch has nothing to be
+    # checked against, so it fails in one line instead of raising KeyError or passing unchecked
+    ref = str(tmp_path / "ref.npz")
+    end_to_end.child_infer("minicnn numpy", (1,), 32, 1, True, 0.0, save_path=ref)
+    rows = end_to_end.child_infer("minicnn numpy compiled", (1, 2), 32, 1, True, 0.0, ref_path=ref)
+    assert rows[0]["status"] == "ok" and rows[0]["max_rel_err"] < 1e-4
+    assert rows[1]["status"] == "FAIL" and rows[1]["median_ms"] is None
+    assert "no reference logits at batch 2" in rows[1]["note"]
+
+
 def test_end_to_end_markdown_and_part_checks():
     payload = {
         "training": [{"model": "digits convnet", "batch": 64, "framework": "minicnn numba", "first_loss": 2.3,

@@ -222,6 +222,21 @@ def test_fashion_models_shapes_and_names():
     bn = fashion_convnet_bn()
     assert bn.num_parameters() == 83562 and bn(x).shape == (2, 10)
     assert mc.models.get_model("fashion_convnet_bn").batch_norm
+    # the hidden layer of the BN row's recipe: linear 3136->256 without bias, batchnorm1d, relu, dropout, linear
+    h = fashion_convnet_bn(hidden=256)
+    assert h.num_parameters() == 3136 * 256 + 2 * 256 + 256 * 10 + 10 + 2 * (32 + 64) + 32 * 25 + 64 * 32 * 25 == 858090
+    assert h(x).shape == (2, 10) and h.hidden == 256
+    assert fashion_convnet(hidden=0).num_parameters() == 83466
+    r = mc.models.get_model("fashion_resnet")
+    assert r.num_parameters() == 174970 and r(x).shape == (2, 10)
+    names = list(r.state_dict())
+    assert names[:2] == ["conv1.weight", "bn1.weight"] and names[-2:] == ["fc.weight", "fc.bias"]
+    assert "layer2.0.downsample.0.weight" in names and "layer1.1.conv2.weight" in names
+    assert "layer1.0.downsample.0.weight" not in names  # stage 1 keeps width and resolution
+    with pytest.raises(ValueError, match="FashionResNet: width must be a positive integer"):
+        mc.models.fashion_resnet(width=0)
+    with pytest.raises(ValueError, match="FashionConvNet: hidden must be an integer >= 0"):
+        fashion_convnet(hidden=-3)
     with pytest.raises(TypeError, match="fashion_convnet: weights must be"):
         fashion_convnet(weights=3)
     with pytest.raises(ValueError, match="fashion_convnet: state dict: .*3.weight"):
@@ -290,6 +305,14 @@ def test_cli_refuses_fashion_options_for_digits_and_bad_values(tmp_path, capsys)
     assert "--arch: only for fashion-mnist" in capsys.readouterr().err
     assert cli.main(["train", "fashion-mnist", "--dropout", "1.5", "--out", str(tmp_path / "w.safetensors")]) == 1
     assert "--dropout must lie in [0, 1)" in capsys.readouterr().err
+    assert cli.main(["train", "digits", "--hidden", "8", "--out", str(tmp_path / "w.safetensors")]) == 1
+    assert "--hidden: only for fashion-mnist" in capsys.readouterr().err
+    assert cli.main(["train", "fashion-mnist", "--arch", "resnet", "--hidden", "8", "--out", str(tmp_path / "w.safetensors")]) == 1
+    assert "--dropout and --hidden are for --arch convnet/convnet_bn" in capsys.readouterr().err
+    assert cli.main(["train", "fashion-mnist", "--hidden", "-2", "--out", str(tmp_path / "w.safetensors")]) == 1
+    assert "--hidden must be a width >= 0" in capsys.readouterr().err
+    assert cli.main(["train", "fashion-mnist", "--weight-decay", "-1", "--out", str(tmp_path / "w.safetensors")]) == 1
+    assert "--weight-decay must be a finite number >= 0" in capsys.readouterr().err
     assert cli.main(["train", "fashion-mnist", "--root", str(tmp_path), "--out", str(tmp_path / "w.safetensors")]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "IDX files not found" in err

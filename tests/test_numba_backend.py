@@ -266,7 +266,7 @@ def test_im2col_matches_reference_unfold(case, n0, seed):
     """The unfold itself, for a chunk starting at image n0, both ways (the gather table, and runs
     of rows, where strided layers read a phase-split copy), and its adjoint col2im: both ways give
     the reference fold exactly (each cell sums its taps in the same order)."""
-    from minicnn.backends.numba.im2col import ROWS, TABLE, col2im, im2col
+    from minicnn.backends.numba.im2col import ROWS, TABLE, col2im, geometry, im2col
     from minicnn.backends.numpy.conv import col2im as ref_col2im
     from minicnn.backends.numpy.conv import im2col as ref_im2col
     (n, c, h, w), (_, _, r, s), _, stride, padding, dilation, _, _ = case
@@ -279,10 +279,10 @@ def test_im2col_matches_reference_unfold(case, n0, seed):
                            stride, padding, dilation)
     for mode in (TABLE, ROWS):
         cols = np.full((c * r * s, n * P * Q), np.nan, dtype=np.float32)
-        im2col(x, n0, n, cols, r, s, stride, padding, dilation, P, Q, mode=mode)
+        im2col(x, n0, n, cols, geometry(r, s, stride, padding, dilation, P, Q), mode=mode)
         assert np.array_equal(cols, ref.transpose(1, 2, 3, 0, 4, 5).reshape(c * r * s, n * P * Q)), mode
         dx = np.full((n0 + n + 1, c, h, w), np.nan, dtype=np.float32)
-        col2im(g, dx, n0, n, r, s, stride, padding, dilation, P, Q, mode=mode)
+        col2im(g, dx, n0, n, geometry(r, s, stride, padding, dilation, P, Q), mode=mode)
         assert np.isnan(dx[:n0]).all() and np.isnan(dx[n0 + n:]).all(), mode  # other images untouched
         np.testing.assert_allclose(dx[n0:n0 + n], want_fold, rtol=1e-5, atol=1e-5, err_msg=str(mode))
         if mode == TABLE:
@@ -303,13 +303,13 @@ def test_im2col_rows_runs(kernel, stride, padding, dilation, hw):
     """The row-run unfold (including the path that copies all valid rows of one (channel, tap)
     as a single run, then zeroes the cells that fall in the padding) against the reference
     unfold, into NaN-filled output."""
-    from minicnn.backends.numba.im2col import ROWS, im2col
+    from minicnn.backends.numba.im2col import ROWS, geometry, im2col
     from minicnn.backends.numpy.conv import im2col as ref_im2col
     x = np.random.default_rng(5).standard_normal((3, 4, *hw)).astype(np.float32)
     ref = ref_im2col(x[1:3], *kernel, stride, padding, dilation)
     c, (P, Q) = x.shape[1], ref.shape[-2:]
     cols = np.full((c * kernel[0] * kernel[1], 2 * P * Q), np.nan, dtype=np.float32)
-    im2col(x, 1, 2, cols, *kernel, stride, padding, dilation, P, Q, mode=ROWS)
+    im2col(x, 1, 2, cols, geometry(*kernel, stride, padding, dilation, P, Q), mode=ROWS)
     assert np.array_equal(cols, ref.transpose(1, 2, 3, 0, 4, 5).reshape(cols.shape))
 
 
@@ -827,7 +827,7 @@ def test_maxpool_backward_rejects_foreign_argmax():
 def test_epilogue_every_flag_and_layout(dtype, L, has_scale, has_b, has_res, relu):
     """The shared epilogue against numpy: the write-back from (K, nc*L) into (nc, K, L) at an
     offset, the packing the other way, and in place; rows of one value take their own loop."""
-    from minicnn.backends.numba._util import run_epilogue
+    from minicnn.backends.numba._util import Rows, run_epilogue
 
     rng = np.random.default_rng(L)
     nc, K = 5, 7
@@ -845,7 +845,7 @@ def test_epilogue_every_flag_and_layout(dtype, L, has_scale, has_b, has_res, rel
 
     # (K, nc*L) -> (nc, K, L) written one image in, as a chunked write-back does
     dst = np.full((nc + 1) * K * L, -7, dtype)
-    run_epilogue(src.reshape(-1), 0, L, nc * L, dst, K * L, K * L, L, nc, K, L,
+    run_epilogue(Rows(src.reshape(-1), 0, L, nc * L), Rows(dst, K * L, K * L, L), nc, K, L,
                  scale=scale, b=b, res=res, relu=relu)
     want = act(src.reshape(K, nc, L).transpose(1, 0, 2))
     assert np.array_equal(dst[:K * L], np.full(K * L, -7, dtype))  # before the offset: untouched
@@ -853,11 +853,11 @@ def test_epilogue_every_flag_and_layout(dtype, L, has_scale, has_b, has_res, rel
     # (nc, K, L) -> (K, nc*L): packing, no flags
     packed = np.empty((K, nc * L), dtype)
     y = np.ascontiguousarray(src.reshape(K, nc, L).transpose(1, 0, 2))
-    run_epilogue(y.reshape(-1), 0, K * L, L, packed.reshape(-1), 0, L, nc * L, nc, K, L)
+    run_epilogue(Rows(y.reshape(-1), 0, K * L, L), Rows(packed.reshape(-1), 0, L, nc * L), nc, K, L)
     assert np.array_equal(packed, src, equal_nan=True)
     # in place on (nc, K, L)
     y2 = y.copy().reshape(-1)
-    run_epilogue(y2, 0, K * L, L, y2, 0, K * L, L, nc, K, L, scale=scale, b=b,
+    run_epilogue(Rows(y2, 0, K * L, L), Rows(y2, 0, K * L, L), nc, K, L, scale=scale, b=b,
                  res=None if res is None else res[K * L:], relu=relu)
     assert_close(y2.reshape(nc, K, L), want, tol_for(dtype), "in place")
 

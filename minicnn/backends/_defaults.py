@@ -5,6 +5,8 @@ overrides one when it can do better (numba: aligned buffers, conv variants, a fu
 """
 from __future__ import annotations
 
+import contextlib
+
 
 def generator():
     """The library's numpy Generator (``minicnn.manual_seed`` reseeds it)."""
@@ -26,6 +28,14 @@ def conv_variants(x_shape, w_shape, stride, padding, dilation, groups) -> dict:
 def release_unpicked(w, picked) -> int:
     """Nothing is cached per filter, so nothing is freed."""
     return 0
+
+
+def compiled_only():
+    """Nothing to refuse: a backend that compiles nothing at first use runs every call."""
+    return contextlib.nullcontext()
+
+
+compiled_only.refusal = ()
 
 
 def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_kernel, pool_stride,
@@ -66,6 +76,7 @@ DEFAULTS = {
     "conv_variants": conv_variants,
     "release_unpicked": release_unpicked,
     "conv2d_maxpool_fused": conv2d_maxpool_fused,
+    "compiled_only": compiled_only,
     "capture_graph": capture_graph,
     "synchronize": synchronize,
     "tuning_key": tuning_key,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import logging
+import os
 import pkgutil
 import sys
 
@@ -63,8 +65,45 @@ def _notices_on_stderr():
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with _notices_on_stderr():
+    with _notices_on_stderr(), _compile_helper(args):
         return _run(args)
+
+
+def _listed_workload(args):
+    """``"classify"``, ``"train digits"``...: the command, if its first-run kernels are listed
+    (read without importing numba: most commands never need it)."""
+    name = getattr(args, "command", None)
+    if name == "train":
+        name = f"train {getattr(args, 'dataset', '')}"
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "first_run_kernels.json")
+    try:
+        with open(path) as f:
+            return name if name in json.load(f) else None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _compile_helper(args):
+    """On the numba backend, a command whose first-run kernels are listed starts a second process
+    compiling them too at its first cache-missing compile (``minicnn.backends.numba._prewarm``);
+    the helper ends with the command. ``MINICNN_COMPILE_HELPER=0`` turns it off."""
+    from .. import backends
+
+    workload = _listed_workload(args)
+    prewarm = None
+    if workload and (getattr(args, "backend", None) or backends._default_name()) == "numba":
+        with contextlib.suppress(ImportError):
+            from ..backends.numba import _prewarm as prewarm
+    if prewarm is None:
+        yield
+        return
+    prewarm.arm(workload)
+    try:
+        yield
+    finally:
+        prewarm.arm(None)
+        prewarm.stop()
 
 
 def _run(args) -> int:

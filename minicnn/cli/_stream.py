@@ -116,10 +116,10 @@ class Runner:
         self.model, self.weights, self.task = model, weights, job["task"]
         self.arch = model.arch
         if job["task"] == "embed":
-            from .embed import _compiled_stage
+            from .embed import compiled_stage
 
             self.layer = job["layer"] or getattr(model, "embedding_stage", "avgpool")
-            self._stage = _compiled_stage(compiled(model), self.layer)
+            self._stage = compiled_stage(compiled(model), self.layer)
         else:
             from ..io.labels import labels_for
             from .classify import trained_labels
@@ -141,7 +141,7 @@ class Runner:
         import numpy as np
 
         from .. import no_grad, to_numpy
-        from .classify import _softmax
+        from .classify import softmax_probabilities
 
         with self._lock, no_grad():
             if self.task == "embed":
@@ -150,7 +150,7 @@ class Runner:
                 emb = np.asarray(to_numpy(out), dtype=np.float32)
                 self._row_shape = tuple(emb.shape[1:])
                 return {"embedding": emb}
-            probs = _softmax(to_numpy(self._fast(batch)))
+            probs = softmax_probabilities(to_numpy(self._fast(batch)))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :self.topk]
         top = np.take_along_axis(probs, order, axis=1)
         return {"label": [self.labels[i] for i in order[:, 0]], "score": top[:, 0].astype(np.float32),

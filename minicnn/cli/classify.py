@@ -41,9 +41,9 @@ def model_from_weights(weights, arch=None, num_classes=None):
     """
     from ..io.weights import ARCHS, VGG_ARCHS, infer_arch
     from ..models import get_model
-    from ..models.resnet import _read_weights
+    from ..models.resnet import read_weights
 
-    source, sd = _read_weights(weights)
+    source, sd = read_weights(weights)
     if source != "state dict":
         from ..errors import WeightFormatError
         from ..io.checks import foreign_weights
@@ -124,7 +124,9 @@ def iter_batches(paths, batch_size, mode):
         yield ok, (np.stack(arrays) if arrays else None), failed
 
 
-def _softmax(logits):
+def softmax_probabilities(logits):
+    """The softmax of each row of ``logits`` (N, classes), in float64: the class probabilities
+    that ``classify`` and the streamed classify jobs report."""
     import numpy as np
 
     z = np.asarray(logits, dtype=np.float64)
@@ -159,7 +161,7 @@ def classify_files(model, paths, labels, topk=5, batch_size=8, mode="torchvision
                     on_error(errors[-1], bar)
             if batch is not None:
                 with no_grad():
-                    probs = _softmax(to_numpy(model(batch)))
+                    probs = softmax_probabilities(to_numpy(model(batch)))
                 order = np.argsort(-probs, axis=1, kind="stable")[:, :topk]
                 for p, row, idx in zip(ok, probs, order):
                     top = [{"index": int(j), "label": labels[j], "prob": float(row[j])} for j in idx]

@@ -52,7 +52,7 @@ def _run(args) -> int:
         model, weights = load_model(args.weights)
     source = seeded_note(weights)
     layer = args.layer or getattr(model, "embedding_stage", "avgpool")
-    stage = _compiled_stage(compiled(model), layer)
+    stage = compiled_stage(compiled(model), layer)
     rows, files, failures = [], [], []
     progress = any(Path(p).is_dir() for p in args.inputs)
     with pixel_limit(getattr(args, "max_pixels", None)), \
@@ -91,7 +91,7 @@ def _run(args) -> int:
     return 0
 
 
-def _compiled_stage(fast, layer):
+def compiled_stage(fast, layer):
     """The compiled model's method that computes stage ``layer``, or None when it computes no such
     stage (a VGG's flattened avgpool) or the model was not compiled (``fast`` is the model). A
     compiled ONNX model is a ``CompiledModel`` with the imported graph's stages: ``layer4`` and

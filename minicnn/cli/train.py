@@ -16,6 +16,7 @@ uninterrupted one.
 """
 from __future__ import annotations
 
+import math
 import sys
 
 from .train_folder import FOLDER_ARCHS, prepare_builtin
@@ -26,7 +27,7 @@ DATASETS = ("digits", "fashion-mnist")
 DEFAULT_OUT = "weights/digits_convnet.safetensors"
 DEFAULT_LR = {"sgd": 0.05, "adam": 0.01}
 # fashion-mnist: --arch -> model factory; defaults that differ from the digits ones
-FASHION_ARCHS = {"convnet": "fashion_convnet", "convnet_bn": "fashion_convnet_bn"}
+FASHION_ARCHS = {"convnet": "fashion_convnet", "convnet_bn": "fashion_convnet_bn", "resnet": "fashion_resnet"}
 FASHION_DEFAULTS = {"epochs": 20, "batch_size": 128, "optimizer": "adam", "val_size": 0.0}
 FASHION_LR = {"sgd": 0.05, "adam": 0.002}
 DIGITS_DEFAULTS = {"epochs": 15, "batch_size": 32, "optimizer": "sgd", "val_size": 0.1}
@@ -63,7 +64,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar; print one line per epoch")
     f = p.add_argument_group("fashion-mnist")
     f.add_argument("--arch", choices=tuple(FASHION_ARCHS) + FOLDER_ARCHS, default=None,
-                   help="convnet: 2 conv + pooling, 83K parameters; convnet_bn: the same with batch norm (default: convnet); "
+                   help="convnet: 2 conv + pooling, 83K parameters; convnet_bn: the same with batch norm; resnet: a narrow "
+                        "ResNet (3x3 stem, three stages of two BasicBlocks, 16/32/64 channels, 175K parameters) "
+                        "(default: convnet); "
                         "for DIR: resnet18 (default) or small (the digits convnet)")
     f.add_argument("--root", default=None,
                    help="folder of the four IDX files (default: /usr/share/datasets/fashion-mnist, from "
@@ -71,7 +74,13 @@ def register(subparsers) -> None:
     f.add_argument("--augment", nargs="?", const="flip+crop", default=None, choices=("flip", "flip+crop"),
                    help="per sample: a random horizontal flip (flip), and a random 28x28 crop of the image padded "
                         "by 2 (flip+crop, what --augment alone means)")
-    f.add_argument("--dropout", type=float, default=None, help="dropout rate before the classifier (default: 0)")
+    f.add_argument("--dropout", type=float, default=None,
+                   help="dropout rate before the classifier of convnet/convnet_bn (default: 0)")
+    f.add_argument("--hidden", type=int, default=None,
+                   help="convnet/convnet_bn: a hidden linear layer of this width before the classifier "
+                        "(default: 0, none, the table's net)")
+    f.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay: PyTorch's L2 term for sgd, decoupled (AdamW) for adam (default: 0)")
     f.add_argument("--train-size", type=int, default=None,
                    help="train on the first N training images only (default: all 60,000)")
     f.add_argument("--checkpoint", default=None,
@@ -148,7 +157,8 @@ def run_digits(args) -> int:
 
     _fill_defaults(args, DIGITS_DEFAULTS)
     given = [flag for flag, v in (("--arch", args.arch), ("--root", args.root), ("--augment", args.augment),
-                                  ("--dropout", args.dropout), ("--train-size", args.train_size),
+                                  ("--dropout", args.dropout), ("--weight-decay", args.weight_decay),
+                                  ("--hidden", args.hidden), ("--train-size", args.train_size),
                                   ("--checkpoint", args.checkpoint), ("--resume", args.resume)) if v not in (None, False)]
     if given:
         raise ValueError(f"{', '.join(given)}: only for fashion-mnist, not for digits")
@@ -217,6 +227,11 @@ def _config(args, lr: float) -> dict:
     """What a checkpoint must agree on with the command that resumes it (str -> str)."""
     keys = ("arch", "epochs", "batch_size", "optimizer", "seed", "val_size", "augment", "dropout", "train_size")
     cfg = {k: str(getattr(args, k)) for k in keys}
+    # only when given, so checkpoints written before these flags existed still resume
+    if args.weight_decay:
+        cfg["weight_decay"] = repr(float(args.weight_decay))
+    if args.hidden:
+        cfg["hidden"] = str(args.hidden)
     cfg["lr"] = repr(float(lr))
     return cfg
 
@@ -321,11 +336,21 @@ def run_fashion(args) -> int:
     _fill_defaults(args, FASHION_DEFAULTS)
     if args.arch is None:
         args.arch = "convnet"
+    if args.arch == "resnet" and (args.dropout or args.hidden):
+        raise ValueError("--dropout and --hidden are for --arch convnet/convnet_bn, not the resnet")
+    if args.hidden is None:
+        args.hidden = 0
+    if args.hidden < 0:
+        raise ValueError(f"--hidden must be a width >= 0, got {args.hidden}")
     if args.dropout is None:
         args.dropout = 0.0
+    if args.weight_decay is None:
+        args.weight_decay = 0.0
     lr = _check_common(args, FASHION_LR)
     if not 0.0 <= args.dropout < 1.0:
         raise ValueError(f"--dropout must lie in [0, 1), got {args.dropout}")
+    if not (args.weight_decay >= 0.0 and math.isfinite(args.weight_decay)):
+        raise ValueError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}")
     if args.train_size is not None and args.train_size < 1:
         raise ValueError(f"--train-size must be at least 1, got {args.train_size}")
     name = FASHION_ARCHS[args.arch]
@@ -353,12 +378,14 @@ def run_fashion(args) -> int:
                           transform=transform)
 
     mc.manual_seed(args.seed)
-    model = getattr(models, name)(dropout=args.dropout)
+    model = getattr(models, name)() if args.arch == "resnet" else getattr(models, name)(dropout=args.dropout,
+                                                                                        hidden=args.hidden)
     loss_fn = nn.CrossEntropyLoss()
+    wd = args.weight_decay
     if args.optimizer == "sgd":
-        opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
+        opt = optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
     else:
-        opt = optim.Adam(model.parameters(), lr=lr)
+        opt = optim.Adam(model.parameters(), lr=lr, weight_decay=wd, decoupled_weight_decay=True)
     steps = len(loader_for(1))
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * steps)
     config = _config(args, lr)
@@ -371,7 +398,7 @@ def run_fashion(args) -> int:
     print(f"fashion-mnist: {len(X_train)} train / {n_val} val / {len(X_test)} test images of 28x28; "
           f"{name} ({model.num_parameters():,} parameters); {args.optimizer} lr {lr:g} cosine, "
           f"{args.epochs} epochs, batch {args.batch_size}, augment {args.augment or 'none'}, "
-          f"dropout {args.dropout:g}, backend {mc.get_backend()}", flush=True)
+          f"dropout {args.dropout:g}, weight decay {args.weight_decay:g}, backend {mc.get_backend()}", flush=True)
 
     t0 = time.perf_counter()
     for epoch in range(done + 1, args.epochs + 1):

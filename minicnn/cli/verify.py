@@ -147,13 +147,13 @@ def verify(weights, reference=None, tol=DEFAULT_TOL, train=True):
     """
     from .. import backends, no_grad
     from ..io.weights import VGG_ARCHS
-    from ..models.resnet import ARCHS, _build_from, _read_weights
+    from ..models.resnet import ARCHS, _build_from, read_weights
 
     ref = reference if isinstance(reference, dict) else load_reference(reference or default_reference())
     arch = str(ref["arch"])
     if arch not in ARCHS and arch not in VGG_ARCHS:
         raise ValueError(f"the reference is for {arch!r}, which is not one of {', '.join(tuple(ARCHS) + VGG_ARCHS)}")
-    source, sd = _read_weights(weights)
+    source, sd = read_weights(weights)
     if source != "state dict":
         from ..errors import WeightFormatError
         from ..io.checks import foreign_weights

@@ -6,6 +6,7 @@ _REGISTRY = {
     "digits_convnet": ("convnet", "digits_convnet"),
     "fashion_convnet": ("fashion", "fashion_convnet"),
     "fashion_convnet_bn": ("fashion", "fashion_convnet_bn"),
+    "fashion_resnet": ("fashion", "fashion_resnet"),
     "resnet18": ("resnet", "resnet18"),
     "resnet34": ("resnet", "resnet34"),
     "resnet50": ("resnet", "resnet50"),

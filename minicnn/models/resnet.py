@@ -449,8 +449,10 @@ def seeded_state_dict(arch="resnet18", seed=0, num_classes=1000):
     return out
 
 
-def _read_weights(weights):
-    """A state dict from a path (anything ``minicnn.io.weights.read_state_dict`` reads) or a mapping."""
+def read_weights(weights):
+    """``(source, state_dict)`` from a path (anything ``minicnn.io.weights.read_state_dict`` reads:
+    source is the path) or a mapping (returned as it is, source ``"state dict"``); what every model
+    factory and ``minicnn classify``/``verify`` use to read ``weights=``."""
     if isinstance(weights, (str, os.PathLike)):
         from ..io.weights import read_state_dict
 
@@ -473,7 +475,7 @@ def _build(arch, num_classes, weights, pretrained=None):
         if pretrained is False:
             return _build(arch, num_classes, None)
         weights = named_weights(arch, weights, pretrained)
-    source, sd = (None, None) if weights is None else _read_weights(weights)
+    source, sd = (None, None) if weights is None else read_weights(weights)
     return _build_from(arch, num_classes, source, sd)
 
 
@@ -543,5 +545,5 @@ def resnet_from_state_dict(weights, num_classes=None):
 
     ``weights`` is a path or a state dict, as for ``resnet18``.
     """
-    source, sd = _read_weights(weights)
+    source, sd = read_weights(weights)
     return _build_from(infer_arch(sd), num_classes, source, sd)

@@ -42,7 +42,7 @@ from ..nn._utils import check_input
 from ..nn.module import Module, ModuleList, Sequential
 from ..nn.upsampling import PixelShuffle
 from ..io.weights import ARCHS, BOTTLENECK_ARCHS
-from .resnet import BasicBlock, Bottleneck, ResNet, _read_weights
+from .resnet import BasicBlock, Bottleneck, ResNet, read_weights
 
 __all__ = ["UNet", "UpBlock", "ResNetEncoder", "unet", "cat", "seeded_state_dict", "ENCODERS"]
 
@@ -262,15 +262,15 @@ def unet(encoder="resnet34", num_classes=1, weights=None, encoder_weights=None, 
     """
     model = UNet(encoder, num_classes, upsample, width)
     if encoder_weights is not None:
-        source, sd = _read_weights(encoder_weights)
+        source, sd = read_weights(encoder_weights)
         sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
         try:
             model.encoder.load_state_dict(sd, strict=True)
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
     if weights is not None:
-        source, sd = _read_weights(weights)
-        if not isinstance(sd, Mapping):  # pragma: no cover - _read_weights returns mappings
+        source, sd = read_weights(weights)
+        if not isinstance(sd, Mapping):  # pragma: no cover - read_weights returns mappings
             raise TypeError("weights must be a path or a state dict")
         try:
             model.load_state_dict(sd, strict=True)

@@ -204,11 +204,11 @@ class VGG(Module):
 
 
 def _build(arch, num_classes, weights, **kwargs):
-    from .resnet import _read_weights
+    from .resnet import read_weights
 
     sd = source = None
     if weights is not None:
-        source, sd = _read_weights(weights)
+        source, sd = read_weights(weights)
         try:
             found = infer_arch(sd)
         except ValueError:
@@ -250,9 +250,9 @@ vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn = (_factory(a) for a in ("vgg11_bn", "vgg
 
 def vgg_from_state_dict(weights, num_classes=None):
     """The VGG whose architecture the weights describe (inferred from the keys), with them loaded."""
-    from .resnet import _read_weights
+    from .resnet import read_weights
 
-    source, sd = _read_weights(weights)
+    source, sd = read_weights(weights)
     arch = infer_arch(sd)
     if arch not in VGG_ARCHS:
         raise ValueError(f"{source}: these weights are {arch}, not a VGG")

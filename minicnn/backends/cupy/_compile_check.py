@@ -67,6 +67,26 @@ def compile_source(src: str, name: str, arch: str) -> tuple[bool, str, int]:
         nvrtc.destroyProgram(prog)
 
 
+def entry_names(file: str, arch: str = "sm_80") -> set[str]:
+    """The kernels NVRTC compiles ``kernels/<file>`` into (the PTX's ``.entry`` names), macro-made
+    ones included: what a launch by name can find. Raises RuntimeError if the file does not compile."""
+    import re
+
+    from cupy_backends.cuda.libs import nvrtc
+
+    prog = nvrtc.createProgram(kernel_source(file), file, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, options(arch))
+        except nvrtc.NVRTCError as e:
+            raise RuntimeError(f"NVRTC cannot compile {file} for {arch}: {(nvrtc.getProgramLog(prog) or str(e)).strip()}") from None
+        ptx = nvrtc.getPTX(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+    return set(re.findall(r"\.entry\s+(\w+)", ptx))
+
+
 def check_file(file: str, arch: str) -> tuple[bool, str, int]:
     """Compile ``kernels/<file>`` for ``arch``; see :func:`compile_source`."""
     return compile_source(kernel_source(file), file, arch)

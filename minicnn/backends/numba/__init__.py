@@ -81,7 +81,7 @@ def threads() -> int:
 OPS = {
     "asarray": asarray, "is_native": is_native, "to_numpy": to_numpy, "empty": empty, "threads": threads,
     "conv_variants": conv_variants, "release_unpicked": release_unpicked,
-    "conv2d_maxpool_fused": conv2d_maxpool_fused,
+    "conv2d_maxpool_fused": conv2d_maxpool_fused, "compiled_only": _notice.compiled_only,
 }
 for _mod in (conv, pool, batchnorm, activation, linear, loss, dropout, pad, dropout2d, conv_transpose, upsample):
     OPS.update({name: getattr(_mod, name) for name in _mod.__all__})

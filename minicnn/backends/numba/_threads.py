@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ... import _blas
-from . import _memory
+from . import _memory, _notice
 
 # A buffer larger than this is allocated per call instead of being kept around.
 MAX_CACHED_BYTES = 96 * 1024 * 1024
@@ -140,6 +140,14 @@ HEAVY = 4
 # ``weight`` of plain elementwise passes (ReLU and its backward: a compare and a store per
 # value, much cheaper per value than the copy-like passes the threshold was set by)
 LIGHT = 0.25
+# A small call whose serial twin is compiled neither in this process nor in numba's on-disk cache,
+# while the parallel form is, runs the parallel form, and only after this many small calls with
+# the same argument types is the twin compiled (then cached for later runs): a short run (one
+# classify) never pays the twin's compile (0.1-2 s each on a cold cache, two in a ResNet-18
+# classify) for the tens of microseconds per call it saves, a long one soon has it; a run that
+# never reaches the count loses at most that many times the parallel region's start (about 60 us).
+# 0: the twin compiles at the first small call (what ``serial_below`` sets, to test both forms).
+TWIN_AFTER_CALLS = 256
 # Each slice of a split product has at least this many multiply-adds; a smaller product runs on
 # the calling thread alone: handing part of it to another thread costs more than it saves.
 SPLIT_MIN_MACS = 2_000_000
@@ -148,7 +156,7 @@ SPLIT_MIN_MACS = 2_000_000
 # "pool" for what it cannot take (other dtypes, layouts BLAS cannot read in place).
 GEMM_THREADS = "numba"
 
-_TUNABLE = ("SERIAL_MAX_WORK", "SPLIT_MIN_MACS", "GEMM_THREADS")
+_TUNABLE = ("SERIAL_MAX_WORK", "SPLIT_MIN_MACS", "GEMM_THREADS", "TWIN_AFTER_CALLS")
 
 
 @contextlib.contextmanager
@@ -156,8 +164,8 @@ def tuning(**values):
     """``with tuning(SERIAL_MAX_WORK=0, GEMM_THREADS="pool"):`` runs the block with these tuning
     values and restores the previous ones when it exits, also on an error.
 
-    Names: ``SERIAL_MAX_WORK``, ``SPLIT_MIN_MACS``, ``GEMM_THREADS``. Process-wide (every thread
-    reads the same values): for tests and measurements.
+    Names: ``SERIAL_MAX_WORK``, ``SPLIT_MIN_MACS``, ``GEMM_THREADS``, ``TWIN_AFTER_CALLS``.
+    Process-wide (every thread reads the same values): for tests and measurements.
     """
     unknown = sorted(set(values) - set(_TUNABLE))
     if unknown:
@@ -175,8 +183,9 @@ def tuning(**values):
 
 def serial_below(n: int):
     """``with serial_below(n):`` calls with less than ``n`` work run serially (0: every call runs
-    the parallel kernel; a huge ``n``: none does); ``tuning(SERIAL_MAX_WORK=n)``."""
-    return tuning(SERIAL_MAX_WORK=int(n))
+    the parallel kernel; a huge ``n``: none does), the twins compiled at once where missing;
+    ``tuning(SERIAL_MAX_WORK=n, TWIN_AFTER_CALLS=0)``."""
+    return tuning(SERIAL_MAX_WORK=int(n), TWIN_AFTER_CALLS=0)
 
 
 _twins: dict = {}
@@ -223,7 +232,8 @@ def run(kernel, *args, work=None, weight=1):
     """Call a parallel numba kernel: its serial twin when the call is small (``work`` below
     ``SERIAL_MAX_WORK``; by default ``weight`` times the total size of the array arguments, a
     weight above 1 marking a kernel that does much more per value than a copy), else the
-    parallel version (``run_parallel``)."""
+    parallel version (``run_parallel``). A small call runs the parallel version instead while
+    only that one is compiled, for up to ``TWIN_AFTER_CALLS`` calls (see there)."""
     if work is None:
         work = 0
         for a in args:
@@ -231,7 +241,52 @@ def run(kernel, *args, work=None, weight=1):
                 work += a.size
         work = work * weight
     if work < SERIAL_MAX_WORK:
+        if TWIN_AFTER_CALLS <= 0:
+            return serial_twin(kernel)(*args)
+        return _small_call(kernel, args)
+    return run_parallel(kernel, *args)
+
+
+# (kernel, argument types) -> True once small calls run the serial twin, else how many small
+# calls have run the parallel form (its twin not compiled yet)
+_small_calls: dict = {}
+
+
+def _small_call(kernel, args):
+    """A small call of ``kernel``: the serial twin when it is compiled or cached, else the parallel
+    form when that one is (up to ``TWIN_AFTER_CALLS`` times), else the twin, compiled now.
+
+    Which forms are compiled is found by calling them inside ``_notice.compiled_only()`` at the
+    first small call with these argument types (a refused call raises before it runs anything)
+    and remembered. The two forms run the same source, one output per task, so they give the
+    same values: which one ran never changes a result.
+    """
+    key = (kernel, *[a.dtype if type(a) is np.ndarray else type(a) for a in args])
+    state = _small_calls.get(key)
+    if state is True:
         return serial_twin(kernel)(*args)
+    if state is None:
+        twin = serial_twin(kernel)
+        try:
+            with _notice.compiled_only():
+                out = twin(*args)
+        except _notice.KernelNotCompiled:
+            pass
+        else:
+            _small_calls[key] = True
+            return out
+        try:
+            with _notice.compiled_only():
+                out = run_parallel(kernel, *args)
+        except _notice.KernelNotCompiled:  # neither form compiled: the call is small, the twin compiles
+            _small_calls[key] = True
+            return twin(*args)
+        _small_calls[key] = 1
+        return out
+    if state + 1 >= TWIN_AFTER_CALLS:
+        _small_calls[key] = True
+        return serial_twin(kernel)(*args)
+    _small_calls[key] = state + 1
     return run_parallel(kernel, *args)
 
 

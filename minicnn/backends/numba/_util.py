@@ -16,6 +16,8 @@ timed inside those ops (``python -m benchmarks.profile --mode train --batch 16``
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange, uint64
 
@@ -188,13 +190,32 @@ def channel_sums(mode, a3, b3, center):  # pragma: no cover - jitted
     return s1, s2
 
 
-def run_epilogue(src, s_off, s_n, s_k, dst, d_off, d_n, d_k, nc, K, L, *, scale=None, b=None, res=None,
-                 relu=False):
-    """Call :func:`epilogue` on flat arrays, with stand-ins for an absent scale, bias or residual."""
-    dt = dst.dtype
+class Rows(NamedTuple):
+    """(image, channel) rows of a flat array, as the epilogue reads or writes them: row (i, k)
+    starts at ``a[off + i*n + k*k_stride]`` and its values are contiguous."""
+
+    a: np.ndarray   # the flat array
+    off: int        # where row (0, 0) starts
+    n: int          # elements from image i to image i + 1
+    k: int          # elements from channel k to channel k + 1
+
+
+def nkl(a, n0=0) -> Rows:
+    """Rows of an (N, K, L) array (any shape that flattens to it), starting at image ``n0``."""
+    N, K = a.shape[0], a.shape[1]
+    L = a.size // (N * K)
+    return Rows(a.reshape(-1), n0 * K * L, K * L, L)
+
+
+def run_epilogue(src: Rows, dst: Rows, nc, K, L, *, scale=None, b=None, res=None, relu=False):
+    """dst row (i, k) = act(src row (i, k) * scale[k] + b[k] + res row (i, k)) for i < nc, k < K,
+    L values per row (see :func:`epilogue`); absent scale, bias or residual get stand-ins. The
+    residual is a flat array indexed like ``dst``."""
+    dt = dst.a.dtype
     one_d = empty_like_ndim(1, dt)
     _threads.run(
-        epilogue, src, int(s_off), int(s_n), int(s_k), dst, int(d_off), int(d_n), int(d_k), int(nc), int(K), int(L),
+        epilogue, src.a, int(src.off), int(src.n), int(src.k), dst.a, int(dst.off), int(dst.n), int(dst.k),
+        int(nc), int(K), int(L),
         one_d if scale is None else scale, scale is not None,
         one_d if b is None else b, b is not None,
         one_d if res is None else res, res is not None, bool(relu),

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _memory, _threads
-from ._util import CENTERED_MOMENTS, GRAD_MOMENTS, channel_sums, compute_dtype, prepare, run_epilogue
+from ._util import CENTERED_MOMENTS, GRAD_MOMENTS, channel_sums, compute_dtype, nkl, prepare, run_epilogue
 
 __all__ = [
     "batchnorm2d_forward_train",
@@ -81,8 +81,7 @@ def _affine(x, scale, shift):
     N, C, H, W = x.shape
     L = H * W
     y = _memory.empty(x.shape, x.dtype)
-    xf, yf = x.reshape(-1), y.reshape(-1)
-    run_epilogue(xf, 0, C * L, L, yf, 0, C * L, L, N, C, L, scale=scale, b=shift)
+    run_epilogue(nkl(x), nkl(y), N, C, L, scale=scale, b=shift)
     return y
 
 

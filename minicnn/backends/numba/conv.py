@@ -47,8 +47,9 @@ import numpy as np
 from numba import njit, prange
 
 from . import _filters, _memory, _threads, conv_images, winograd
-from .im2col import col2im, im2col, q_range
-from ._util import check_conv, compute_dtype, empty_like_ndim, pair, prepare, run_epilogue, sum_over_n_l
+from .im2col import col2im, geometry, im2col, q_range
+from ._util import (Rows, check_conv, compute_dtype, empty_like_ndim, nkl, pair, prepare, run_epilogue,
+                    sum_over_n_l)
 
 __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_fused_forward"]
 
@@ -208,9 +209,9 @@ def _gemm_forward(p: PreparedConv, relu):
     G, Kg, CRSg, PQ = groups, K // groups, Cg * R * S, P * Q
     dt = x.dtype
     y3 = y.reshape(N, K, PQ)
-    yflat = y.reshape(-1)
     res = None if res3 is None else res3.reshape(-1)
     wg = w.reshape(G, Kg, CRSg)
+    g = geometry(R, S, stride, padding, dilation, P, Q)
     direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
     if res3 is None and not direct_cols and conv_images.applies(x.shape, w.shape, G, P, Q, dt):
         # small per-image columns and a batch to share: each thread unfolds and multiplies its own images
@@ -223,19 +224,18 @@ def _gemm_forward(p: PreparedConv, relu):
             cols = x[n0].reshape(C, PQ)  # a 1x1 stride-1 layer reads its input as the column matrix
         else:
             cols = _threads.workspace("conv.cols", (C * R * S, m * PQ), dt)
-            im2col(x, n0, m, cols, R, S, stride, padding, dilation, P, Q)
+            im2col(x, n0, m, cols, g)
         if m == 1:
             # a single image's (K, P*Q) result is already y's layout: GEMM straight into it
             _threads.matmul(wg, cols.reshape(G, CRSg, PQ), y3[n0].reshape(G, Kg, PQ))
             if needs_epilogue:
-                off = n0 * K * PQ
-                run_epilogue(yflat, off, K * PQ, PQ, yflat, off, K * PQ, PQ, 1, K, PQ, b=b, res=res, relu=relu)
+                rows = nkl(y3, n0)
+                run_epilogue(rows, rows, 1, K, PQ, b=b, res=res, relu=relu)
         else:
             out = _threads.workspace("conv.gemm", (K, m * PQ), dt)
             _threads.matmul(wg, cols.reshape(G, CRSg, m * PQ), out.reshape(G, Kg, m * PQ))
             # the write-back from (K, m*P*Q) to y's (m, K, P*Q) carries the epilogue for free
-            run_epilogue(out.reshape(-1), 0, PQ, m * PQ, yflat, n0 * K * PQ, K * PQ, PQ, m, K, PQ,
-                         b=b, res=res, relu=relu)
+            run_epilogue(Rows(out.reshape(-1), 0, PQ, m * PQ), nkl(y3, n0), m, K, PQ, b=b, res=res, relu=relu)
     return y
 
 
@@ -260,9 +260,8 @@ def pointwise_gemm(x, w, b, stride, padding, dilation, groups, residual=None, re
         HW = H * W
         _threads.matmul(w.reshape(G, K // G, C // G), x.reshape(N, G, C // G, HW), y.reshape(N, G, K // G, HW))
         if b is not None or res3 is not None or relu:
-            yflat = y.reshape(-1)
-            run_epilogue(yflat, 0, K * HW, HW, yflat, 0, K * HW, HW, N, K, HW,
-                         b=b, res=None if res3 is None else res3.reshape(-1), relu=relu)
+            rows = nkl(y)
+            run_epilogue(rows, rows, N, K, HW, b=b, res=None if res3 is None else res3.reshape(-1), relu=relu)
         return y
     # small planes or a stride: gather a chunk of images into one wide GEMM instead
     return _gemm_forward(p, relu)
@@ -487,12 +486,13 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
     direct_cols = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
     wg = w.reshape(G, Kg, CRSg)
     bias = b if b is not None else empty_like_ndim(1, dt)
+    g = geometry(R, S, stride, padding, dilation, P, Q)
     for n in range(N):
         if direct_cols:
             cols = x[n].reshape(C, PQ)
         else:
             cols = _threads.workspace("conv.cols", (C * R * S, PQ), dt)
-            im2col(x, n, 1, cols, R, S, stride, padding, dilation, P, Q)
+            im2col(x, n, 1, cols, g)
         z = _threads.workspace("conv.pool_z", (1, K, P, Q), dt)
         _threads.matmul(wg, cols.reshape(G, CRSg, PQ), z.reshape(G, Kg, PQ))
         _threads.run(pool.maxpool_values, z, y[n:n + 1], rows.lo, rows.inside_lo, rows.inside_hi, pdil[0],
@@ -585,20 +585,21 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
     if dw_by_gemm:
         dw = _memory.empty((G, Kg, CRSg), dt)
     nc = chunk_images(N, C * R * S * PQ * dt.itemsize, PQ)
+    g = geometry(R, S, stride, padding, dilation, P, Q)
     for n0 in range(0, N, nc):
         m = min(nc, N - n0)
         if m == 1:
             dyp = dy3[n0]
         else:
             dyp = _threads.workspace("conv.dy", (K, m * PQ), dt)
-            run_epilogue(dy.reshape(-1), n0 * K * PQ, K * PQ, PQ, dyp.reshape(-1), 0, PQ, m * PQ, m, K, PQ)
+            run_epilogue(nkl(dy, n0), Rows(dyp.reshape(-1), 0, PQ, m * PQ), m, K, PQ)
         dyg = dyp.reshape(G, Kg, m * PQ)
         if dw_by_gemm:
             if m == 1 and direct_cols:
                 cols = x[n0].reshape(C, PQ)
             else:
                 cols = _threads.workspace("conv.cols", (C * R * S, m * PQ), dt)
-                im2col(x, n0, m, cols, R, S, stride, padding, dilation, P, Q)
+                im2col(x, n0, m, cols, g)
             colsT = cols.reshape(G, CRSg, m * PQ).transpose(0, 2, 1)
             if n0 == 0:
                 _threads.matmul(dyg, colsT, dw)
@@ -611,5 +612,5 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
             # cols (if any) is consumed: its workspace now takes the column gradients
             dcols = _threads.workspace("conv.cols", (C * R * S, m * PQ), dt)
             _threads.matmul(wg.transpose(0, 2, 1), dyg, dcols.reshape(G, CRSg, m * PQ))
-            col2im(dcols, dx, n0, m, R, S, stride, padding, dilation, P, Q)
+            col2im(dcols, dx, n0, m, g)
     return dx, (dw.reshape(K, Cg, R, S) if need_dw else None), db

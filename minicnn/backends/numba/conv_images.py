@@ -30,15 +30,13 @@ timed by ``python -m benchmarks.fashion_step`` (the Fashion-MNIST step, against 
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numba
 import numpy as np
 from numba import njit, prange
 
 from ... import _blas
 from . import _gemm, _memory, _threads
-from .im2col import q_range
+from .im2col import geometry, q_range
 
 __all__ = ["applies", "forward_images", "backward_images"]
 
@@ -54,21 +52,6 @@ MIN_OUTPUT_CELLS = 100
 # each thread gets at least this many images, so the per-thread partial dW and the extra
 # region pay for themselves; smaller batches use the chunked path
 MIN_IMAGES_PER_THREAD = 2
-
-
-class Geometry(NamedTuple):
-    """The window geometry of a convolution: kernel, stride, padding, dilation, output size."""
-
-    R: int
-    S: int
-    sh: int
-    sw: int
-    ph: int
-    pw: int
-    dh: int
-    dw: int
-    P: int
-    Q: int
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,18 +281,13 @@ def _require_blas(where):
         raise RuntimeError(f"{where}: needs an OpenBLAS callable from numba's threads (see conv_images.applies)")
 
 
-def _geometry(w, stride, padding, dilation, P, Q) -> Geometry:
-    return Geometry(w.shape[2], w.shape[3], stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                    P, Q)
-
-
 def forward_images(x, w, b, y, stride, padding, dilation, relu):
     """Fill ``y`` (N, K, P, Q) with conv(x, w) (+ b) (then ReLU); all arrays C-contiguous, one
     float dtype, ``applies`` true. Returns y."""
     _require_blas("conv_images.forward_images")
     N, C, H, W = x.shape
     K, P, Q = w.shape[0], y.shape[2], y.shape[3]
-    g = _geometry(w, stride, padding, dilation, P, Q)
+    g = geometry(w.shape[2], w.shape[3], stride, padding, dilation, P, Q)
     parts = _parts(N)
     dt = x.dtype
     cols = _threads.workspace("conv_images.cols", (parts, w[0].size * P * Q), dt)
@@ -327,7 +305,7 @@ def backward_images(dy, x, w, stride, padding, dilation, need_dx, need_dw, need_
     _require_blas("conv_images.backward_images")
     N, C, H, W = x.shape
     K, P, Q = w.shape[0], dy.shape[2], dy.shape[3]
-    g = _geometry(w, stride, padding, dilation, P, Q)
+    g = geometry(w.shape[2], w.shape[3], stride, padding, dilation, P, Q)
     parts = _parts(N)
     dt = x.dtype
     CRS = w[0].size

@@ -21,8 +21,8 @@ import numpy as np
 
 from . import _memory, _threads
 from .conv import chunk_images
-from .im2col import col2im, im2col
-from ._util import compute_dtype, pair, prepare, run_epilogue, sum_over_n_l
+from .im2col import col2im, geometry, im2col
+from ._util import Rows, compute_dtype, nkl, pair, prepare, run_epilogue, sum_over_n_l
 from ...shapes import conv_transpose_output_size
 
 __all__ = ["conv_transpose2d_forward", "conv_transpose2d_backward"]
@@ -65,7 +65,7 @@ def _pack(a, n0, m, K, L, where):
     if m == 1:
         return a.reshape(-1, K, L)[n0]
     out = _threads.workspace(where, (K, m * L), a.dtype)
-    run_epilogue(a.reshape(-1), n0 * K * L, K * L, L, out.reshape(-1), 0, L, m * L, m, K, L)
+    run_epilogue(Rows(a.reshape(-1), n0 * K * L, K * L, L), Rows(out.reshape(-1), 0, L, m * L), m, K, L)
     return out
 
 
@@ -90,10 +90,10 @@ def conv_transpose2d_forward(x, w, b, stride, padding, output_padding, dilation,
         cols = _threads.workspace("conv_t.cols", (K * R * S, m * HW), dt)
         _threads.matmul(wgT, xp.reshape(G, Cg, m * HW), cols.reshape(G, ORS, m * HW))
         # the fold's grid is x's (H, W): the convolution this is the adjoint of has its output there
-        col2im(cols, y, n0, m, R, S, stride, padding, dilation, H, W)
+        col2im(cols, y, n0, m, geometry(R, S, stride, padding, dilation, H, W))
     if b is not None:
-        yflat = y.reshape(-1)
-        run_epilogue(yflat, 0, K * OH * OW, OH * OW, yflat, 0, K * OH * OW, OH * OW, N, K, OH * OW, b=b)
+        rows = nkl(y)
+        run_epilogue(rows, rows, N, K, OH * OW, b=b)
     return y
 
 
@@ -126,7 +126,7 @@ def conv_transpose2d_backward(dy, x, w, stride, padding, output_padding, dilatio
     for n0 in range(0, N, nc):
         m = min(nc, N - n0)
         cols = _threads.workspace("conv_t.cols", (K * R * S, m * HW), dt)
-        im2col(dy, n0, m, cols, R, S, stride, padding, dilation, H, W)
+        im2col(dy, n0, m, cols, geometry(R, S, stride, padding, dilation, H, W))
         colsg = cols.reshape(G, ORS, m * HW)
         if need_dx:
             if m == 1:  # one image's (C, H*W) result is already dx's layout
@@ -134,7 +134,7 @@ def conv_transpose2d_backward(dy, x, w, stride, padding, output_padding, dilatio
             else:
                 out = _threads.workspace("conv_t.gemm", (C, m * HW), dt)
                 _threads.matmul(wg, colsg, out.reshape(G, Cg, m * HW))
-                run_epilogue(out.reshape(-1), 0, HW, m * HW, dx.reshape(-1), n0 * C * HW, C * HW, HW, m, C, HW)
+                run_epilogue(Rows(out.reshape(-1), 0, HW, m * HW), nkl(dx, n0), m, C, HW)
         if need_dw:
             xp = _pack(x, n0, m, C, HW, "conv_t.x").reshape(G, Cg, m * HW)
             colsT = colsg.transpose(0, 2, 1)

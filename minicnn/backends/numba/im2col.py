@@ -24,6 +24,8 @@ kernels against the numpy reference's unfold); timed by ``python -m benchmarks.u
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -39,6 +41,28 @@ TABLE_MAX = 1 << 15
 UNFOLD_ROWS_MIN_Q = 12
 # the table holds int32 offsets into one (H, W) plane: larger planes always copy row runs
 PLANE_MAX = 2**31 - 1
+
+
+class Geometry(NamedTuple):
+    """A convolution's window: kernel R x S, stride, padding, dilation (per axis) and the P x Q
+    output. The kernels take it as one argument (numba passes a NamedTuple of ints by value)."""
+
+    R: int
+    S: int
+    sh: int
+    sw: int
+    ph: int
+    pw: int
+    dh: int
+    dw: int
+    P: int
+    Q: int
+
+
+def geometry(R, S, stride, padding, dilation, P, Q) -> Geometry:
+    """The ``Geometry`` of an R x S window with (height, width) pairs ``stride``, ``padding``, ``dilation``."""
+    return Geometry(int(R), int(S), int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]),
+                    int(dilation[0]), int(dilation[1]), int(P), int(Q))
 
 
 @njit(cache=True)
@@ -58,15 +82,17 @@ def q_range(Q, W, sw, off_w):  # pragma: no cover - jitted
 
 
 @njit(cache=True)
-def _tap_table(tab, H, W, R, S, sh, sw, ph, pw, dh, dw, P, Q):  # pragma: no cover - jitted
-    """tab[r*S + s, p*Q + q] = h*W + w of the input cell tap (r, s) of output (p, q) reads, -1 in the padding."""
-    for r in range(R):
-        for s in range(S):
-            t = tab[r * S + s]
-            for p in range(P):
-                h = p * sh - ph + r * dh
+def _tap_table(tab, H, W, g):  # pragma: no cover - jitted
+    """tab[r*S + s, p*Q + q] = h*W + w of the input cell tap (r, s) of output (p, q) reads, -1 in
+    the padding (``g`` a ``Geometry``)."""
+    Q = g.Q
+    for r in range(g.R):
+        for s in range(g.S):
+            t = tab[r * g.S + s]
+            for p in range(g.P):
+                h = p * g.sh - g.ph + r * g.dh
                 for q in range(Q):
-                    w = q * sw - pw + s * dw
+                    w = q * g.sw - g.pw + s * g.dw
                     t[p * Q + q] = h * W + w if 0 <= h < H and 0 <= w < W else -1
 
 
@@ -94,9 +120,8 @@ def _im2col_table(xf, n0, nc, C, HW, cols, tab):  # pragma: no cover - jitted
 
 
 @njit(cache=True, parallel=True)
-def _im2col_rows(xs, i0, C, H, row_len, Wq, W, nc, cols, R, S, sh, sw, ph, pw, dh, dw,
-                 P, Q):  # pragma: no cover - jitted
-    """Unfold nc images into ``cols`` (C*R*S, nc*P*Q), run by run:
+def _im2col_rows(xs, i0, C, H, row_len, Wq, W, nc, cols, g):  # pragma: no cover - jitted
+    """Unfold nc images into ``cols`` (C*R*S, nc*P*Q), run by run (``g`` a ``Geometry``):
 
         cols[(c*R + r)*S + s, i*P*Q + p*Q + q] = x[n0+i, c, p*sh - ph + r*dh, q*sw - pw + s*dw]
 
@@ -113,6 +138,7 @@ def _im2col_rows(xs, i0, C, H, row_len, Wq, W, nc, cols, R, S, sh, sw, ph, pw, d
     One task per (image, channel, kernel row): it owns S distinct rows of cells, so no races;
     the 7x7 stem of a one-image chunk thus has 21 tasks rather than 3.
     """
+    R, S, sh, sw, ph, pw, dh, dw, P, Q = g
     PQ = P * Q
     zero = cols.dtype.type(0)
     for task in prange(nc * C * R):
@@ -183,24 +209,34 @@ def unfold_mode(R, S, stride, P, Q, adjoint=False) -> int:
 def tap_table(H, W, R, S, stride, padding, dilation, P, Q, tag="im2col.table"):
     """The gather table of this window geometry (see ``_tap_table``) in the calling thread's
     workspace ``tag`` (the max pool keeps its own, so one never overwrites the other's)."""
-    tab = _threads.workspace(tag, (R * S, P * Q), np.int32)
-    _tap_table(tab, H, W, R, S, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], P, Q)
+    return _table(H, W, geometry(R, S, stride, padding, dilation, P, Q), tag)
+
+
+def _table(H, W, g: Geometry, tag="im2col.table"):
+    """``tap_table`` for a ``Geometry``."""
+    tab = _threads.workspace(tag, (g.R * g.S, g.P * g.Q), np.int32)
+    _tap_table(tab, H, W, g)
     return tab
 
 
-def im2col(x, n0, nc, cols, R, S, stride, padding, dilation, P, Q, mode=None):
-    """Fill ``cols`` (C*R*S, nc*P*Q) with the unfolded images n0..n0+nc-1 of the C-contiguous ``x``.
+def _mode(g: Geometry, mode, H, W, adjoint):
+    """The form to run: ``mode``, else ``unfold_mode``'s choice; always ROWS for planes the table cannot index."""
+    if mode is None:
+        mode = unfold_mode(g.R, g.S, (g.sh, g.sw), g.P, g.Q, adjoint)
+    return ROWS if H * W > PLANE_MAX else mode
+
+
+def im2col(x, n0, nc, cols, g: Geometry, mode=None):
+    """Fill ``cols`` (C*R*S, nc*P*Q) with the unfolded images n0..n0+nc-1 of the C-contiguous ``x``
+    for the window ``g`` (a ``Geometry``).
 
     ``mode`` (TABLE or ROWS) defaults to :func:`unfold_mode`'s choice.
     """
     N, C, H, W = x.shape
-    sh, sw = stride
-    if mode is None:
-        mode = unfold_mode(R, S, stride, P, Q)
-    if H * W > PLANE_MAX:
-        mode = ROWS
+    sw = g.sw
+    mode = _mode(g, mode, H, W, adjoint=False)
     if mode == TABLE:
-        tab = tap_table(H, W, R, S, stride, padding, dilation, P, Q)
+        tab = _table(H, W, g)
         _threads.run(_im2col_table, x.reshape(-1), n0, nc, C, H * W, cols, tab, work=cols.size)
         return cols
     if sw == 1:
@@ -210,14 +246,13 @@ def im2col(x, n0, nc, cols, R, S, stride, padding, dilation, P, Q, mode=None):
         Wq = -(-W // sw)
         split = _threads.workspace("im2col.phases", (nc, C, H, sw, Wq), x.dtype)
         # only the phases some tap reads (a 1x1 stride-2 layer reads every other column: one)
-        for phase in sorted({(s * dilation[1] - padding[1]) % sw for s in range(S)}):
+        for phase in sorted({(s * g.dw - g.pw) % sw for s in range(g.S)}):
             if phase >= W:
                 continue
             cnt = -(-(W - phase) // sw)
             split[:, :, :, phase, :cnt] = x[n0:n0 + nc, :, :, phase::sw]
         xs, i0, row_len = split.reshape(-1), 0, sw * Wq
-    _threads.run(_im2col_rows, xs, i0, C, H, row_len, Wq, W, nc, cols, R, S, sh, sw, padding[0], padding[1],
-                 dilation[0], dilation[1], P, Q, work=cols.size)
+    _threads.run(_im2col_rows, xs, i0, C, H, row_len, Wq, W, nc, cols, g, work=cols.size)
     return cols
 
 
@@ -248,12 +283,13 @@ def _col2im_table(cols, dxf, n0, nc, C, HW, tab):  # pragma: no cover - jitted
 
 
 @njit(cache=True, parallel=True)
-def _col2im_rows(cols, dx, n0, nc, R, S, sh, sw, ph, pw, dh, dw, P, Q):  # pragma: no cover - jitted
+def _col2im_rows(cols, dx, n0, nc, g):  # pragma: no cover - jitted
     """The adjoint of _im2col_rows: dx[n0+i, c] = sum of every column cell that came from each pixel.
 
     One task per (image, channel) plane, which receives contributions only from its own rows of
     ``cols``: the scatter-add needs no atomics and each cell sums its taps in (r, s) order.
     """
+    R, S, sh, sw, ph, pw, dh, dw, P, Q = g
     C = dx.shape[1]
     H = dx.shape[2]
     W = dx.shape[3]
@@ -284,20 +320,17 @@ def _col2im_rows(cols, dx, n0, nc, R, S, sh, sw, ph, pw, dh, dw, P, Q):  # pragm
                         dst[j] += src[j]
 
 
-def col2im(cols, dx, n0, nc, R, S, stride, padding, dilation, P, Q, mode=None):
-    """Overwrite images n0..n0+nc-1 of the C-contiguous ``dx`` with the fold of ``cols`` (C*R*S, nc*P*Q).
+def col2im(cols, dx, n0, nc, g: Geometry, mode=None):
+    """Overwrite images n0..n0+nc-1 of the C-contiguous ``dx`` with the fold of ``cols`` (C*R*S, nc*P*Q)
+    for the window ``g`` (a ``Geometry``).
 
     ``mode`` (TABLE or ROWS) defaults to :func:`unfold_mode`'s choice; both sum in the same order.
     """
     N, C, H, W = dx.shape
-    if mode is None:
-        mode = unfold_mode(R, S, stride, P, Q, adjoint=True)
-    if H * W > PLANE_MAX:
-        mode = ROWS
+    mode = _mode(g, mode, H, W, adjoint=True)
     if mode == TABLE:
-        tab = tap_table(H, W, R, S, stride, padding, dilation, P, Q)
+        tab = _table(H, W, g)
         _threads.run(_col2im_table, cols, dx.reshape(-1), n0, nc, C, H * W, tab, work=cols.size)
         return dx
-    _threads.run(_col2im_rows, cols, dx, n0, nc, R, S, stride[0], stride[1], padding[0], padding[1],
-                 dilation[0], dilation[1], P, Q, work=cols.size)
+    _threads.run(_col2im_rows, cols, dx, n0, nc, g, work=cols.size)
     return dx

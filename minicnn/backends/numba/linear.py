@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _memory, _threads
-from ._util import compute_dtype, prepare, run_epilogue, sum_over_n_l
+from ._util import compute_dtype, nkl, prepare, run_epilogue, sum_over_n_l
 
 __all__ = ["linear_forward", "linear_backward"]
 
@@ -33,8 +33,8 @@ def linear_forward(x, w, b):
     y = _threads.matmul(x, w.T, _memory.empty((x.shape[0], w.shape[0]), dt))
     if b is not None:
         N, O = y.shape
-        yflat = y.reshape(-1)
-        run_epilogue(yflat, 0, O, 1, yflat, 0, O, 1, N, O, 1, b=b)
+        rows = nkl(y)  # (N, O) as (N, O, 1): one value per row
+        run_epilogue(rows, rows, N, O, 1, b=b)
     return y
 
 

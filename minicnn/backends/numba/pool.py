@@ -456,7 +456,9 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
     """(y, argmax): max over each window (padding never wins); argmax = h*W + w of the winner, -1 if none.
 
     ``need_argmax=False`` (inference: no backward will run) returns ``(y, None)`` with the same y,
-    and skips computing and writing the int64 argmax. ``ceil_mode`` rounds the output size up.
+    and skips computing and writing the int64 argmax, except on the small planes the gather table
+    takes (there it goes to a scratch buffer: one kernel for both). ``ceil_mode`` rounds the
+    output size up.
     """
     x = _as4d(x, "maxpool2d")
     (R, S), stride, padding, dilation, P, Q = window_out(x.shape, kernel_size, stride, padding, dilation, "maxpool2d",
@@ -464,12 +466,17 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
     N, C = x.shape[:2]
     y = _memory.empty((N, C, P, Q), x.dtype)
     H, W = x.shape[2:]
-    if need_argmax and Q < ROWS_MIN_Q and R * S * P * Q <= TABLE_MAX and H * W <= PLANE_MAX:
-        am = _memory.empty((N, C, P, Q), np.int64)
+    if Q < ROWS_MIN_Q and R * S * P * Q <= TABLE_MAX and H * W <= PLANE_MAX:
+        # small planes go through the table with or without argmax: inference on them (a
+        # network's evaluation between training epochs) then runs the kernel training compiled
+        # instead of compiling maxpool_values too (about 5 s on a cold cache, docs/kernels.md
+        # "Compile time"); the y is the same, and the argmax of a few small planes costs little
+        am = _memory.empty((N, C, P, Q), np.int64) if need_argmax else _threads.workspace("pool.argmax", (N, C, P, Q),
+                                                                                          np.int64)
         tab = tap_table(H, W, R, S, stride, padding, dilation, P, Q, tag="pool.table")
         _threads.run(_max_table, x.reshape(N * C, H * W), y.reshape(N * C, P * Q), am.reshape(N * C, P * Q), tab,
                      work=y.size * R * S)
-        return y, am
+        return y, (am if need_argmax else None)
     rows = regular_windows(P, R, stride[0], padding[0], dilation[0], H)
     cols = regular_windows(Q, S, stride[1], padding[1], dilation[1], W)
     if not need_argmax:

@@ -2,8 +2,9 @@
 // Written and compile-checked (NVRTC, sm_80 / sm_90), checked against the reference on the
 // host emulator; not yet run on a GPU.
 //
-// Every kernel comes as _f32 and _f64 (float / double storage; the arithmetic is done in the
-// storage type, as the numpy reference does, except PReLU's slope gradient which sums in double).
+// Every kernel comes as _f32 and _f64 (float / double storage, stamped by common.cuh's
+// MINICNN_STAMP_F32_F64; the arithmetic is done in the storage type, as the numpy reference
+// does, except PReLU's slope gradient which sums in double).
 // NaN handling follows the reference branch by branch: every comparison with NaN is false in
 // both, and max(x, 0) / clip are written with comparisons so that a NaN passes through (fmaxf
 // would drop it).
@@ -38,6 +39,7 @@
 //     x viewed as (outer, L, inner), softmax (log_mode 0) or log-softmax (1) over L for each of
 //     the outer*inner rows r = o*inner + i, whose elements sit inner apart. The reference's
 //     x - x.max(axis), exp, sum, divide (or subtract the log of the sum), row by row.
+//     The rows of a thread or block come from common.cuh's rows_of(team).
 //     team 1: one thread per row (grid-stride), three passes over its row; suits short rows and
 //     rows with inner > 1 (neighbouring threads read neighbouring addresses).
 //     team = blockDim.x (a power of two <= 256): one block per row (grid-stride over rows), the
@@ -222,22 +224,6 @@ __device__ void prelu_backward(const T* dy, const T* x, const T* w, T* dx, doubl
     }
 }
 
-// the rows of one softmax call: row r of (outer, L, inner) starts at o*L*inner + i and strides inner
-struct Rows {
-    i64 first, step;  // the rows this thread (team 1) or block (team > 1) takes: first, first + step, ...
-    int lane, width;  // this thread's place in its team and the team's size
-};
-
-__device__ __forceinline__ Rows rows_of(int team) {
-    Rows r;
-    if (team > 1) {
-        r.first = blockIdx.x; r.step = gridDim.x; r.lane = threadIdx.x; r.width = blockDim.x;
-    } else {
-        r.first = global_index_1d(); r.step = global_stride_1d(); r.lane = 0; r.width = 1;
-    }
-    return r;
-}
-
 template <typename T>
 __device__ void softmax_forward(const T* x, T* y, i64 outer, i64 L, i64 inner, int log_mode, int team, T* sh) {
     const Rows rw = rows_of(team);
@@ -281,86 +267,64 @@ __device__ void softmax_backward(const T* dy, const T* y, T* dx, i64 outer, i64 
 
 }  // namespace act
 
-extern "C" __global__ void act_forward_f32(const float* __restrict__ x, float* __restrict__ y, i64 n, int kind,
-                                           float p0, float p1) {
-    act::forward(x, y, n, kind, p0, p1);
-}
-extern "C" __global__ void act_forward_f64(const double* __restrict__ x, double* __restrict__ y, i64 n, int kind,
-                                           double p0, double p1) {
-    act::forward(x, y, n, kind, p0, p1);
-}
+#define ACT_FORWARD_ENTRY(SUF, T)                                                                                      \
+    extern "C" __global__ void act_forward_##SUF(const T* __restrict__ x, T* __restrict__ y, i64 n, int kind, T p0,    \
+                                                 T p1) {                                                               \
+        act::forward(x, y, n, kind, p0, p1);                                                                           \
+    }
+MINICNN_STAMP_F32_F64(ACT_FORWARD_ENTRY)
 
-extern "C" __global__ void act_backward_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                            float* __restrict__ dx, i64 n, int kind, float p0, float p1) {
-    act::backward(dy, x, dx, n, kind, p0, p1);
-}
-extern "C" __global__ void act_backward_f64(const double* __restrict__ dy, const double* __restrict__ x,
-                                            double* __restrict__ dx, i64 n, int kind, double p0, double p1) {
-    act::backward(dy, x, dx, n, kind, p0, p1);
-}
+#define ACT_BACKWARD_ENTRY(SUF, T)                                                                                     \
+    extern "C" __global__ void act_backward_##SUF(const T* __restrict__ dy, const T* __restrict__ x,                   \
+                                                  T* __restrict__ dx, i64 n, int kind, T p0, T p1) {                   \
+        act::backward(dy, x, dx, n, kind, p0, p1);                                                                     \
+    }
+MINICNN_STAMP_F32_F64(ACT_BACKWARD_ENTRY)
 
-extern "C" __global__ void act_backward_from_output_f32(const float* __restrict__ dy, const float* __restrict__ y,
-                                                        float* __restrict__ dx, i64 n, int kind) {
-    act::backward_from_output(dy, y, dx, n, kind);
-}
-extern "C" __global__ void act_backward_from_output_f64(const double* __restrict__ dy, const double* __restrict__ y,
-                                                        double* __restrict__ dx, i64 n, int kind) {
-    act::backward_from_output(dy, y, dx, n, kind);
-}
+#define ACT_BACKWARD_FROM_OUTPUT_ENTRY(SUF, T)                                                                         \
+    extern "C" __global__ void act_backward_from_output_##SUF(const T* __restrict__ dy, const T* __restrict__ y,       \
+                                                              T* __restrict__ dx, i64 n, int kind) {                   \
+        act::backward_from_output(dy, y, dx, n, kind);                                                                 \
+    }
+MINICNN_STAMP_F32_F64(ACT_BACKWARD_FROM_OUTPUT_ENTRY)
 
-extern "C" __global__ void add_relu_f32(const float* __restrict__ a, const float* __restrict__ b,
-                                        float* __restrict__ y, i64 n) {
-    act::add_relu(a, b, y, n);
-}
-extern "C" __global__ void add_relu_f64(const double* __restrict__ a, const double* __restrict__ b,
-                                        double* __restrict__ y, i64 n) {
-    act::add_relu(a, b, y, n);
-}
+#define ADD_RELU_ENTRY(SUF, T)                                                                                         \
+    extern "C" __global__ void add_relu_##SUF(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y,     \
+                                              i64 n) {                                                                 \
+        act::add_relu(a, b, y, n);                                                                                     \
+    }
+MINICNN_STAMP_F32_F64(ADD_RELU_ENTRY)
 
-extern "C" __global__ void prelu_forward_f32(const float* __restrict__ x, const float* __restrict__ w,
-                                             float* __restrict__ y, i64 n, i64 C, i64 inner) {
-    act::prelu_forward(x, w, y, n, C, inner);
-}
-extern "C" __global__ void prelu_forward_f64(const double* __restrict__ x, const double* __restrict__ w,
-                                             double* __restrict__ y, i64 n, i64 C, i64 inner) {
-    act::prelu_forward(x, w, y, n, C, inner);
-}
+#define PRELU_FORWARD_ENTRY(SUF, T)                                                                                    \
+    extern "C" __global__ void prelu_forward_##SUF(const T* __restrict__ x, const T* __restrict__ w,                   \
+                                                   T* __restrict__ y, i64 n, i64 C, i64 inner) {                       \
+        act::prelu_forward(x, w, y, n, C, inner);                                                                      \
+    }
+MINICNN_STAMP_F32_F64(PRELU_FORWARD_ENTRY)
 
-extern "C" __global__ void prelu_backward_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                              const float* __restrict__ w, float* __restrict__ dx,
-                                              double* __restrict__ partial, i64 N, i64 C, i64 inner, int need_dx,
-                                              int need_dw) {
-    __shared__ double sh[256];
-    act::prelu_backward(dy, x, w, dx, partial, N, C, inner, need_dx, need_dw, sh);
-}
-extern "C" __global__ void prelu_backward_f64(const double* __restrict__ dy, const double* __restrict__ x,
-                                              const double* __restrict__ w, double* __restrict__ dx,
-                                              double* __restrict__ partial, i64 N, i64 C, i64 inner, int need_dx,
-                                              int need_dw) {
-    __shared__ double sh[256];
-    act::prelu_backward(dy, x, w, dx, partial, N, C, inner, need_dx, need_dw, sh);
-}
+#define PRELU_BACKWARD_ENTRY(SUF, T)                                                                                   \
+    extern "C" __global__ void prelu_backward_##SUF(const T* __restrict__ dy, const T* __restrict__ x,                 \
+                                                    const T* __restrict__ w, T* __restrict__ dx,                       \
+                                                    double* __restrict__ partial, i64 N, i64 C, i64 inner,             \
+                                                    int need_dx, int need_dw) {                                        \
+        __shared__ double sh[256];                                                                                     \
+        act::prelu_backward(dy, x, w, dx, partial, N, C, inner, need_dx, need_dw, sh);                                 \
+    }
+MINICNN_STAMP_F32_F64(PRELU_BACKWARD_ENTRY)
 
-extern "C" __global__ void softmax_forward_f32(const float* __restrict__ x, float* __restrict__ y, i64 outer, i64 L,
-                                               i64 inner, int log_mode, int team) {
-    __shared__ float sh[256];
-    act::softmax_forward(x, y, outer, L, inner, log_mode, team, sh);
-}
-extern "C" __global__ void softmax_forward_f64(const double* __restrict__ x, double* __restrict__ y, i64 outer,
-                                               i64 L, i64 inner, int log_mode, int team) {
-    __shared__ double sh[256];
-    act::softmax_forward(x, y, outer, L, inner, log_mode, team, sh);
-}
+#define SOFTMAX_FORWARD_ENTRY(SUF, T)                                                                                  \
+    extern "C" __global__ void softmax_forward_##SUF(const T* __restrict__ x, T* __restrict__ y, i64 outer, i64 L,     \
+                                                     i64 inner, int log_mode, int team) {                              \
+        __shared__ T sh[256];                                                                                          \
+        act::softmax_forward(x, y, outer, L, inner, log_mode, team, sh);                                               \
+    }
+MINICNN_STAMP_F32_F64(SOFTMAX_FORWARD_ENTRY)
 
-extern "C" __global__ void softmax_backward_f32(const float* __restrict__ dy, const float* __restrict__ y,
-                                                float* __restrict__ dx, i64 outer, i64 L, i64 inner, int log_mode,
-                                                int team) {
-    __shared__ float sh[256];
-    act::softmax_backward(dy, y, dx, outer, L, inner, log_mode, team, sh);
-}
-extern "C" __global__ void softmax_backward_f64(const double* __restrict__ dy, const double* __restrict__ y,
-                                                double* __restrict__ dx, i64 outer, i64 L, i64 inner, int log_mode,
-                                                int team) {
-    __shared__ double sh[256];
-    act::softmax_backward(dy, y, dx, outer, L, inner, log_mode, team, sh);
-}
+#define SOFTMAX_BACKWARD_ENTRY(SUF, T)                                                                                 \
+    extern "C" __global__ void softmax_backward_##SUF(const T* __restrict__ dy, const T* __restrict__ y,               \
+                                                      T* __restrict__ dx, i64 outer, i64 L, i64 inner, int log_mode,   \
+                                                      int team) {                                                      \
+        __shared__ T sh[256];                                                                                          \
+        act::softmax_backward(dy, y, dx, outer, L, inner, log_mode, team, sh);                                         \
+    }
+MINICNN_STAMP_F32_F64(SOFTMAX_BACKWARD_ENTRY)

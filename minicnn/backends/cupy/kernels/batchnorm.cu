@@ -1,6 +1,7 @@
 // batchnorm.cu: batch normalisation over (N, H, W) per channel, train and eval, forward and
 // backward, NCHW. The reference is minicnn/backends/numpy/batchnorm.py (derivation:
-// docs/batchnorm.md). Each kernel has an _f32 and an _f64 entry point around one templated body.
+// docs/batchnorm.md). Each kernel has an _f32 and an _f64 entry point around one templated body,
+// stamped by common.cuh's MINICNN_STAMP_F32_F64.
 //
 // Per-channel reductions (the reference's x.mean / x.var / dy.sum over axes (0, 2, 3)) run in two
 // steps, so that a channel of millions of values still spreads over many blocks and the result
@@ -74,15 +75,13 @@ __device__ void bn_partial_sum_body(const T* __restrict__ x, double* __restrict_
     if (threadIdx.x == 0) part1[(i64)c * G + g] = acc;
 }
 
-extern "C" __global__ void bn_partial_sum_f32(const float* __restrict__ x, double* __restrict__ part1, int C, i64 HW, i64 M, int G, i64 chunk) {
-    __shared__ double buf[BN_BLOCK];
-    bn_partial_sum_body<float>(x, part1, C, HW, M, G, chunk, buf);
-}
-
-extern "C" __global__ void bn_partial_sum_f64(const double* __restrict__ x, double* __restrict__ part1, int C, i64 HW, i64 M, int G, i64 chunk) {
-    __shared__ double buf[BN_BLOCK];
-    bn_partial_sum_body<double>(x, part1, C, HW, M, G, chunk, buf);
-}
+#define BN_PARTIAL_SUM_ENTRY(SUF, T)                                                                                   \
+    extern "C" __global__ void bn_partial_sum_##SUF(const T* __restrict__ x, double* __restrict__ part1, int C,        \
+                                                    i64 HW, i64 M, int G, i64 chunk) {                                 \
+        __shared__ double buf[BN_BLOCK];                                                                               \
+        bn_partial_sum_body<T>(x, part1, C, HW, M, G, chunk, buf);                                                     \
+    }
+MINICNN_STAMP_F32_F64(BN_PARTIAL_SUM_ENTRY)
 
 template <typename T>
 __device__ void bn_partial_sqdev_body(const T* __restrict__ x, const double* __restrict__ part1,
@@ -104,15 +103,14 @@ __device__ void bn_partial_sqdev_body(const T* __restrict__ x, const double* __r
     if (threadIdx.x == 0) part2[(i64)c * G + g] = acc;
 }
 
-extern "C" __global__ void bn_partial_sqdev_f32(const float* __restrict__ x, const double* __restrict__ part1, double* __restrict__ part2, int C, i64 HW, i64 M, int G, i64 chunk) {
-    __shared__ double buf[BN_BLOCK];
-    bn_partial_sqdev_body<float>(x, part1, part2, C, HW, M, G, chunk, buf);
-}
-
-extern "C" __global__ void bn_partial_sqdev_f64(const double* __restrict__ x, const double* __restrict__ part1, double* __restrict__ part2, int C, i64 HW, i64 M, int G, i64 chunk) {
-    __shared__ double buf[BN_BLOCK];
-    bn_partial_sqdev_body<double>(x, part1, part2, C, HW, M, G, chunk, buf);
-}
+#define BN_PARTIAL_SQDEV_ENTRY(SUF, T)                                                                                 \
+    extern "C" __global__ void bn_partial_sqdev_##SUF(const T* __restrict__ x, const double* __restrict__ part1,       \
+                                                      double* __restrict__ part2, int C, i64 HW, i64 M, int G,         \
+                                                      i64 chunk) {                                                     \
+        __shared__ double buf[BN_BLOCK];                                                                               \
+        bn_partial_sqdev_body<T>(x, part1, part2, C, HW, M, G, chunk, buf);                                            \
+    }
+MINICNN_STAMP_F32_F64(BN_PARTIAL_SQDEV_ENTRY)
 
 template <typename T>
 __device__ void bn_stats_body(const double* __restrict__ part1, const double* __restrict__ part2,
@@ -128,13 +126,12 @@ __device__ void bn_stats_body(const double* __restrict__ part1, const double* __
     }
 }
 
-extern "C" __global__ void bn_stats_f32(const double* __restrict__ part1, const double* __restrict__ part2, float* __restrict__ mean, float* __restrict__ var, int C, i64 M, int G) {
-    bn_stats_body<float>(part1, part2, mean, var, C, M, G);
-}
-
-extern "C" __global__ void bn_stats_f64(const double* __restrict__ part1, const double* __restrict__ part2, double* __restrict__ mean, double* __restrict__ var, int C, i64 M, int G) {
-    bn_stats_body<double>(part1, part2, mean, var, C, M, G);
-}
+#define BN_STATS_ENTRY(SUF, T)                                                                                         \
+    extern "C" __global__ void bn_stats_##SUF(const double* __restrict__ part1, const double* __restrict__ part2,      \
+                                              T* __restrict__ mean, T* __restrict__ var, int C, i64 M, int G) {        \
+        bn_stats_body<T>(part1, part2, mean, var, C, M, G);                                                            \
+    }
+MINICNN_STAMP_F32_F64(BN_STATS_ENTRY)
 
 template <typename T>
 __device__ void bn_train_forward_body(const T* __restrict__ x, const T* __restrict__ mean, const T* __restrict__ var,
@@ -146,13 +143,14 @@ __device__ void bn_train_forward_body(const T* __restrict__ x, const T* __restri
     }
 }
 
-extern "C" __global__ void bn_train_forward_f32(const float* __restrict__ x, const float* __restrict__ mean, const float* __restrict__ var, const float* __restrict__ gamma, const float* __restrict__ beta, float* __restrict__ y, i64 total, int C, i64 HW, float eps) {
-    bn_train_forward_body<float>(x, mean, var, gamma, beta, y, total, C, HW, eps);
-}
-
-extern "C" __global__ void bn_train_forward_f64(const double* __restrict__ x, const double* __restrict__ mean, const double* __restrict__ var, const double* __restrict__ gamma, const double* __restrict__ beta, double* __restrict__ y, i64 total, int C, i64 HW, double eps) {
-    bn_train_forward_body<double>(x, mean, var, gamma, beta, y, total, C, HW, eps);
-}
+#define BN_TRAIN_FORWARD_ENTRY(SUF, T)                                                                                 \
+    extern "C" __global__ void bn_train_forward_##SUF(const T* __restrict__ x, const T* __restrict__ mean,             \
+                                                      const T* __restrict__ var, const T* __restrict__ gamma,          \
+                                                      const T* __restrict__ beta, T* __restrict__ y, i64 total, int C, \
+                                                      i64 HW, T eps) {                                                 \
+        bn_train_forward_body<T>(x, mean, var, gamma, beta, y, total, C, HW, eps);                                     \
+    }
+MINICNN_STAMP_F32_F64(BN_TRAIN_FORWARD_ENTRY)
 
 // ---- backward: sums of dy and dy * xhat, then dx ---------------------------------------------
 
@@ -183,15 +181,15 @@ __device__ void bn_partial_grad_body(const T* __restrict__ dy, const T* __restri
     }
 }
 
-extern "C" __global__ void bn_partial_grad_f32(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ mean, const float* __restrict__ var, double* __restrict__ part1, double* __restrict__ part2, int C, i64 HW, i64 M, int G, i64 chunk, float eps) {
-    __shared__ double buf[BN_BLOCK];
-    bn_partial_grad_body<float>(dy, x, mean, var, part1, part2, C, HW, M, G, chunk, eps, buf);
-}
-
-extern "C" __global__ void bn_partial_grad_f64(const double* __restrict__ dy, const double* __restrict__ x, const double* __restrict__ mean, const double* __restrict__ var, double* __restrict__ part1, double* __restrict__ part2, int C, i64 HW, i64 M, int G, i64 chunk, double eps) {
-    __shared__ double buf[BN_BLOCK];
-    bn_partial_grad_body<double>(dy, x, mean, var, part1, part2, C, HW, M, G, chunk, eps, buf);
-}
+#define BN_PARTIAL_GRAD_ENTRY(SUF, T)                                                                                  \
+    extern "C" __global__ void bn_partial_grad_##SUF(const T* __restrict__ dy, const T* __restrict__ x,                \
+                                                     const T* __restrict__ mean, const T* __restrict__ var,            \
+                                                     double* __restrict__ part1, double* __restrict__ part2, int C,    \
+                                                     i64 HW, i64 M, int G, i64 chunk, T eps) {                         \
+        __shared__ double buf[BN_BLOCK];                                                                               \
+        bn_partial_grad_body<T>(dy, x, mean, var, part1, part2, C, HW, M, G, chunk, eps, buf);                         \
+    }
+MINICNN_STAMP_F32_F64(BN_PARTIAL_GRAD_ENTRY)
 
 template <typename T>
 __device__ void bn_grad_sums_body(const double* __restrict__ part1, const double* __restrict__ part2,
@@ -207,13 +205,12 @@ __device__ void bn_grad_sums_body(const double* __restrict__ part1, const double
     }
 }
 
-extern "C" __global__ void bn_grad_sums_f32(const double* __restrict__ part1, const double* __restrict__ part2, float* __restrict__ dbeta, float* __restrict__ dgamma, int C, int G) {
-    bn_grad_sums_body<float>(part1, part2, dbeta, dgamma, C, G);
-}
-
-extern "C" __global__ void bn_grad_sums_f64(const double* __restrict__ part1, const double* __restrict__ part2, double* __restrict__ dbeta, double* __restrict__ dgamma, int C, int G) {
-    bn_grad_sums_body<double>(part1, part2, dbeta, dgamma, C, G);
-}
+#define BN_GRAD_SUMS_ENTRY(SUF, T)                                                                                     \
+    extern "C" __global__ void bn_grad_sums_##SUF(const double* __restrict__ part1, const double* __restrict__ part2,  \
+                                                  T* __restrict__ dbeta, T* __restrict__ dgamma, int C, int G) {       \
+        bn_grad_sums_body<T>(part1, part2, dbeta, dgamma, C, G);                                                       \
+    }
+MINICNN_STAMP_F32_F64(BN_GRAD_SUMS_ENTRY)
 
 template <typename T>
 __device__ void bn_train_dx_body(const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ gamma,
@@ -229,13 +226,15 @@ __device__ void bn_train_dx_body(const T* __restrict__ dy, const T* __restrict__
     }
 }
 
-extern "C" __global__ void bn_train_dx_f32(const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ mean, const float* __restrict__ var, const float* __restrict__ dbeta, const float* __restrict__ dgamma, float* __restrict__ dx, i64 total, int C, i64 HW, i64 M, float eps) {
-    bn_train_dx_body<float>(dy, x, gamma, mean, var, dbeta, dgamma, dx, total, C, HW, M, eps);
-}
-
-extern "C" __global__ void bn_train_dx_f64(const double* __restrict__ dy, const double* __restrict__ x, const double* __restrict__ gamma, const double* __restrict__ mean, const double* __restrict__ var, const double* __restrict__ dbeta, const double* __restrict__ dgamma, double* __restrict__ dx, i64 total, int C, i64 HW, i64 M, double eps) {
-    bn_train_dx_body<double>(dy, x, gamma, mean, var, dbeta, dgamma, dx, total, C, HW, M, eps);
-}
+#define BN_TRAIN_DX_ENTRY(SUF, T)                                                                                      \
+    extern "C" __global__ void bn_train_dx_##SUF(const T* __restrict__ dy, const T* __restrict__ x,                    \
+                                                 const T* __restrict__ gamma, const T* __restrict__ mean,              \
+                                                 const T* __restrict__ var, const T* __restrict__ dbeta,               \
+                                                 const T* __restrict__ dgamma, T* __restrict__ dx, i64 total, int C,   \
+                                                 i64 HW, i64 M, T eps) {                                               \
+        bn_train_dx_body<T>(dy, x, gamma, mean, var, dbeta, dgamma, dx, total, C, HW, M, eps);                         \
+    }
+MINICNN_STAMP_F32_F64(BN_TRAIN_DX_ENTRY)
 
 // ---- eval: an affine map per channel ---------------------------------------------------------
 
@@ -251,13 +250,14 @@ __device__ void bn_eval_forward_body(const T* __restrict__ x, const T* __restric
     }
 }
 
-extern "C" __global__ void bn_eval_forward_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta, const float* __restrict__ running_mean, const float* __restrict__ running_var, float* __restrict__ y, i64 total, int C, i64 HW, float eps) {
-    bn_eval_forward_body<float>(x, gamma, beta, running_mean, running_var, y, total, C, HW, eps);
-}
-
-extern "C" __global__ void bn_eval_forward_f64(const double* __restrict__ x, const double* __restrict__ gamma, const double* __restrict__ beta, const double* __restrict__ running_mean, const double* __restrict__ running_var, double* __restrict__ y, i64 total, int C, i64 HW, double eps) {
-    bn_eval_forward_body<double>(x, gamma, beta, running_mean, running_var, y, total, C, HW, eps);
-}
+#define BN_EVAL_FORWARD_ENTRY(SUF, T)                                                                                  \
+    extern "C" __global__ void bn_eval_forward_##SUF(const T* __restrict__ x, const T* __restrict__ gamma,             \
+                                                     const T* __restrict__ beta, const T* __restrict__ running_mean,   \
+                                                     const T* __restrict__ running_var, T* __restrict__ y, i64 total,  \
+                                                     int C, i64 HW, T eps) {                                           \
+        bn_eval_forward_body<T>(x, gamma, beta, running_mean, running_var, y, total, C, HW, eps);                      \
+    }
+MINICNN_STAMP_F32_F64(BN_EVAL_FORWARD_ENTRY)
 
 template <typename T>
 __device__ void bn_eval_dx_body(const T* __restrict__ dy, const T* __restrict__ gamma,
@@ -270,10 +270,10 @@ __device__ void bn_eval_dx_body(const T* __restrict__ dy, const T* __restrict__ 
     }
 }
 
-extern "C" __global__ void bn_eval_dx_f32(const float* __restrict__ dy, const float* __restrict__ gamma, const float* __restrict__ running_var, float* __restrict__ dx, i64 total, int C, i64 HW, float eps) {
-    bn_eval_dx_body<float>(dy, gamma, running_var, dx, total, C, HW, eps);
-}
-
-extern "C" __global__ void bn_eval_dx_f64(const double* __restrict__ dy, const double* __restrict__ gamma, const double* __restrict__ running_var, double* __restrict__ dx, i64 total, int C, i64 HW, double eps) {
-    bn_eval_dx_body<double>(dy, gamma, running_var, dx, total, C, HW, eps);
-}
+#define BN_EVAL_DX_ENTRY(SUF, T)                                                                                       \
+    extern "C" __global__ void bn_eval_dx_##SUF(const T* __restrict__ dy, const T* __restrict__ gamma,                 \
+                                                const T* __restrict__ running_var, T* __restrict__ dx, i64 total,      \
+                                                int C, i64 HW, T eps) {                                                \
+        bn_eval_dx_body<T>(dy, gamma, running_var, dx, total, C, HW, eps);                                             \
+    }
+MINICNN_STAMP_F32_F64(BN_EVAL_DX_ENTRY)

@@ -3,8 +3,8 @@
 // minicnn/backends/numpy/conv.py (im2col, col2im, conv2d_forward, conv2d_backward) and
 // conv_transpose.py / linear.py, which use the same pieces. The GEMMs themselves run in cuBLAS
 // (cupy.matmul); the implicit-GEMM forward, which needs no column buffer, is in conv_igemm.cu.
-// Every kernel has an _f32 and an _f64 entry point around one templated body; 1-D launches loop
-// with a grid stride.
+// Every kernel has an _f32 and an _f64 entry point around one templated body (CONV_STAMP below,
+// stamped by common.cuh's MINICNN_STAMP_F32_F64); 1-D launches loop with a grid stride.
 //
 // Column layout. A chunk of nb images is unfolded into columns: entry (n, c, r, s, p, q), with
 // c = g*Cg + cg in group g, sits at
@@ -154,5 +154,4 @@ __device__ void add_inplace_body(T* __restrict__ a, const T* __restrict__ b, i64
         add_inplace_body<T>(a, b, n);                                                                                \
     }
 
-CONV_STAMP(f32, float)
-CONV_STAMP(f64, double)
+MINICNN_STAMP_F32_F64(CONV_STAMP)

@@ -58,6 +58,10 @@
 //    from warp shuffles, as mma_tf32 does. The bit conversions are written out instead of
 //    cuda_bf16.h so that the emulator runs the same code.
 //
+// Versions 3 and 4 differ only in the operand type, the K step and the shared layout; the block
+// and warp placement (tc_place), the accumulators (tc_clear) and the fused epilogue from the C
+// fragments (tc_store) are one definition for both.
+//
 // to_bf16_f32(x, h, n): thread i (grid-stride) -> h[i] = x[i] rounded to bfloat16, to nearest,
 //    ties to even (NaN stays a quiet NaN), as __float2bfloat16_rn.
 #include "common.cuh"
@@ -249,6 +253,60 @@ extern "C" __global__ void to_bf16_f32(const float* __restrict__ x, bf16_bits* _
     }
 }
 
+// ---- versions 3 and 4: what the tensor-core kernels share ------------------------------------------
+
+// Where a thread of a tensor-core block works: 128 threads = 4 warps over the IG_BM x IG_BN tile of
+// group g at filters m0.., columns j0..; warp v owns the 32 x 32 sub-tile at rows wm = 32*(v % 2),
+// columns wn = 32*(v / 2), as 2 x 4 mma tiles of 16 x 8; gid = lane / 4 and tig = lane % 4 place
+// the lane in the fragments (the layouts in the header). Read it with a structured binding:
+// ``const auto [g, m0, j0, t, gid, tig, wm, wn] = tc_place();``
+struct TcPlace {
+    int g, m0;
+    i64 j0;
+    int t, gid, tig, wm, wn;
+};
+
+__device__ __forceinline__ TcPlace tc_place() {
+    TcPlace c;
+    c.g = blockIdx.z;
+    c.m0 = blockIdx.y * IG_BM;
+    c.j0 = (i64)blockIdx.x * IG_BN;
+    c.t = threadIdx.x;
+    const int lane = c.t % 32, warp = c.t / 32;
+    c.gid = lane / 4;
+    c.tig = lane % 4;
+    c.wm = 32 * (warp % 2);
+    c.wn = 32 * (warp / 2);
+    return c;
+}
+
+// a warp's 2 x 4 accumulator fragments (4 floats per lane each), set to 0
+__device__ __forceinline__ void tc_clear(float (&acc)[2][4][4]) {
+    for (int mt = 0; mt < 2; ++mt)
+        for (int nt = 0; nt < 4; ++nt)
+            for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+}
+
+// the fused epilogue of a warp's sub-tile at filters m0.., columns j0..: c[e] of mma tile (mt, nt)
+// is output row 16*mt + gid + 8*(e / 2), column 8*nt + 2*tig + e % 2; outputs past Kg or N*P*Q are
+// not stored
+__device__ __forceinline__ void tc_store(float* __restrict__ y, const float* __restrict__ bias,
+                                         const float* __restrict__ residual, const IgGeom& G, int g, int m0, i64 j0,
+                                         int gid, int tig, const float (&acc)[2][4][4], int has_bias,
+                                         int has_residual, int relu) {
+    const i64 NPQ = (i64)G.N * G.P * G.Q;
+    for (int mt = 0; mt < 2; ++mt) {
+        for (int nt = 0; nt < 4; ++nt) {
+            for (int e = 0; e < 4; ++e) {
+                const int m = m0 + 16 * mt + gid + 8 * (e / 2);
+                const i64 j = j0 + 8 * nt + 2 * tig + (e % 2);
+                if (m < G.Kg && j < NPQ)
+                    ig_store(y, bias, residual, G, g, m, j, acc[mt][nt][e], has_bias, has_residual, relu);
+            }
+        }
+    }
+}
+
 // ---- version 3: TF32 tensor cores ---------------------------------------------------------------
 
 // x rounded to tf32 (10-bit mantissa), to nearest with ties away from zero, as cvt.rna.tf32.f32
@@ -296,12 +354,7 @@ extern "C" __global__ void conv_igemm_tf32(const float* __restrict__ x, const fl
     __shared__ float As[IG_BK][IG_BM + TC_PAD];
     __shared__ float Bs[IG_BK][IG_BN + TC_PAD];
     const IgGeom G{N, C, H, W, K, Cg, Kg, R, S, P, Q, sh, sw, ph, pw, dh, dw};
-    const int g = blockIdx.z;
-    const int m0 = blockIdx.y * IG_BM;
-    const i64 j0 = (i64)blockIdx.x * IG_BN;
-    const int t = threadIdx.x, lane = t % 32, warp = t / 32;
-    const int gid = lane / 4, tig = lane % 4;
-    const int wm = 32 * (warp % 2), wn = 32 * (warp / 2);  // this warp's 32 x 32 sub-tile
+    const auto [g, m0, j0, t, gid, tig, wm, wn] = tc_place();
     const int CRS = Cg * R * S;
     // staging roles: A element (kk = e % 8, m = e / 8) for e = t + 128*h; B column t % 64, rows t / 64 + 2*h
     const int a_kk = t % IG_BK, a_m = t / IG_BK;
@@ -310,9 +363,7 @@ extern "C" __global__ void conv_igemm_tf32(const float* __restrict__ x, const fl
     const float* wg = w + (i64)g * Kg * CRS;
 
     float acc[2][4][4];
-    for (int mt = 0; mt < 2; ++mt)
-        for (int nt = 0; nt < 4; ++nt)
-            for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+    tc_clear(acc);
 
     for (int k0 = 0; k0 < CRS; k0 += IG_BK) {
         for (int h = 0; h < 4; ++h) {
@@ -339,17 +390,7 @@ extern "C" __global__ void conv_igemm_tf32(const float* __restrict__ x, const fl
             for (int nt = 0; nt < 4; ++nt) mma_tf32(acc[mt][nt], a[mt], b[nt]);
         __syncthreads();
     }
-    const i64 NPQ = (i64)N * P * Q;
-    for (int mt = 0; mt < 2; ++mt) {
-        for (int nt = 0; nt < 4; ++nt) {
-            for (int e = 0; e < 4; ++e) {
-                const int m = m0 + wm + 16 * mt + gid + 8 * (e / 2);
-                const i64 j = j0 + wn + 8 * nt + 2 * tig + (e % 2);
-                if (m < Kg && j < NPQ)
-                    ig_store(y, bias, residual, G, g, m, j, acc[mt][nt][e], has_bias, has_residual, relu);
-            }
-        }
-    }
+    tc_store(y, bias, residual, G, g, m0 + wm, j0 + wn, gid, tig, acc, has_bias, has_residual, relu);
 }
 
 // ---- version 4: bfloat16 tensor cores ------------------------------------------------------------
@@ -410,12 +451,7 @@ extern "C" __global__ void conv_igemm_bf16(const bf16_bits* __restrict__ x, cons
     __shared__ __align__(16) bf16_bits As[IG_BM][BF_LD];
     __shared__ __align__(16) bf16_bits Bs[IG_BN][BF_LD];
     const IgGeom G{N, C, H, W, K, Cg, Kg, R, S, P, Q, sh, sw, ph, pw, dh, dw};
-    const int g = blockIdx.z;
-    const int m0 = blockIdx.y * IG_BM;
-    const i64 j0 = (i64)blockIdx.x * IG_BN;
-    const int t = threadIdx.x, lane = t % 32, warp = t / 32;
-    const int gid = lane / 4, tig = lane % 4;
-    const int wm = 32 * (warp % 2), wn = 32 * (warp / 2);  // this warp's 32 x 32 sub-tile
+    const auto [g, m0, j0, t, gid, tig, wm, wn] = tc_place();
     const int CRS = Cg * R * S;
     // staging roles: A element (k = t % 16, m = t / 16 + 8*h), B column t % 64, rows t / 64 + 2*h (h < 8)
     const int a_k = t % BF_BK, a_m = t / BF_BK;
@@ -424,9 +460,7 @@ extern "C" __global__ void conv_igemm_bf16(const bf16_bits* __restrict__ x, cons
     const bf16_bits* wg = w + (i64)g * Kg * CRS;
 
     float acc[2][4][4];
-    for (int mt = 0; mt < 2; ++mt)
-        for (int nt = 0; nt < 4; ++nt)
-            for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.0f;
+    tc_clear(acc);
 
     for (int k0 = 0; k0 < CRS; k0 += BF_BK) {
         for (int h = 0; h < 8; ++h) {
@@ -453,15 +487,5 @@ extern "C" __global__ void conv_igemm_bf16(const bf16_bits* __restrict__ x, cons
             for (int nt = 0; nt < 4; ++nt) mma_bf16(acc[mt][nt], a[mt], b[nt]);
         __syncthreads();
     }
-    const i64 NPQ = (i64)N * P * Q;
-    for (int mt = 0; mt < 2; ++mt) {
-        for (int nt = 0; nt < 4; ++nt) {
-            for (int e = 0; e < 4; ++e) {
-                const int m = m0 + wm + 16 * mt + gid + 8 * (e / 2);
-                const i64 j = j0 + wn + 8 * nt + 2 * tig + (e % 2);
-                if (m < Kg && j < NPQ)
-                    ig_store(y, bias, residual, G, g, m, j, acc[mt][nt][e], has_bias, has_residual, relu);
-            }
-        }
-    }
+    tc_store(y, bias, residual, G, g, m0 + wm, j0 + wn, gid, tig, acc, has_bias, has_residual, relu);
 }

@@ -5,7 +5,8 @@
 //
 // The random numbers are not drawn here: the host draws u = rng.random(shape) (float64 in
 // [0, 1)) from the backend's generator, exactly as the reference does, so that a generator in
-// the same state gives the same mask; these kernels only threshold and scale.
+// the same state gives the same mask; these kernels only threshold and scale. Each kernel's
+// _f32 and _f64 entry points are stamped by common.cuh's MINICNN_STAMP_F32_F64.
 //
 // dropout_forward_{f32,f64}(u, x, y, mask, n, p, scale)
 //     thread i (grid-stride over the n elements) -> mask[i] = u[i] >= p ? scale : 0 and
@@ -42,31 +43,24 @@ template <typename T> __device__ void scale_by_mask(const T* a, const T* m, T* o
 
 }  // namespace drop
 
-extern "C" __global__ void dropout_forward_f32(const double* __restrict__ u, const float* __restrict__ x,
-                                               float* __restrict__ y, float* __restrict__ mask, i64 n, double p,
-                                               float scale) {
-    drop::forward(u, x, y, mask, n, p, scale);
-}
-extern "C" __global__ void dropout_forward_f64(const double* __restrict__ u, const double* __restrict__ x,
-                                               double* __restrict__ y, double* __restrict__ mask, i64 n, double p,
-                                               double scale) {
-    drop::forward(u, x, y, mask, n, p, scale);
-}
+#define DROPOUT_FORWARD_ENTRY(SUF, T)                                                                                  \
+    extern "C" __global__ void dropout_forward_##SUF(const double* __restrict__ u, const T* __restrict__ x,            \
+                                                     T* __restrict__ y, T* __restrict__ mask, i64 n, double p,         \
+                                                     T scale) {                                                        \
+        drop::forward(u, x, y, mask, n, p, scale);                                                                     \
+    }
+MINICNN_STAMP_F32_F64(DROPOUT_FORWARD_ENTRY)
 
-extern "C" __global__ void dropout_mask_f32(const double* __restrict__ u, float* __restrict__ mask, i64 n, double p,
-                                            float scale) {
-    drop::mask_only(u, mask, n, p, scale);
-}
-extern "C" __global__ void dropout_mask_f64(const double* __restrict__ u, double* __restrict__ mask, i64 n, double p,
-                                            double scale) {
-    drop::mask_only(u, mask, n, p, scale);
-}
+#define DROPOUT_MASK_ENTRY(SUF, T)                                                                                     \
+    extern "C" __global__ void dropout_mask_##SUF(const double* __restrict__ u, T* __restrict__ mask, i64 n, double p, \
+                                                  T scale) {                                                           \
+        drop::mask_only(u, mask, n, p, scale);                                                                         \
+    }
+MINICNN_STAMP_F32_F64(DROPOUT_MASK_ENTRY)
 
-extern "C" __global__ void scale_by_mask_f32(const float* __restrict__ a, const float* __restrict__ m,
-                                             float* __restrict__ out, i64 n, i64 inner) {
-    drop::scale_by_mask(a, m, out, n, inner);
-}
-extern "C" __global__ void scale_by_mask_f64(const double* __restrict__ a, const double* __restrict__ m,
-                                             double* __restrict__ out, i64 n, i64 inner) {
-    drop::scale_by_mask(a, m, out, n, inner);
-}
+#define SCALE_BY_MASK_ENTRY(SUF, T)                                                                                    \
+    extern "C" __global__ void scale_by_mask_##SUF(const T* __restrict__ a, const T* __restrict__ m,                   \
+                                                   T* __restrict__ out, i64 n, i64 inner) {                            \
+        drop::scale_by_mask(a, m, out, n, inner);                                                                      \
+    }
+MINICNN_STAMP_F32_F64(SCALE_BY_MASK_ENTRY)

@@ -6,13 +6,14 @@
 // partial sums, the total), as the reference sums in float64; the rows of the class losses are
 // also reduced in double. Every reduction is a fixed tree, so a loss is the same bit for bit from
 // run to run. The reductions need blockDim.x a power of two <= 256 (the shared buffers' size).
+// Each kernel's _f32 and _f64 entry points are stamped by common.cuh's MINICNN_STAMP_F32_F64.
 //
 // class_forward_{f32,f64}(z, t, y, w, lse, per, probs, part_loss, part_w, bad, N, C, S, soft, has_w,
 //                         has_ignore, ignore, eps, log_input, store_lse, store_per, store_probs, team)
 //     z (N, C, S): logits (or log-probabilities when log_input: NLL) of (N, C, d1, ...), S = d1*...;
 //     row r = n*S + s holds the C scores z[n, c, s], S apart. A row is taken by one thread (team 1)
 //     or by a whole block (team = blockDim.x, for long contiguous rows), as in activation.cu's
-//     softmax. Per row: lse = logsumexp over c (max first; 0 for NLL), then
+//     softmax (common.cuh's rows_of). Per row: lse = logsumexp over c (max first; 0 for NLL), then
 //       class indices t[r] (soft 0): per = (1 - eps) w_t (lse - z_t) + eps/C sum_c w_c (lse - z_c),
 //         weight w_t; an ignored row (has_ignore, t == ignore) gives 0 and 0; an index outside
 //         [0, C) gives NaN and NaN and counts in *bad (the host then raises ValueError);
@@ -84,22 +85,6 @@ __device__ double block_max(double v, double* sh) {
     }
     double r = sh[0];
     __syncthreads();
-    return r;
-}
-
-// the rows a thread (team 1) or a block (team > 1) takes, and its lane in the row
-struct Rows {
-    i64 first, step;
-    int lane, width;
-};
-
-__device__ __forceinline__ Rows rows_of(int team) {
-    Rows r;
-    if (team > 1) {
-        r.first = blockIdx.x; r.step = gridDim.x; r.lane = threadIdx.x; r.width = blockDim.x;
-    } else {
-        r.first = global_index_1d(); r.step = global_stride_1d(); r.lane = 0; r.width = 1;
-    }
     return r;
 }
 
@@ -323,109 +308,74 @@ __device__ void total(const double* part, i64 count, const double* den_part, i64
 
 }  // namespace loss
 
-extern "C" __global__ void class_forward_f32(const float* __restrict__ z, const i64* __restrict__ t,
-                                             const float* __restrict__ y, const float* __restrict__ w,
-                                             float* __restrict__ lse, float* __restrict__ per,
-                                             float* __restrict__ probs, double* __restrict__ part_loss,
-                                             double* __restrict__ part_w, int* __restrict__ bad, i64 N, i64 C, i64 S,
-                                             int soft, int has_w, int has_ignore, i64 ignore, double eps,
-                                             int log_input, int store_lse, int store_per, int store_probs, int team) {
-    __shared__ double sh[256];
-    loss::class_forward(z, t, y, w, lse, per, probs, part_loss, part_w, bad, N, C, S, soft, has_w, has_ignore, ignore,
-                        eps, log_input, store_lse, store_per, store_probs, team, sh);
-}
-extern "C" __global__ void class_forward_f64(const double* __restrict__ z, const i64* __restrict__ t,
-                                             const double* __restrict__ y, const double* __restrict__ w,
-                                             double* __restrict__ lse, double* __restrict__ per,
-                                             double* __restrict__ probs, double* __restrict__ part_loss,
-                                             double* __restrict__ part_w, int* __restrict__ bad, i64 N, i64 C, i64 S,
-                                             int soft, int has_w, int has_ignore, i64 ignore, double eps,
-                                             int log_input, int store_lse, int store_per, int store_probs, int team) {
-    __shared__ double sh[256];
-    loss::class_forward(z, t, y, w, lse, per, probs, part_loss, part_w, bad, N, C, S, soft, has_w, has_ignore, ignore,
-                        eps, log_input, store_lse, store_per, store_probs, team, sh);
-}
+#define CLASS_FORWARD_ENTRY(SUF, T)                                                                                    \
+    extern "C" __global__ void class_forward_##SUF(const T* __restrict__ z, const i64* __restrict__ t,                 \
+                                                   const T* __restrict__ y, const T* __restrict__ w,                   \
+                                                   T* __restrict__ lse, T* __restrict__ per, T* __restrict__ probs,    \
+                                                   double* __restrict__ part_loss, double* __restrict__ part_w,        \
+                                                   int* __restrict__ bad, i64 N, i64 C, i64 S, int soft, int has_w,    \
+                                                   int has_ignore, i64 ignore, double eps, int log_input,              \
+                                                   int store_lse, int store_per, int store_probs, int team) {          \
+        __shared__ double sh[256];                                                                                     \
+        loss::class_forward(z, t, y, w, lse, per, probs, part_loss, part_w, bad, N, C, S, soft, has_w, has_ignore,     \
+                            ignore, eps, log_input, store_lse, store_per, store_probs, team, sh);                      \
+    }
+MINICNN_STAMP_F32_F64(CLASS_FORWARD_ENTRY)
 
-extern "C" __global__ void class_backward_f32(const float* __restrict__ z, const float* __restrict__ lse,
-                                              const i64* __restrict__ t, const float* __restrict__ y,
-                                              const float* __restrict__ w, const float* __restrict__ g,
-                                              const double* __restrict__ den, float* __restrict__ d, i64 N, i64 C,
-                                              i64 S, int soft, int has_w, int has_ignore, i64 ignore, double eps,
-                                              int log_input, int has_g, double gs, int has_den, int team) {
-    __shared__ double sh[256];
-    loss::class_backward(z, lse, t, y, w, g, den, d, N, C, S, soft, has_w, has_ignore, ignore, eps, log_input, has_g,
-                         gs, has_den, team, sh);
-}
-extern "C" __global__ void class_backward_f64(const double* __restrict__ z, const double* __restrict__ lse,
-                                              const i64* __restrict__ t, const double* __restrict__ y,
-                                              const double* __restrict__ w, const double* __restrict__ g,
-                                              const double* __restrict__ den, double* __restrict__ d, i64 N, i64 C,
-                                              i64 S, int soft, int has_w, int has_ignore, i64 ignore, double eps,
-                                              int log_input, int has_g, double gs, int has_den, int team) {
-    __shared__ double sh[256];
-    loss::class_backward(z, lse, t, y, w, g, den, d, N, C, S, soft, has_w, has_ignore, ignore, eps, log_input, has_g,
-                         gs, has_den, team, sh);
-}
+#define CLASS_BACKWARD_ENTRY(SUF, T)                                                                                   \
+    extern "C" __global__ void class_backward_##SUF(const T* __restrict__ z, const T* __restrict__ lse,                \
+                                                    const i64* __restrict__ t, const T* __restrict__ y,                \
+                                                    const T* __restrict__ w, const T* __restrict__ g,                  \
+                                                    const double* __restrict__ den, T* __restrict__ d, i64 N, i64 C,   \
+                                                    i64 S, int soft, int has_w, int has_ignore, i64 ignore,            \
+                                                    double eps, int log_input, int has_g, double gs, int has_den,      \
+                                                    int team) {                                                        \
+        __shared__ double sh[256];                                                                                     \
+        loss::class_backward(z, lse, t, y, w, g, den, d, N, C, S, soft, has_w, has_ignore, ignore, eps, log_input,     \
+                             has_g, gs, has_den, team, sh);                                                            \
+    }
+MINICNN_STAMP_F32_F64(CLASS_BACKWARD_ENTRY)
 
-extern "C" __global__ void class_weight_sum_f32(const i64* __restrict__ t, const float* __restrict__ w,
-                                                double* __restrict__ part_w, i64 M, i64 C, int has_w, int has_ignore,
-                                                i64 ignore) {
-    __shared__ double sh[256];
-    loss::class_weight_sum(t, w, part_w, M, C, has_w, has_ignore, ignore, sh);
-}
-extern "C" __global__ void class_weight_sum_f64(const i64* __restrict__ t, const double* __restrict__ w,
-                                                double* __restrict__ part_w, i64 M, i64 C, int has_w, int has_ignore,
-                                                i64 ignore) {
-    __shared__ double sh[256];
-    loss::class_weight_sum(t, w, part_w, M, C, has_w, has_ignore, ignore, sh);
-}
+#define CLASS_WEIGHT_SUM_ENTRY(SUF, T)                                                                                 \
+    extern "C" __global__ void class_weight_sum_##SUF(const i64* __restrict__ t, const T* __restrict__ w,              \
+                                                      double* __restrict__ part_w, i64 M, i64 C, int has_w,            \
+                                                      int has_ignore, i64 ignore) {                                    \
+        __shared__ double sh[256];                                                                                     \
+        loss::class_weight_sum(t, w, part_w, M, C, has_w, has_ignore, ignore, sh);                                     \
+    }
+MINICNN_STAMP_F32_F64(CLASS_WEIGHT_SUM_ENTRY)
 
-extern "C" __global__ void softmax_ce_backward_f32(const float* __restrict__ p, const i64* __restrict__ t,
-                                                   float* __restrict__ d, i64 N, i64 C) {
-    loss::softmax_ce_backward(p, t, d, N, C);
-}
-extern "C" __global__ void softmax_ce_backward_f64(const double* __restrict__ p, const i64* __restrict__ t,
-                                                   double* __restrict__ d, i64 N, i64 C) {
-    loss::softmax_ce_backward(p, t, d, N, C);
-}
+#define SOFTMAX_CE_BACKWARD_ENTRY(SUF, T)                                                                              \
+    extern "C" __global__ void softmax_ce_backward_##SUF(const T* __restrict__ p, const i64* __restrict__ t,           \
+                                                         T* __restrict__ d, i64 N, i64 C) {                            \
+        loss::softmax_ce_backward(p, t, d, N, C);                                                                      \
+    }
+MINICNN_STAMP_F32_F64(SOFTMAX_CE_BACKWARD_ENTRY)
 
-extern "C" __global__ void elem_forward_f32(int kind, const float* __restrict__ a, const float* __restrict__ b,
-                                            const float* __restrict__ w, const float* __restrict__ pw, int has_w,
-                                            int has_pw, double param, float* __restrict__ per, int store_per,
-                                            double* __restrict__ partial, i64 n) {
-    __shared__ double sh[256];
-    loss::elem_forward(kind, a, b, w, pw, has_w, has_pw, param, per, store_per, partial, n, sh);
-}
-extern "C" __global__ void elem_forward_f64(int kind, const double* __restrict__ a, const double* __restrict__ b,
-                                            const double* __restrict__ w, const double* __restrict__ pw, int has_w,
-                                            int has_pw, double param, double* __restrict__ per, int store_per,
-                                            double* __restrict__ partial, i64 n) {
-    __shared__ double sh[256];
-    loss::elem_forward(kind, a, b, w, pw, has_w, has_pw, param, per, store_per, partial, n, sh);
-}
+#define ELEM_FORWARD_ENTRY(SUF, T)                                                                                     \
+    extern "C" __global__ void elem_forward_##SUF(int kind, const T* __restrict__ a, const T* __restrict__ b,          \
+                                                  const T* __restrict__ w, const T* __restrict__ pw, int has_w,        \
+                                                  int has_pw, double param, T* __restrict__ per, int store_per,        \
+                                                  double* __restrict__ partial, i64 n) {                               \
+        __shared__ double sh[256];                                                                                     \
+        loss::elem_forward(kind, a, b, w, pw, has_w, has_pw, param, per, store_per, partial, n, sh);                   \
+    }
+MINICNN_STAMP_F32_F64(ELEM_FORWARD_ENTRY)
 
-extern "C" __global__ void elem_backward_f32(int kind, const float* __restrict__ a, const float* __restrict__ b,
-                                             const float* __restrict__ w, const float* __restrict__ pw, int has_w,
-                                             int has_pw, double param, const float* __restrict__ g, int has_g,
-                                             double gs, float* __restrict__ d, i64 n) {
-    loss::elem_backward(kind, a, b, w, pw, has_w, has_pw, param, g, has_g, gs, d, n);
-}
-extern "C" __global__ void elem_backward_f64(int kind, const double* __restrict__ a, const double* __restrict__ b,
-                                             const double* __restrict__ w, const double* __restrict__ pw, int has_w,
-                                             int has_pw, double param, const double* __restrict__ g, int has_g,
-                                             double gs, double* __restrict__ d, i64 n) {
-    loss::elem_backward(kind, a, b, w, pw, has_w, has_pw, param, g, has_g, gs, d, n);
-}
+#define ELEM_BACKWARD_ENTRY(SUF, T)                                                                                    \
+    extern "C" __global__ void elem_backward_##SUF(int kind, const T* __restrict__ a, const T* __restrict__ b,         \
+                                                   const T* __restrict__ w, const T* __restrict__ pw, int has_w,       \
+                                                   int has_pw, double param, const T* __restrict__ g, int has_g,       \
+                                                   double gs, T* __restrict__ d, i64 n) {                              \
+        loss::elem_backward(kind, a, b, w, pw, has_w, has_pw, param, g, has_g, gs, d, n);                              \
+    }
+MINICNN_STAMP_F32_F64(ELEM_BACKWARD_ENTRY)
 
-extern "C" __global__ void loss_total_f32(const double* __restrict__ part, i64 count,
-                                          const double* __restrict__ den_part, i64 den_count, double den_const,
-                                          int mean, float* __restrict__ out) {
-    __shared__ double sh[256];
-    loss::total(part, count, den_part, den_count, den_const, mean, out, sh);
-}
-extern "C" __global__ void loss_total_f64(const double* __restrict__ part, i64 count,
-                                          const double* __restrict__ den_part, i64 den_count, double den_const,
-                                          int mean, double* __restrict__ out) {
-    __shared__ double sh[256];
-    loss::total(part, count, den_part, den_count, den_const, mean, out, sh);
-}
+#define LOSS_TOTAL_ENTRY(SUF, T)                                                                                       \
+    extern "C" __global__ void loss_total_##SUF(const double* __restrict__ part, i64 count,                            \
+                                                const double* __restrict__ den_part, i64 den_count, double den_const,  \
+                                                int mean, T* __restrict__ out) {                                       \
+        __shared__ double sh[256];                                                                                     \
+        loss::total(part, count, den_part, den_count, den_const, mean, out, sh);                                       \
+    }
+MINICNN_STAMP_F32_F64(LOSS_TOTAL_ENTRY)

@@ -1,10 +1,11 @@
 // pad.cu: padding of the last two axes (constant, reflect, replicate, circular; negative pads
 // crop), forward and backward, NCHW. The reference is minicnn/backends/numpy/pad.py.
-// Each kernel has an _f32 and an _f64 entry point around one templated body; 1-D launches loop
-// grid-stride. Every mode is a gather through one index map per axis, computed on the host by
-// shapes.pad_source_index (the one definition every backend uses) and passed as int64 arrays:
-// padded row i copies input row rows[i], padded column j copies input column cols[j], and -1
-// (constant mode only) means the fill value.
+// Each kernel has an _f32 and an _f64 entry point around one templated body (stamped by
+// common.cuh's MINICNN_STAMP_F32_F64); 1-D launches loop grid-stride, common.cuh's plane_index
+// decoding the flat index. Every mode is a gather through one index map per axis, computed on
+// the host by shapes.pad_source_index (the one definition every backend uses) and passed as
+// int64 arrays: padded row i copies input row rows[i], padded column j copies input column
+// cols[j], and -1 (constant mode only) means the fill value.
 //
 // pad2d_forward: one thread per output element (plane, i, j): y = x[plane, rows[i], cols[j]],
 //   or `value` where either map says -1. Replaces the reference's two fancy-index gathers and
@@ -23,22 +24,19 @@ template <typename T>
 __device__ void pad2d_forward_body(const T* __restrict__ x, const i64* __restrict__ rows, const i64* __restrict__ cols,
                                    T* __restrict__ y, i64 total, int H, int W, int OH, int OW, T value) {
     for (i64 o = global_index_1d(); o < total; o += global_stride_1d()) {
-        const int j = (int)(o % OW);
-        const i64 t = o / OW;
-        const int i = (int)(t % OH);
-        const i64 plane = t / OH;
+        const auto [plane, i, j] = plane_index(o, OH, OW);
         const i64 h = rows[i], w = cols[j];
         y[o] = (h < 0 || w < 0) ? value : x[(plane * H + h) * W + w];
     }
 }
 
-extern "C" __global__ void pad2d_forward_f32(const float* __restrict__ x, const i64* __restrict__ rows, const i64* __restrict__ cols, float* __restrict__ y, i64 total, int H, int W, int OH, int OW, float value) {
-    pad2d_forward_body<float>(x, rows, cols, y, total, H, W, OH, OW, value);
-}
-
-extern "C" __global__ void pad2d_forward_f64(const double* __restrict__ x, const i64* __restrict__ rows, const i64* __restrict__ cols, double* __restrict__ y, i64 total, int H, int W, int OH, int OW, double value) {
-    pad2d_forward_body<double>(x, rows, cols, y, total, H, W, OH, OW, value);
-}
+#define PAD2D_FORWARD_ENTRY(SUF, T)                                                                                    \
+    extern "C" __global__ void pad2d_forward_##SUF(const T* __restrict__ x, const i64* __restrict__ rows,              \
+                                                   const i64* __restrict__ cols, T* __restrict__ y, i64 total, int H,  \
+                                                   int W, int OH, int OW, T value) {                                   \
+        pad2d_forward_body<T>(x, rows, cols, y, total, H, W, OH, OW, value);                                           \
+    }
+MINICNN_STAMP_F32_F64(PAD2D_FORWARD_ENTRY)
 
 template <typename T>
 __device__ void pad2d_backward_body(const T* __restrict__ dy, const i64* __restrict__ row_ptr,
@@ -46,10 +44,7 @@ __device__ void pad2d_backward_body(const T* __restrict__ dy, const i64* __restr
                                     const i64* __restrict__ col_idx, T* __restrict__ dx, i64 total, int H, int W,
                                     int OH, int OW) {
     for (i64 e = global_index_1d(); e < total; e += global_stride_1d()) {
-        const int w = (int)(e % W);
-        const i64 t = e / W;
-        const int h = (int)(t % H);
-        const i64 plane = t / H;
+        const auto [plane, h, w] = plane_index(e, H, W);
         const T* g = dy + plane * (i64)OH * OW;
         T acc = (T)0;
         for (i64 b = col_ptr[w]; b < col_ptr[w + 1]; ++b) {
@@ -62,10 +57,11 @@ __device__ void pad2d_backward_body(const T* __restrict__ dy, const i64* __restr
     }
 }
 
-extern "C" __global__ void pad2d_backward_f32(const float* __restrict__ dy, const i64* __restrict__ row_ptr, const i64* __restrict__ row_idx, const i64* __restrict__ col_ptr, const i64* __restrict__ col_idx, float* __restrict__ dx, i64 total, int H, int W, int OH, int OW) {
-    pad2d_backward_body<float>(dy, row_ptr, row_idx, col_ptr, col_idx, dx, total, H, W, OH, OW);
-}
-
-extern "C" __global__ void pad2d_backward_f64(const double* __restrict__ dy, const i64* __restrict__ row_ptr, const i64* __restrict__ row_idx, const i64* __restrict__ col_ptr, const i64* __restrict__ col_idx, double* __restrict__ dx, i64 total, int H, int W, int OH, int OW) {
-    pad2d_backward_body<double>(dy, row_ptr, row_idx, col_ptr, col_idx, dx, total, H, W, OH, OW);
-}
+#define PAD2D_BACKWARD_ENTRY(SUF, T)                                                                                   \
+    extern "C" __global__ void pad2d_backward_##SUF(const T* __restrict__ dy, const i64* __restrict__ row_ptr,         \
+                                                    const i64* __restrict__ row_idx, const i64* __restrict__ col_ptr,  \
+                                                    const i64* __restrict__ col_idx, T* __restrict__ dx, i64 total,    \
+                                                    int H, int W, int OH, int OW) {                                    \
+        pad2d_backward_body<T>(dy, row_ptr, row_idx, col_ptr, col_idx, dx, total, H, W, OH, OW);                       \
+    }
+MINICNN_STAMP_F32_F64(PAD2D_BACKWARD_ENTRY)

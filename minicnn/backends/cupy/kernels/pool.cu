@@ -1,7 +1,9 @@
 // pool.cu: max, average and adaptive pooling and max unpooling, forward and backward, NCHW.
 // The reference is minicnn/backends/numpy/pool.py; every kernel below names the loop it replaces.
-// Each kernel has an _f32 and an _f64 entry point around one templated body. Tensors are flat
-// arrays of (N*C) planes; "plane" below is the flat n*C + c. 1-D launches use grid-stride loops.
+// Each kernel has an _f32 and an _f64 entry point around one templated body (stamped by
+// common.cuh's MINICNN_STAMP_F32_F64). Tensors are flat arrays of (N*C) planes; "plane" below is
+// the flat n*C + c, decoded with (row, column) from a flat index by common.cuh's plane_index.
+// 1-D launches use grid-stride loops.
 //
 // maxpool2d_forward: one thread per output (plane, p, q). It walks the window taps in the
 //   reference's order (r outer, s inner: the `for r / for s` loop over `_window` slices) and
@@ -60,10 +62,7 @@ __device__ void maxpool2d_forward_body(const T* __restrict__ x, T* __restrict__ 
                                        i64 total, int H, int W, int P, int Q, int R, int S, int sh, int sw,
                                        int ph, int pw, int dh, int dw, int write_argmax) {
     for (i64 o = global_index_1d(); o < total; o += global_stride_1d()) {
-        const int q = (int)(o % Q);
-        const i64 t = o / Q;
-        const int p = (int)(t % P);
-        const i64 plane = t / P;
+        const auto [plane, p, q] = plane_index(o, P, Q);
         const T* xp = x + plane * (i64)H * W;
         const int h0 = p * sh - ph, w0 = q * sw - pw;
         T best = -(T)INFINITY;
@@ -86,13 +85,14 @@ __device__ void maxpool2d_forward_body(const T* __restrict__ x, T* __restrict__ 
     }
 }
 
-extern "C" __global__ void maxpool2d_forward_f32(const float* __restrict__ x, float* __restrict__ y, i64* __restrict__ argmax, i64 total, int H, int W, int P, int Q, int R, int S, int sh, int sw, int ph, int pw, int dh, int dw, int write_argmax) {
-    maxpool2d_forward_body<float>(x, y, argmax, total, H, W, P, Q, R, S, sh, sw, ph, pw, dh, dw, write_argmax);
-}
-
-extern "C" __global__ void maxpool2d_forward_f64(const double* __restrict__ x, double* __restrict__ y, i64* __restrict__ argmax, i64 total, int H, int W, int P, int Q, int R, int S, int sh, int sw, int ph, int pw, int dh, int dw, int write_argmax) {
-    maxpool2d_forward_body<double>(x, y, argmax, total, H, W, P, Q, R, S, sh, sw, ph, pw, dh, dw, write_argmax);
-}
+#define MAXPOOL2D_FORWARD_ENTRY(SUF, T)                                                                                \
+    extern "C" __global__ void maxpool2d_forward_##SUF(const T* __restrict__ x, T* __restrict__ y,                     \
+                                                       i64* __restrict__ argmax, i64 total, int H, int W, int P,       \
+                                                       int Q, int R, int S, int sh, int sw, int ph, int pw, int dh,    \
+                                                       int dw, int write_argmax) {                                     \
+        maxpool2d_forward_body<T>(x, y, argmax, total, H, W, P, Q, R, S, sh, sw, ph, pw, dh, dw, write_argmax);        \
+    }
+MINICNN_STAMP_F32_F64(MAXPOOL2D_FORWARD_ENTRY)
 
 // ---- inverting a per-plane index map (maxpool2d_backward, maxunpool2d_forward) -----------------
 
@@ -143,13 +143,13 @@ __device__ void maxpool2d_backward_body(const T* __restrict__ dy, const i64* __r
     }
 }
 
-extern "C" __global__ void maxpool2d_backward_f32(const float* __restrict__ dy, const i64* __restrict__ offsets, i64* __restrict__ lists, float* __restrict__ dx, i64 total, i64 HW, i64 PQ) {
-    maxpool2d_backward_body<float>(dy, offsets, lists, dx, total, HW, PQ);
-}
-
-extern "C" __global__ void maxpool2d_backward_f64(const double* __restrict__ dy, const i64* __restrict__ offsets, i64* __restrict__ lists, double* __restrict__ dx, i64 total, i64 HW, i64 PQ) {
-    maxpool2d_backward_body<double>(dy, offsets, lists, dx, total, HW, PQ);
-}
+#define MAXPOOL2D_BACKWARD_ENTRY(SUF, T)                                                                               \
+    extern "C" __global__ void maxpool2d_backward_##SUF(const T* __restrict__ dy, const i64* __restrict__ offsets,     \
+                                                        i64* __restrict__ lists, T* __restrict__ dx, i64 total,        \
+                                                        i64 HW, i64 PQ) {                                              \
+        maxpool2d_backward_body<T>(dy, offsets, lists, dx, total, HW, PQ);                                             \
+    }
+MINICNN_STAMP_F32_F64(MAXPOOL2D_BACKWARD_ENTRY)
 
 // ---- avgpool2d ------------------------------------------------------------------------------
 
@@ -170,10 +170,7 @@ template <typename T>
 __device__ void avgpool2d_forward_body(const T* __restrict__ x, T* __restrict__ y, i64 total, int H, int W, int P,
                                        int Q, int R, int S, int sh, int sw, int ph, int pw, int count_include_pad) {
     for (i64 o = global_index_1d(); o < total; o += global_stride_1d()) {
-        const int q = (int)(o % Q);
-        const i64 t = o / Q;
-        const int p = (int)(t % P);
-        const i64 plane = t / P;
+        const auto [plane, p, q] = plane_index(o, P, Q);
         const T* xp = x + plane * (i64)H * W;
         const int h0 = p * sh - ph, w0 = q * sw - pw;
         T acc = (T)0;
@@ -190,22 +187,19 @@ __device__ void avgpool2d_forward_body(const T* __restrict__ x, T* __restrict__ 
     }
 }
 
-extern "C" __global__ void avgpool2d_forward_f32(const float* __restrict__ x, float* __restrict__ y, i64 total, int H, int W, int P, int Q, int R, int S, int sh, int sw, int ph, int pw, int count_include_pad) {
-    avgpool2d_forward_body<float>(x, y, total, H, W, P, Q, R, S, sh, sw, ph, pw, count_include_pad);
-}
-
-extern "C" __global__ void avgpool2d_forward_f64(const double* __restrict__ x, double* __restrict__ y, i64 total, int H, int W, int P, int Q, int R, int S, int sh, int sw, int ph, int pw, int count_include_pad) {
-    avgpool2d_forward_body<double>(x, y, total, H, W, P, Q, R, S, sh, sw, ph, pw, count_include_pad);
-}
+#define AVGPOOL2D_FORWARD_ENTRY(SUF, T)                                                                                \
+    extern "C" __global__ void avgpool2d_forward_##SUF(const T* __restrict__ x, T* __restrict__ y, i64 total, int H,   \
+                                                       int W, int P, int Q, int R, int S, int sh, int sw, int ph,      \
+                                                       int pw, int count_include_pad) {                                \
+        avgpool2d_forward_body<T>(x, y, total, H, W, P, Q, R, S, sh, sw, ph, pw, count_include_pad);                   \
+    }
+MINICNN_STAMP_F32_F64(AVGPOOL2D_FORWARD_ENTRY)
 
 template <typename T>
 __device__ void avgpool2d_backward_body(const T* __restrict__ dy, T* __restrict__ dx, i64 total, int H, int W, int P,
                                         int Q, int R, int S, int sh, int sw, int ph, int pw, int count_include_pad) {
     for (i64 e = global_index_1d(); e < total; e += global_stride_1d()) {
-        const int w = (int)(e % W);
-        const i64 t = e / W;
-        const int h = (int)(t % H);
-        const i64 plane = t / H;
+        const auto [plane, h, w] = plane_index(e, H, W);
         const T* g = dy + plane * (i64)P * Q;
         T acc = (T)0;
         for (int r = 0; r < R; ++r) {
@@ -223,13 +217,13 @@ __device__ void avgpool2d_backward_body(const T* __restrict__ dy, T* __restrict_
     }
 }
 
-extern "C" __global__ void avgpool2d_backward_f32(const float* __restrict__ dy, float* __restrict__ dx, i64 total, int H, int W, int P, int Q, int R, int S, int sh, int sw, int ph, int pw, int count_include_pad) {
-    avgpool2d_backward_body<float>(dy, dx, total, H, W, P, Q, R, S, sh, sw, ph, pw, count_include_pad);
-}
-
-extern "C" __global__ void avgpool2d_backward_f64(const double* __restrict__ dy, double* __restrict__ dx, i64 total, int H, int W, int P, int Q, int R, int S, int sh, int sw, int ph, int pw, int count_include_pad) {
-    avgpool2d_backward_body<double>(dy, dx, total, H, W, P, Q, R, S, sh, sw, ph, pw, count_include_pad);
-}
+#define AVGPOOL2D_BACKWARD_ENTRY(SUF, T)                                                                               \
+    extern "C" __global__ void avgpool2d_backward_##SUF(const T* __restrict__ dy, T* __restrict__ dx, i64 total,       \
+                                                        int H, int W, int P, int Q, int R, int S, int sh, int sw,      \
+                                                        int ph, int pw, int count_include_pad) {                       \
+        avgpool2d_backward_body<T>(dy, dx, total, H, W, P, Q, R, S, sh, sw, ph, pw, count_include_pad);                \
+    }
+MINICNN_STAMP_F32_F64(AVGPOOL2D_BACKWARD_ENTRY)
 
 // ---- adaptive pooling -----------------------------------------------------------------------
 
@@ -241,10 +235,7 @@ template <typename T>
 __device__ void adaptive_avgpool2d_forward_body(const T* __restrict__ x, T* __restrict__ y, i64 total, int H, int W,
                                                 int OH, int OW) {
     for (i64 o = global_index_1d(); o < total; o += global_stride_1d()) {
-        const int j = (int)(o % OW);
-        const i64 t = o / OW;
-        const int i = (int)(t % OH);
-        const i64 plane = t / OH;
+        const auto [plane, i, j] = plane_index(o, OH, OW);
         const T* xp = x + plane * (i64)H * W;
         const int h0 = bin_start(i, H, OH), h1 = bin_end(i, H, OH);
         const int w0 = bin_start(j, W, OW), w1 = bin_end(j, W, OW);
@@ -255,22 +246,18 @@ __device__ void adaptive_avgpool2d_forward_body(const T* __restrict__ x, T* __re
     }
 }
 
-extern "C" __global__ void adaptive_avgpool2d_forward_f32(const float* __restrict__ x, float* __restrict__ y, i64 total, int H, int W, int OH, int OW) {
-    adaptive_avgpool2d_forward_body<float>(x, y, total, H, W, OH, OW);
-}
-
-extern "C" __global__ void adaptive_avgpool2d_forward_f64(const double* __restrict__ x, double* __restrict__ y, i64 total, int H, int W, int OH, int OW) {
-    adaptive_avgpool2d_forward_body<double>(x, y, total, H, W, OH, OW);
-}
+#define ADAPTIVE_AVGPOOL2D_FORWARD_ENTRY(SUF, T)                                                                       \
+    extern "C" __global__ void adaptive_avgpool2d_forward_##SUF(const T* __restrict__ x, T* __restrict__ y, i64 total, \
+                                                                int H, int W, int OH, int OW) {                        \
+        adaptive_avgpool2d_forward_body<T>(x, y, total, H, W, OH, OW);                                                 \
+    }
+MINICNN_STAMP_F32_F64(ADAPTIVE_AVGPOOL2D_FORWARD_ENTRY)
 
 template <typename T>
 __device__ void adaptive_avgpool2d_backward_body(const T* __restrict__ dy, T* __restrict__ dx, i64 total, int H, int W,
                                                  int OH, int OW) {
     for (i64 e = global_index_1d(); e < total; e += global_stride_1d()) {
-        const int w = (int)(e % W);
-        const i64 t = e / W;
-        const int h = (int)(t % H);
-        const i64 plane = t / H;
+        const auto [plane, h, w] = plane_index(e, H, W);
         const T* g = dy + plane * (i64)OH * OW;
         // the bins that contain row h (resp. column w): floor(h*OH/H) <= i < ceil((h+1)*OH/H)
         const int i0 = bin_start(h, OH, H), i1 = imin(bin_end(h, OH, H), OH);
@@ -289,22 +276,18 @@ __device__ void adaptive_avgpool2d_backward_body(const T* __restrict__ dy, T* __
     }
 }
 
-extern "C" __global__ void adaptive_avgpool2d_backward_f32(const float* __restrict__ dy, float* __restrict__ dx, i64 total, int H, int W, int OH, int OW) {
-    adaptive_avgpool2d_backward_body<float>(dy, dx, total, H, W, OH, OW);
-}
-
-extern "C" __global__ void adaptive_avgpool2d_backward_f64(const double* __restrict__ dy, double* __restrict__ dx, i64 total, int H, int W, int OH, int OW) {
-    adaptive_avgpool2d_backward_body<double>(dy, dx, total, H, W, OH, OW);
-}
+#define ADAPTIVE_AVGPOOL2D_BACKWARD_ENTRY(SUF, T)                                                                      \
+    extern "C" __global__ void adaptive_avgpool2d_backward_##SUF(const T* __restrict__ dy, T* __restrict__ dx,         \
+                                                                 i64 total, int H, int W, int OH, int OW) {            \
+        adaptive_avgpool2d_backward_body<T>(dy, dx, total, H, W, OH, OW);                                              \
+    }
+MINICNN_STAMP_F32_F64(ADAPTIVE_AVGPOOL2D_BACKWARD_ENTRY)
 
 template <typename T>
 __device__ void adaptive_maxpool2d_forward_body(const T* __restrict__ x, T* __restrict__ y, i64* __restrict__ argmax,
                                                 i64 total, int H, int W, int OH, int OW) {
     for (i64 o = global_index_1d(); o < total; o += global_stride_1d()) {
-        const int j = (int)(o % OW);
-        const i64 t = o / OW;
-        const int i = (int)(t % OH);
-        const i64 plane = t / OH;
+        const auto [plane, i, j] = plane_index(o, OH, OW);
         const T* xp = x + plane * (i64)H * W;
         const int h0 = bin_start(i, H, OH), h1 = bin_end(i, H, OH);
         const int w0 = bin_start(j, W, OW), w1 = bin_end(j, W, OW);
@@ -325,13 +308,13 @@ __device__ void adaptive_maxpool2d_forward_body(const T* __restrict__ x, T* __re
     }
 }
 
-extern "C" __global__ void adaptive_maxpool2d_forward_f32(const float* __restrict__ x, float* __restrict__ y, i64* __restrict__ argmax, i64 total, int H, int W, int OH, int OW) {
-    adaptive_maxpool2d_forward_body<float>(x, y, argmax, total, H, W, OH, OW);
-}
-
-extern "C" __global__ void adaptive_maxpool2d_forward_f64(const double* __restrict__ x, double* __restrict__ y, i64* __restrict__ argmax, i64 total, int H, int W, int OH, int OW) {
-    adaptive_maxpool2d_forward_body<double>(x, y, argmax, total, H, W, OH, OW);
-}
+#define ADAPTIVE_MAXPOOL2D_FORWARD_ENTRY(SUF, T)                                                                       \
+    extern "C" __global__ void adaptive_maxpool2d_forward_##SUF(const T* __restrict__ x, T* __restrict__ y,            \
+                                                                i64* __restrict__ argmax, i64 total, int H, int W,     \
+                                                                int OH, int OW) {                                      \
+        adaptive_maxpool2d_forward_body<T>(x, y, argmax, total, H, W, OH, OW);                                         \
+    }
+MINICNN_STAMP_F32_F64(ADAPTIVE_MAXPOOL2D_FORWARD_ENTRY)
 
 // ---- max unpooling --------------------------------------------------------------------------
 
@@ -347,13 +330,13 @@ __device__ void maxunpool2d_forward_body(const T* __restrict__ x, const i64* __r
     }
 }
 
-extern "C" __global__ void maxunpool2d_forward_f32(const float* __restrict__ x, const i64* __restrict__ offsets, const i64* __restrict__ lists, float* __restrict__ y, i64 total, i64 HW, i64 OHW) {
-    maxunpool2d_forward_body<float>(x, offsets, lists, y, total, HW, OHW);
-}
-
-extern "C" __global__ void maxunpool2d_forward_f64(const double* __restrict__ x, const i64* __restrict__ offsets, const i64* __restrict__ lists, double* __restrict__ y, i64 total, i64 HW, i64 OHW) {
-    maxunpool2d_forward_body<double>(x, offsets, lists, y, total, HW, OHW);
-}
+#define MAXUNPOOL2D_FORWARD_ENTRY(SUF, T)                                                                              \
+    extern "C" __global__ void maxunpool2d_forward_##SUF(const T* __restrict__ x, const i64* __restrict__ offsets,     \
+                                                         const i64* __restrict__ lists, T* __restrict__ y, i64 total,  \
+                                                         i64 HW, i64 OHW) {                                            \
+        maxunpool2d_forward_body<T>(x, offsets, lists, y, total, HW, OHW);                                             \
+    }
+MINICNN_STAMP_F32_F64(MAXUNPOOL2D_FORWARD_ENTRY)
 
 template <typename T>
 __device__ void maxunpool2d_backward_body(const T* __restrict__ dy, const i64* __restrict__ indices, T* __restrict__ dx,
@@ -365,10 +348,9 @@ __device__ void maxunpool2d_backward_body(const T* __restrict__ dy, const i64* _
     }
 }
 
-extern "C" __global__ void maxunpool2d_backward_f32(const float* __restrict__ dy, const i64* __restrict__ indices, float* __restrict__ dx, i64 total, i64 HW, i64 OHW) {
-    maxunpool2d_backward_body<float>(dy, indices, dx, total, HW, OHW);
-}
-
-extern "C" __global__ void maxunpool2d_backward_f64(const double* __restrict__ dy, const i64* __restrict__ indices, double* __restrict__ dx, i64 total, i64 HW, i64 OHW) {
-    maxunpool2d_backward_body<double>(dy, indices, dx, total, HW, OHW);
-}
+#define MAXUNPOOL2D_BACKWARD_ENTRY(SUF, T)                                                                             \
+    extern "C" __global__ void maxunpool2d_backward_##SUF(const T* __restrict__ dy, const i64* __restrict__ indices,   \
+                                                          T* __restrict__ dx, i64 total, i64 HW, i64 OHW) {            \
+        maxunpool2d_backward_body<T>(dy, indices, dx, total, HW, OHW);                                                 \
+    }
+MINICNN_STAMP_F32_F64(MAXUNPOOL2D_BACKWARD_ENTRY)

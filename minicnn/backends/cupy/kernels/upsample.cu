@@ -1,6 +1,7 @@
 // upsample.cu: nearest and bilinear upsampling (`interpolate`), forward and backward, NCHW.
 // The reference is minicnn/backends/numpy/upsample.py. Each kernel has an _f32 and an _f64 entry
-// point around one templated body; 1-D launches loop grid-stride. The index maps and weights are
+// point around one templated body (stamped by common.cuh's MINICNN_STAMP_F32_F64); 1-D launches
+// loop grid-stride, common.cuh's plane_index decoding the flat index. The index maps and weights are
 // PyTorch's rules computed on the host by shapes.nearest_source_index and
 // shapes.linear_source_index (the one definition every backend uses), passed as small arrays.
 //
@@ -27,21 +28,18 @@ __device__ void upsample_nearest2d_forward_body(const T* __restrict__ x, const i
                                                 const i64* __restrict__ cols, T* __restrict__ y, i64 total, int H,
                                                 int W, int OH, int OW) {
     for (i64 o = global_index_1d(); o < total; o += global_stride_1d()) {
-        const int j = (int)(o % OW);
-        const i64 t = o / OW;
-        const int i = (int)(t % OH);
-        const i64 plane = t / OH;
+        const auto [plane, i, j] = plane_index(o, OH, OW);
         y[o] = x[(plane * H + rows[i]) * W + cols[j]];
     }
 }
 
-extern "C" __global__ void upsample_nearest2d_forward_f32(const float* __restrict__ x, const i64* __restrict__ rows, const i64* __restrict__ cols, float* __restrict__ y, i64 total, int H, int W, int OH, int OW) {
-    upsample_nearest2d_forward_body<float>(x, rows, cols, y, total, H, W, OH, OW);
-}
-
-extern "C" __global__ void upsample_nearest2d_forward_f64(const double* __restrict__ x, const i64* __restrict__ rows, const i64* __restrict__ cols, double* __restrict__ y, i64 total, int H, int W, int OH, int OW) {
-    upsample_nearest2d_forward_body<double>(x, rows, cols, y, total, H, W, OH, OW);
-}
+#define UPSAMPLE_NEAREST2D_FORWARD_ENTRY(SUF, T)                                                                       \
+    extern "C" __global__ void upsample_nearest2d_forward_##SUF(const T* __restrict__ x, const i64* __restrict__ rows, \
+                                                                const i64* __restrict__ cols, T* __restrict__ y,       \
+                                                                i64 total, int H, int W, int OH, int OW) {             \
+        upsample_nearest2d_forward_body<T>(x, rows, cols, y, total, H, W, OH, OW);                                     \
+    }
+MINICNN_STAMP_F32_F64(UPSAMPLE_NEAREST2D_FORWARD_ENTRY)
 
 template <typename T>
 __device__ void upsample_bilinear2d_forward_body(const T* __restrict__ x, const i64* __restrict__ h0,
@@ -51,10 +49,7 @@ __device__ void upsample_bilinear2d_forward_body(const T* __restrict__ x, const 
                                                  const T* __restrict__ b1, T* __restrict__ y, i64 total, int H, int W,
                                                  int OH, int OW) {
     for (i64 o = global_index_1d(); o < total; o += global_stride_1d()) {
-        const int j = (int)(o % OW);
-        const i64 t = o / OW;
-        const int i = (int)(t % OH);
-        const i64 plane = t / OH;
+        const auto [plane, i, j] = plane_index(o, OH, OW);
         const T* top = x + (plane * H + h0[i]) * W;
         const T* bottom = x + (plane * H + h1[i]) * W;
         const T t0 = top[w0[j]] * b0[j] + top[w1[j]] * b1[j];
@@ -63,13 +58,16 @@ __device__ void upsample_bilinear2d_forward_body(const T* __restrict__ x, const 
     }
 }
 
-extern "C" __global__ void upsample_bilinear2d_forward_f32(const float* __restrict__ x, const i64* __restrict__ h0, const i64* __restrict__ h1, const float* __restrict__ a0, const float* __restrict__ a1, const i64* __restrict__ w0, const i64* __restrict__ w1, const float* __restrict__ b0, const float* __restrict__ b1, float* __restrict__ y, i64 total, int H, int W, int OH, int OW) {
-    upsample_bilinear2d_forward_body<float>(x, h0, h1, a0, a1, w0, w1, b0, b1, y, total, H, W, OH, OW);
-}
-
-extern "C" __global__ void upsample_bilinear2d_forward_f64(const double* __restrict__ x, const i64* __restrict__ h0, const i64* __restrict__ h1, const double* __restrict__ a0, const double* __restrict__ a1, const i64* __restrict__ w0, const i64* __restrict__ w1, const double* __restrict__ b0, const double* __restrict__ b1, double* __restrict__ y, i64 total, int H, int W, int OH, int OW) {
-    upsample_bilinear2d_forward_body<double>(x, h0, h1, a0, a1, w0, w1, b0, b1, y, total, H, W, OH, OW);
-}
+#define UPSAMPLE_BILINEAR2D_FORWARD_ENTRY(SUF, T)                                                                      \
+    extern "C" __global__ void upsample_bilinear2d_forward_##SUF(const T* __restrict__ x, const i64* __restrict__ h0,  \
+                                                                 const i64* __restrict__ h1, const T* __restrict__ a0, \
+                                                                 const T* __restrict__ a1, const i64* __restrict__ w0, \
+                                                                 const i64* __restrict__ w1, const T* __restrict__ b0, \
+                                                                 const T* __restrict__ b1, T* __restrict__ y,          \
+                                                                 i64 total, int H, int W, int OH, int OW) {            \
+        upsample_bilinear2d_forward_body<T>(x, h0, h1, a0, a1, w0, w1, b0, b1, y, total, H, W, OH, OW);                \
+    }
+MINICNN_STAMP_F32_F64(UPSAMPLE_BILINEAR2D_FORWARD_ENTRY)
 
 template <typename T>
 __device__ void upsample2d_backward_body(const T* __restrict__ dy, const i64* __restrict__ row_ptr,
@@ -78,10 +76,7 @@ __device__ void upsample2d_backward_body(const T* __restrict__ dy, const i64* __
                                          const T* __restrict__ col_w, T* __restrict__ dx, i64 total, int H, int W,
                                          int OH, int OW) {
     for (i64 e = global_index_1d(); e < total; e += global_stride_1d()) {
-        const int w = (int)(e % W);
-        const i64 t = e / W;
-        const int h = (int)(t % H);
-        const i64 plane = t / H;
+        const auto [plane, h, w] = plane_index(e, H, W);
         const T* g = dy + plane * (i64)OH * OW;
         T acc = (T)0;
         for (i64 a = row_ptr[h]; a < row_ptr[h + 1]; ++a) {
@@ -94,10 +89,13 @@ __device__ void upsample2d_backward_body(const T* __restrict__ dy, const i64* __
     }
 }
 
-extern "C" __global__ void upsample2d_backward_f32(const float* __restrict__ dy, const i64* __restrict__ row_ptr, const i64* __restrict__ row_idx, const float* __restrict__ row_w, const i64* __restrict__ col_ptr, const i64* __restrict__ col_idx, const float* __restrict__ col_w, float* __restrict__ dx, i64 total, int H, int W, int OH, int OW) {
-    upsample2d_backward_body<float>(dy, row_ptr, row_idx, row_w, col_ptr, col_idx, col_w, dx, total, H, W, OH, OW);
-}
-
-extern "C" __global__ void upsample2d_backward_f64(const double* __restrict__ dy, const i64* __restrict__ row_ptr, const i64* __restrict__ row_idx, const double* __restrict__ row_w, const i64* __restrict__ col_ptr, const i64* __restrict__ col_idx, const double* __restrict__ col_w, double* __restrict__ dx, i64 total, int H, int W, int OH, int OW) {
-    upsample2d_backward_body<double>(dy, row_ptr, row_idx, row_w, col_ptr, col_idx, col_w, dx, total, H, W, OH, OW);
-}
+#define UPSAMPLE2D_BACKWARD_ENTRY(SUF, T)                                                                              \
+    extern "C" __global__ void upsample2d_backward_##SUF(const T* __restrict__ dy, const i64* __restrict__ row_ptr,    \
+                                                         const i64* __restrict__ row_idx, const T* __restrict__ row_w, \
+                                                         const i64* __restrict__ col_ptr,                              \
+                                                         const i64* __restrict__ col_idx, const T* __restrict__ col_w, \
+                                                         T* __restrict__ dx, i64 total, int H, int W, int OH,          \
+                                                         int OW) {                                                     \
+        upsample2d_backward_body<T>(dy, row_ptr, row_idx, row_w, col_ptr, col_idx, col_w, dx, total, H, W, OH, OW);    \
+    }
+MINICNN_STAMP_F32_F64(UPSAMPLE2D_BACKWARD_ENTRY)
