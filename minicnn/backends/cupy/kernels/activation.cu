@@ -96,8 +96,6 @@ template <typename T> __device__ __forceinline__ T sigmoid(T v) {
     return e / (T(1) + e);
 }
 
-// a max that keeps NaN (np.max propagates it)
-template <typename T> __device__ __forceinline__ T max_nan(T a, T b) { return (a > b || a != a) ? a : b; }
 
 template <typename T> __device__ T value(int kind, T v, T p0, T p1) {
     switch (kind) {
@@ -175,33 +173,6 @@ template <typename T> __device__ void prelu_forward(const T* x, const T* w, T* y
         T v = x[i];
         y[i] = v > T(0) ? v : w[(i / inner) % C] * v;
     }
-}
-
-// sum of v over the block (blockDim.x a power of two, at most the buffer's 256 entries)
-template <typename T> __device__ T block_sum(T v, T* sh) {
-    const int t = threadIdx.x;
-    sh[t] = v;
-    __syncthreads();
-    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
-        if (t < s) sh[t] = sh[t] + sh[t + s];
-        __syncthreads();
-    }
-    T r = sh[0];
-    __syncthreads();  // sh is reused by the next reduction
-    return r;
-}
-
-template <typename T> __device__ T block_max(T v, T* sh) {
-    const int t = threadIdx.x;
-    sh[t] = v;
-    __syncthreads();
-    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
-        if (t < s) sh[t] = max_nan(sh[t], sh[t + s]);
-        __syncthreads();
-    }
-    T r = sh[0];
-    __syncthreads();
-    return r;
 }
 
 template <typename T>

@@ -39,19 +39,6 @@
 __device__ __forceinline__ float bn_sqrt(float v) { return sqrtf(v); }
 __device__ __forceinline__ double bn_sqrt(double v) { return sqrt(v); }
 
-// the sum of every thread's v over the block, returned to every thread (blockDim.x == BN_BLOCK)
-__device__ double block_sum(double v, double* buf) {
-    buf[threadIdx.x] = v;
-    __syncthreads();
-    for (int s = BN_BLOCK / 2; s > 0; s >>= 1) {
-        if ((int)threadIdx.x < s) buf[threadIdx.x] += buf[threadIdx.x + s];
-        __syncthreads();
-    }
-    const double total = buf[0];
-    __syncthreads();  // buf is reused by the caller's next block_sum
-    return total;
-}
-
 // the flat positions [m0, m1) of chunk g of a channel of M values
 __device__ __forceinline__ void chunk_range(i64 g, i64 chunk, i64 M, i64* m0, i64* m1) {
     *m0 = g * chunk;

@@ -1,6 +1,6 @@
 // Shared by every kernel file of the cupy backend: index types, the decoding of launch indices
-// (1-D grid-stride loops, NCHW planes, the row teams of row-wise reductions), dynamic shared
-// memory, and the macro that stamps a templated kernel's float32 and float64 entry points.
+// (1-D grid-stride loops, NCHW planes, the row teams of row-wise reductions), block-wide sum and
+// max reductions, dynamic shared memory, and the macro that stamps a templated kernel's float32 and float64 entry points.
 // Compiled by NVRTC for the GPU, and by the host C++ compiler for the emulator
 // (MINICNN_EMULATE defined, cuda_emu.h included first; see _emulator.py).
 #pragma once
@@ -46,6 +46,38 @@ __device__ __forceinline__ Rows rows_of(int team) {
     } else {
         r.first = global_index_1d(); r.step = global_stride_1d(); r.lane = 0; r.width = 1;
     }
+    return r;
+}
+
+// A max that keeps NaN, as np.max propagates it.
+template <typename T> __device__ __forceinline__ T max_nan(T a, T b) { return (a > b || a != a) ? a : b; }
+
+// The sum (max) of every thread's v over the block, returned to every thread: a tree over the
+// shared buffer sh (blockDim.x entries; blockDim.x a power of two). The buffer is free again on
+// return, so a caller's next reduction can reuse it.
+template <typename T> __device__ T block_sum(T v, T* sh) {
+    const int t = threadIdx.x;
+    sh[t] = v;
+    __syncthreads();
+    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
+        if (t < s) sh[t] = sh[t] + sh[t + s];
+        __syncthreads();
+    }
+    T r = sh[0];
+    __syncthreads();  // sh is reused by the next reduction
+    return r;
+}
+
+template <typename T> __device__ T block_max(T v, T* sh) {
+    const int t = threadIdx.x;
+    sh[t] = v;
+    __syncthreads();
+    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
+        if (t < s) sh[t] = max_nan(sh[t], sh[t + s]);
+        __syncthreads();
+    }
+    T r = sh[0];
+    __syncthreads();
     return r;
 }
 

@@ -59,35 +59,6 @@ namespace loss {
 
 enum { E_BCE = 0, E_MSE = 1, E_L1 = 2, E_SMOOTH_L1 = 3, E_HUBER = 4 };
 
-__device__ __forceinline__ double max_nan(double a, double b) { return (a > b || a != a) ? a : b; }
-
-// sum (max) of v over the block; blockDim.x a power of two, at most 256
-__device__ double block_sum(double v, double* sh) {
-    const int t = threadIdx.x;
-    sh[t] = v;
-    __syncthreads();
-    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
-        if (t < s) sh[t] = sh[t] + sh[t + s];
-        __syncthreads();
-    }
-    double r = sh[0];
-    __syncthreads();  // sh is reused by the next reduction
-    return r;
-}
-
-__device__ double block_max(double v, double* sh) {
-    const int t = threadIdx.x;
-    sh[t] = v;
-    __syncthreads();
-    for (int s = blockDim.x >> 1; s > 0; s >>= 1) {
-        if (t < s) sh[t] = max_nan(sh[t], sh[t + s]);
-        __syncthreads();
-    }
-    double r = sh[0];
-    __syncthreads();
-    return r;
-}
-
 template <typename T>
 __device__ void class_forward(const T* z, const i64* t, const T* y, const T* w, T* lse_out, T* per_out, T* probs,
                               double* part_loss, double* part_w, int* bad, i64 N, i64 C, i64 S, int soft, int has_w,
