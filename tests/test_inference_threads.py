@@ -7,9 +7,6 @@ activations: wrong logits without an error, or the fused op's "out must not over
 """
 from __future__ import annotations
 
-import sys
-import threading
-
 import numpy as np
 import pytest
 
@@ -17,39 +14,7 @@ import minicnn as mc
 from minicnn import inference
 from minicnn.models.resnet import resnet18, seeded_state_dict
 
-THREADS = 8
-CALLS = 3
-
-
-def _run_concurrently(fn, inputs, backend):
-    """``fn(x)`` for every input, THREADS threads at once (thread t takes inputs[t::THREADS])."""
-    results = [None] * len(inputs)
-    errors = []
-    start = threading.Barrier(THREADS)
-    # numba's thread count is per thread and part of an autotuned pick's key: each worker runs with
-    # the caller's count, so its calls are the very calls the serial run made
-    numba = sys.modules.get("numba")
-    count = numba.get_num_threads() if numba is not None else None
-
-    def worker(t):
-        try:
-            if count is not None and numba.get_num_threads() != count:
-                numba.set_num_threads(count)
-            with mc.backend(backend):
-                start.wait()
-                for i in range(t, len(inputs), THREADS):
-                    results[i] = np.array(mc.to_numpy(fn(inputs[i])), copy=True)
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-    return results
+from concurrency import CALLS, THREADS, run_concurrently
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +37,7 @@ def test_compiled_resnet_concurrent_calls_equal_serial(backend, method, seeded_r
             eager = getattr(seeded_resnet, method)(inputs[0])
         np.testing.assert_allclose(serial[0], mc.to_numpy(eager), rtol=1e-4, atol=1e-4)
     held = fast.buffer_bytes()
-    got = _run_concurrently(fn, inputs, backend)
+    got = run_concurrently(fn, inputs, backend)
     for i, (a, b) in enumerate(zip(got, serial)):
         np.testing.assert_array_equal(a, b, err_msg=f"call {i}")
     # concurrent calls borrowed extra buffer sets; a serial call afterwards still gives the same numbers
@@ -87,7 +52,7 @@ def test_concurrent_first_calls_share_one_autotuned_pick(seeded_resnet):
     rng = np.random.default_rng(5)
     inputs = [rng.standard_normal((1, 3, 36, 36)).astype(np.float32) for _ in range(THREADS)]
     fast = inference.compile_inference(seeded_resnet)
-    got = _run_concurrently(fast, inputs, "numba")
+    got = run_concurrently(fast, inputs, "numba")
     picks = fast.variants()
     # one pick per conv for this one shape, however many threads asked
     assert picks and all(len(v) == 1 for v in picks.values())
@@ -108,7 +73,7 @@ def test_compiled_vgg_concurrent_calls_equal_serial(backend):
     inputs = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(THREADS * CALLS)]
     with mc.backend(backend):
         serial = [np.array(mc.to_numpy(fast(x)), copy=True) for x in inputs]
-    got = _run_concurrently(fast, inputs, backend)
+    got = run_concurrently(fast, inputs, backend)
     for i, (a, b) in enumerate(zip(got, serial)):
         np.testing.assert_array_equal(a, b, err_msg=f"call {i}")
 
@@ -131,6 +96,6 @@ def test_digits_convnet_concurrent_calls_equal_serial(backend):
 
     with mc.backend(backend):
         serial = [np.array(mc.to_numpy(run(x)), copy=True) for x in inputs]
-    got = _run_concurrently(run, inputs, backend)
+    got = run_concurrently(run, inputs, backend)
     for i, (a, b) in enumerate(zip(got, serial)):
         np.testing.assert_array_equal(a, b, err_msg=f"call {i}")

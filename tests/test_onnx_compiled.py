@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from minicnn.onnx.compiled import CompiledOnnx  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+from concurrency import CALLS, THREADS, run_concurrently  # noqa: E402
 
 BACKENDS = ("numpy", "numba")
 
@@ -179,35 +179,6 @@ def test_batchnorm_of_a_conv_output_read_twice_is_not_folded(backend):
     assert rel(got, ort_run(data, x)[0]) < 1e-4
 
 
-THREADS = 8
-CALLS = 3
-
-
-def _run_concurrently(fn, inputs, backend):
-    """``fn(x)`` for every input, THREADS threads at once (thread t takes inputs[t::THREADS])."""
-    results = [None] * len(inputs)
-    errors = []
-    start = threading.Barrier(THREADS)
-
-    def worker(t):
-        try:
-            with mc.backend(backend):
-                start.wait()
-                for i in range(t, len(inputs), THREADS):
-                    results[i] = np.array(mc.to_numpy(fn(inputs[i])), copy=True)
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
 @pytest.mark.torch
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("net", ["resnet18", "squeezenet"])
@@ -222,7 +193,7 @@ def test_compiled_imported_net_concurrent_calls_equal_serial(net, backend, tmp_p
         serial = [np.array(mc.to_numpy(fast(x)), copy=True) for x in inputs]
         assert rel(serial[0], eager(imported, inputs[0])) < 1e-5
     held = fast.buffer_bytes()
-    got = _run_concurrently(fast, inputs, backend)
+    got = run_concurrently(fast, inputs, backend)
     for i, (a, b) in enumerate(zip(got, serial)):
         np.testing.assert_array_equal(a, b, err_msg=f"call {i}")
     assert fast.buffer_bytes() >= held > 0
