@@ -20,21 +20,9 @@ from minicnn.onnx.compiled import CompiledOnnx  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from concurrency import CALLS, THREADS, run_concurrently  # noqa: E402
+from onnx_check import ort_run, rel  # noqa: E402
 
 BACKENDS = ("numpy", "numba")
-
-
-def rel(a, b):
-    a, b = np.asarray(mc.to_numpy(a), np.float64), np.asarray(mc.to_numpy(b), np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
-
-
-def ort_run(path_or_bytes, *xs):
-    ort = pytest.importorskip("onnxruntime")
-    sess = ort.InferenceSession(path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes),
-                                providers=["CPUExecutionProvider"])
-    return sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), xs)})
 
 
 def eager(model, *xs):

@@ -18,19 +18,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from gradcheck import eval_numerical_gradient_array, rel_error  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-
-
-def rel(a, b):
-    a, b = np.asarray(mc.to_numpy(a), np.float64), np.asarray(mc.to_numpy(b), np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12))
-
-
-def ort_run(path_or_bytes, *xs):
-    ort = pytest.importorskip("onnxruntime")
-    src = path_or_bytes if isinstance(path_or_bytes, (bytes, str)) else str(path_or_bytes)
-    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
-    return sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), xs)})
+from onnx_check import ort_run, rel  # noqa: E402
 
 
 # -- PyTorch-exported nets ------------------------------------------------------------------------
