@@ -411,6 +411,17 @@ def test_variant_sweep_times_every_variant_and_reports_the_rule(monkeypatch):
                                    constant=r["pass"] == "const fwd")
         assert r["rule"] == want
     assert variant_sweep._line(rows[0]).count("|") == 8
+    # --kernel 5: im2col against F(2x2, 5x5), both validated against the reference before timing
+    monkeypatch.setattr(variant_sweep, "SHAPES_5X5", ((32, 8, 6),))
+    rows = variant_sweep.sweep(batches=(8,), rounds=1, threads=1, log=lambda line: None, kernel=5)
+    assert [r["pass"] for r in rows] == ["const fwd", "fwd", "dX", "dW"]
+    for r in rows:
+        assert all(isinstance(r[v], float) and r[v] > 0 for v in variant_sweep.VARIANTS_5X5), r
+        want = conv.choose_variant((8, 32, 6, 6), (8, 32, 5, 5), (1, 1), (2, 2), (1, 1), 1,
+                                   constant=r["pass"] == "const fwd")
+        assert r["rule"] == want
+    # 72 2x2 tiles: above the constant filter's floor, below the writeable one's
+    assert [r["rule"] for r in rows[:2]] == ["winograd_f2x2_5x5", "im2col_gemm"]
 
 
 def test_train_ab_runs_both_sides_to_the_same_loss():

@@ -81,13 +81,15 @@ def test_backward_matches_reference(shape, dtype):
 
 
 def test_fashion_layers_take_this_path_and_match(monkeypatch):
-    """The convnet's two 5x5 layers at batch 8 go through conv_images from the ops, and give the
-    reference's values; with the path declined they give the same values by the chunked path."""
+    """The convnet's two 5x5 layers go through conv_images from the ops, and give the reference's
+    values; with the path declined they give the same values by the chunked path. The 32->64
+    layer at batch 4 (196 2x2 tiles): from 320 tiles the rule sends it to Winograd F(2x2, 5x5)."""
     taken = []
     fwd, bwd = conv_images.forward_images, conv_images.backward_images
     monkeypatch.setattr(conv_images, "forward_images", lambda *a, **k: taken.append("fwd") or fwd(*a, **k))
     monkeypatch.setattr(conv_images, "backward_images", lambda *a, **k: taken.append("bwd") or bwd(*a, **k))
-    for n, c, hw, k in [(8, 1, 28, 32), (8, 32, 14, 64)]:
+    assert conv.choose_variant((8, 32, 14, 14), (64, 32, 5, 5), (1, 1), (2, 2), (1, 1), 1) == "winograd_f2x2_5x5"
+    for n, c, hw, k in [(8, 1, 28, 32), (4, 32, 14, 64)]:
         rng = np.random.default_rng(hw)
         x = rng.standard_normal((n, c, hw, hw)).astype(np.float32)
         w = (rng.standard_normal((k, c, 5, 5)) / np.sqrt(25 * c)).astype(np.float32)

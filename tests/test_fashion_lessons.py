@@ -202,14 +202,18 @@ def test_grad_cam_equals_the_reference_formula(firsts, model, sd):
     # the predicted class of each class's first test image, all at once (the lesson's 17_grad_cam.png)
     cams = gradcam.grad_cam(model, x, class_idx=None, layer=4, upsample=False)
     raw = np.stack([_grad_cam_formula(sd, ref["a2"][i:i + 1], pred[i])[0] for i in range(10)])
-    np.testing.assert_allclose(cams, raw / raw.max(axis=(1, 2), keepdims=True), atol=1e-5)
+    # float32 against the float64 formula: 10 images put the 32->64 layer on Winograd F(2x2, 5x5),
+    # whose rounding (about 5e-6 of the layer's output, docs/kernels.md) the maps' sums over 64
+    # channels of both signs amplify: up to 6e-5 measured on these peak-normalised (0..1) maps
+    tol = 1e-4
+    np.testing.assert_allclose(cams, raw / raw.max(axis=(1, 2), keepdims=True), atol=tol)
     # every class on every image (17_grad_cam_classes.png), and the lesson's own closed form
     lesson = _lesson("17_fashion_grad_cam.py")
     for c in range(10):
         want = _grad_cam_formula(sd, ref["a2"], c)
         peak = want.max(axis=(1, 2), keepdims=True)
         got = gradcam.grad_cam(model, x, class_idx=c, layer=lesson.CAM_LAYER, upsample=False)
-        np.testing.assert_allclose(got, np.where(peak > 0, want / np.where(peak > 0, peak, 1), 0), atol=1e-5)
+        np.testing.assert_allclose(got, np.where(peak > 0, want / np.where(peak > 0, peak, 1), 0), atol=tol)
         np.testing.assert_allclose(lesson.grad_cam_by_hand(model, x, c), want, rtol=1e-4, atol=1e-6)
 
 

@@ -43,7 +43,7 @@ REF = backends.load("numpy").OPS
 NB = nbk.OPS
 
 F32_TOL = {"im2col_gemm": 1e-5, "pointwise_gemm": 1e-5, "direct": 1e-5,
-           "winograd_f2x2_3x3": 1e-5, "winograd_f4x4_3x3": 2e-4}
+           "winograd_f2x2_3x3": 1e-5, "winograd_f4x4_3x3": 2e-4, "winograd_f2x2_5x5": 2e-4}
 F64_TOL = 1e-10
 
 
@@ -87,16 +87,17 @@ def test_threading_layer_is_thread_safe_or_locked():
 # -- convolution -----------------------------------------------------------------------------------
 
 @st.composite
-def conv_case(draw, winograd_only=False):
-    """A convolution with every argument drawn: odd sizes, batch 1, all stride/padding/dilation/groups."""
+def conv_case(draw, winograd_only=False, kernel=3):
+    """A convolution with every argument drawn: odd sizes, batch 1, all stride/padding/dilation/groups.
+    ``winograd_only``: a ``kernel`` x ``kernel`` stride-1 ungrouped one, any padding up to kernel - 1."""
     n = draw(st.integers(1, 3))
     if winograd_only:
-        r = s = 3
+        r = s = kernel
         stride = dilation = (1, 1)
         groups = 1
-        padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+        padding = (draw(st.integers(0, kernel - 1)), draw(st.integers(0, kernel - 1)))
     else:
-        r, s = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        r, s = draw(st.integers(1, 5)), draw(st.integers(1, 5))
         stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
         dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
         padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
@@ -158,20 +159,43 @@ def test_winograd_on_3x3_stride1_shapes(case, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("variant", ["winograd_f2x2_3x3", "winograd_f4x4_3x3", None])
+@settings(max_examples=20, deadline=None)
+@given(case=conv_case(winograd_only=True, kernel=5))
+def test_winograd_on_5x5_stride1_shapes(case, dtype):
+    """F(2x2, 5x5) forward, with bias, residual and ReLU, and its dW, on odd shapes and every padding."""
+    x, w, b, stride, padding, dilation, groups, rng = _conv_arrays(case, dtype)
+    want = REF["conv2d_forward"](x, w, b, stride, padding, dilation, groups)
+    residual = rng.standard_normal(want.shape).astype(dtype)
+    fn = conv.VARIANTS["winograd_f2x2_5x5"]
+    tol = tol_for(dtype, "winograd_f2x2_5x5")
+    assert_close(fn(x, w, b, stride, padding, dilation, groups), want, tol, "forward")
+    got = fn(x, w, b, stride, padding, dilation, groups, residual=residual, relu=True)
+    assert_close(got, np.maximum(want + residual, 0), tol, "forward + residual, ReLU")
+    dy = rng.standard_normal(want.shape).astype(dtype)
+    dw = winograd.backward_dw(x, dy, padding, 2, 5)
+    assert dw.shape == w.shape and dw.dtype == np.dtype(dtype)
+    assert_close(dw, REF["conv2d_backward"](dy, x, w, stride, padding, dilation, groups)[1], tol, "dw")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("variant", ["winograd_f2x2_3x3", "winograd_f4x4_3x3", "winograd_f2x2_5x5", None])
 @pytest.mark.parametrize("n,c,k,hw,padding", [(2, 3, 5, (9, 11), (1, 1)), (4, 8, 6, (16, 16), (0, 2)),
                                               (1, 4, 4, (3, 4), (2, 0)), (3, 2, 7, (13, 5), (1, 2))])
 def test_conv_backward_dx_by_winograd(n, c, k, hw, padding, variant, dtype):
-    """3x3 stride-1 dX as the Winograd forward conv of dY with the rotated, transposed filter,
-    for every padding it is defined for (the rule's pick when variant is None)."""
+    """3x3 (and, for F(2x2, 5x5), 5x5) stride-1 dX as the Winograd forward conv of dY with the
+    rotated, transposed filter, for every padding it is defined for (the rule's pick when variant
+    is None)."""
+    r = 5 if variant == "winograd_f2x2_5x5" else 3
+    padding = (padding[0] + r - 3, padding[1] + r - 3)
     rng = np.random.default_rng(n * 100 + c)
     x = rng.standard_normal((n, c) + hw).astype(dtype)
-    w = rng.standard_normal((k, c, 3, 3)).astype(dtype)
+    w = rng.standard_normal((k, c, r, r)).astype(dtype)
     y = REF["conv2d_forward"](x, w, None, (1, 1), padding, (1, 1), 1)
     dy = rng.standard_normal(y.shape).astype(dtype)
     want = REF["conv2d_backward"](dy, x, w, (1, 1), padding, (1, 1), 1)
     with conv.prefer_variant(variant):
-        picked = conv.choose_variant(dy.shape, (c, k, 3, 3), (1, 1), (2 - padding[0], 2 - padding[1]), (1, 1), 1)
+        picked = conv.choose_variant(dy.shape, (c, k, r, r), (1, 1), (r - 1 - padding[0], r - 1 - padding[1]),
+                                     (1, 1), 1)
         assert conv._dx_by_winograd(dy, w, (1, 1), padding, (1, 1), 1, x.shape) is None or picked.startswith("winograd")
         got = NB["conv2d_backward"](dy, x, w, (1, 1), padding, (1, 1), 1)
     tol = tol_for(dtype, picked if picked.startswith("winograd") else "im2col_gemm")
@@ -195,7 +219,7 @@ def test_conv_dw_by_winograd(n, c, k, hw, padding, chunk_tiles, tile, dtype, mon
     w = rng.standard_normal((k, c, 3, 3)).astype(dtype)
     dy = rng.standard_normal(REF["conv2d_forward"](x, w, None, (1, 1), padding, (1, 1), 1).shape).astype(dtype)
     want = REF["conv2d_backward"](dy, x, w, (1, 1), padding, (1, 1), 1)[1]
-    got = winograd.conv3x3_dw(x, dy, padding, tile)
+    got = winograd.backward_dw(x, dy, padding, tile, 3)
     assert got.shape == w.shape and got.dtype == np.dtype(dtype)
     assert_close(got, want, tol_for(dtype, f"winograd_f{tile}x{tile}_3x3"), f"dw F({tile}x{tile})")
 
@@ -230,7 +254,11 @@ def test_conv_backward_dx_by_winograd_only_where_defined():
         for stride, padding, dilation, groups in [((2, 2), (1, 1), (1, 1), 1), ((1, 1), (3, 3), (1, 1), 1),
                                                   ((1, 1), (1, 1), (2, 2), 1), ((1, 1), (1, 1), (1, 1), 2)]:
             assert conv._dx_by_winograd(dy, w, stride, padding, dilation, groups, dy.shape) is None
-    assert conv._dx_by_winograd(dy, np.zeros((32, 32, 5, 5), np.float32), (1, 1), (1, 1), (1, 1), 1, dy.shape) is None
+    assert conv._dx_by_winograd(dy, np.zeros((32, 32, 7, 7), np.float32), (1, 1), (1, 1), (1, 1), 1, dy.shape) is None
+    w5 = np.zeros((32, 32, 5, 5), np.float32)
+    assert conv._dx_by_winograd(dy, w5, (1, 1), (5, 5), (1, 1), 1, dy.shape) is None  # padding beyond 4: no dX conv
+    with conv.prefer_variant("winograd_f2x2_5x5"):
+        assert conv._dx_by_winograd(dy, w5, (1, 1), (2, 2), (1, 1), 1, dy.shape) is not None
     # by the rule: 8 * 8 * 8 4x4 tiles pay for the filter transform, one 8x8 image's 4 do not
     assert conv._dx_by_winograd(dy, w, (1, 1), (1, 1), (1, 1), 1, dy.shape) is not None
     assert 4 < conv.DX_WINOGRAD_MIN_TILES <= 512
@@ -258,6 +286,16 @@ def test_conv_chunking_covers_several_chunks(monkeypatch):
         monkeypatch.setattr(winograd, "TARGET_TILES", tiles)
         for name in ("winograd_f2x2_3x3", "winograd_f4x4_3x3"):
             assert_close(conv.VARIANTS[name](x, w, b, (1, 1), (1, 1), (1, 1), 1), want, F32_TOL[name], name)
+    w5 = rng.standard_normal((6, 4, 5, 5)).astype(np.float32)
+    want5 = REF["conv2d_forward"](x, w5, b, (1, 1), (2, 2), (1, 1), 1)
+    dy5 = rng.standard_normal(want5.shape).astype(np.float32)
+    want5_dw = REF["conv2d_backward"](dy5, x, w5, (1, 1), (2, 2), (1, 1), 1)[1]
+    for tiles in (1, 40, 10**6):  # F(2x2, 5x5): 20 tiles an image, so 1, 2 (ragged: 2+2+1) and all 5 images
+        monkeypatch.setattr(winograd, "F2_5X5_TARGET_TILES", tiles)
+        got = conv.VARIANTS["winograd_f2x2_5x5"](x, w5, b, (1, 1), (2, 2), (1, 1), 1, residual=res, relu=True)
+        assert_close(got, np.maximum(want5 + res, 0), F32_TOL["winograd_f2x2_5x5"], f"F(2x2, 5x5) tiles={tiles}")
+        assert_close(winograd.backward_dw(x, dy5, (2, 2), 2, 5), want5_dw, F32_TOL["winograd_f2x2_5x5"],
+                     f"F(2x2, 5x5) dw tiles={tiles}")
 
 
 @settings(max_examples=25, deadline=None)
@@ -721,10 +759,10 @@ def test_non_contiguous_and_mixed_inputs_are_accepted():
 def test_winograd_transform_matrices_compute_correlation():
     """A^T[(G g) * (B^T d)] equals the 1-D correlation of d with g, in exact arithmetic (float64)."""
     rng = np.random.default_rng(8)
-    for m in (2, 4):
-        d, g = rng.standard_normal(m + 2), rng.standard_normal(3)
-        want = np.array([d[i:i + 3] @ g for i in range(m)])
-        got = winograd.AT[m] @ ((winograd.G[m] @ g) * (winograd.BT[m] @ d))
+    for m, r in ((2, 3), (4, 3), (2, 5)):
+        d, g = rng.standard_normal(m + r - 1), rng.standard_normal(r)
+        want = np.array([d[i:i + r] @ g for i in range(m)])
+        got = winograd.AT[m, r] @ ((winograd.G[m, r] @ g) * (winograd.BT[m, r] @ d))
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -736,14 +774,53 @@ def test_written_out_transforms_equal_the_matrices(m):
     d = rng.standard_normal((1, 1, alpha, alpha))
     V = np.empty((alpha * alpha, 1, 1))
     winograd._input_transform(d, 0, 1, V, m, 1, 1, 0, 0)
-    want = winograd.BT[m] @ d[0, 0] @ winograd.BT[m].T
+    want = winograd.BT[m, 3] @ d[0, 0] @ winograd.BT[m, 3].T
     np.testing.assert_allclose(V.reshape(alpha, alpha), want, rtol=1e-12, atol=1e-12)
     M = rng.standard_normal((alpha * alpha, 1, 1))
     y3 = np.empty((1, 1, m * m))
     bias = np.array([0.25])
     winograd._output_transform(M, y3, 0, 1, m, 1, 1, m, bias, True, np.empty((1, 1, 1)), False, False)
-    want = winograd.AT[m] @ M.reshape(alpha, alpha) @ winograd.AT[m].T + 0.25
+    want = winograd.AT[m, 3] @ M.reshape(alpha, alpha) @ winograd.AT[m, 3].T + 0.25
     np.testing.assert_allclose(y3.reshape(m, m), want, rtol=1e-12, atol=1e-12)
+
+
+def test_channels_last_transforms_equal_the_matrices():
+    """F(2x2, 5x5)'s written-out transforms against its matrices: B^T d B per tile and channel,
+    A^T M A per column, A dY A^T per column, and the gather and scatter of 2x2 tiles."""
+    rng = np.random.default_rng(25)
+    BT, AT = winograd.BT[2, 5], winograd.AT[2, 5]
+    x = rng.standard_normal((2, 3, 5, 7))
+    padding = (2, 1)
+    TH, TW = 3, 3  # the 5x5 filter's 5 x 5 output (5 + 4 - 4, 7 + 2 - 4) in 2x2 tiles
+    V = winograd._channels_last_inputs(x, 0, 2, TH, TW, padding).copy()
+    xp = np.pad(x, ((0, 0), (0, 0), (2, 3), (1, 4)))  # (2 TH + 4) x (2 TW + 4)
+    for i in range(2):
+        for th in range(TH):
+            for tw in range(TW):
+                for c in range(3):
+                    d = xp[i, c, 2 * th:2 * th + 6, 2 * tw:2 * tw + 6]
+                    got = V[:, (i * TH + th) * TW + tw, c].reshape(6, 6)
+                    np.testing.assert_allclose(got, BT @ d @ BT.T, rtol=1e-12, atol=1e-12)
+    M = rng.standard_normal((36, 10))
+    Z = np.empty((4, 10))
+    winograd._output_transform_rows(M, Z)
+    for j in range(10):
+        np.testing.assert_allclose(Z[:, j].reshape(2, 2), AT @ M[:, j].reshape(6, 6) @ AT.T, rtol=1e-12, atol=1e-12)
+    D = rng.standard_normal((4, 10))
+    Y = np.empty((36, 10))
+    winograd._dy_transform_rows(D, Y)
+    for j in range(10):
+        np.testing.assert_allclose(Y[:, j].reshape(6, 6), AT.T @ D[:, j].reshape(2, 2) @ AT, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal((2, 4, 5, 5))
+    D = np.empty((4, 4, 2 * TH * TW))
+    winograd._gather_tiles(dy.reshape(2, 4, 25), 0, 2, D, TH, TW, 5)
+    dyp = np.pad(dy, ((0, 0), (0, 0), (0, 1), (0, 1)))
+    want = dyp.reshape(2, 4, TH, 2, TW, 2).transpose(3, 5, 1, 0, 2, 4).reshape(4, 4, -1)
+    np.testing.assert_array_equal(D, want)
+    y3 = np.empty((2, 4, 25))
+    Zt = np.ascontiguousarray(D.transpose(0, 2, 1))  # the forward's Z is (4, T, K)
+    winograd._scatter_tiles(Zt, y3, 0, 2, TH, TW, 5, np.zeros(1), False, np.zeros((1, 1, 1)), False, False)
+    np.testing.assert_array_equal(y3.reshape(2, 4, 5, 5), dy)
 
 
 @pytest.mark.parametrize("c, hw", [(64, 28), (512, 7)])  # F(4x4)'s narrowest and widest use in the rule

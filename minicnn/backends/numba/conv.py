@@ -19,6 +19,8 @@ one on the same input::
                        even for depthwise layers, where each GEMM is a single row).
 ``winograd_f2x2_3x3``  3x3 stride 1: 2x2 outputs per 4x4 tile with 16 instead of 36 multiplies.
 ``winograd_f4x4_3x3``  3x3 stride 1: 4x4 outputs per 6x6 tile with 36 instead of 144 multiplies.
+``winograd_f2x2_5x5``  5x5 stride 1: 2x2 outputs per 6x6 tile with 36 instead of 100 multiplies
+                       (the Fashion-MNIST nets' 32->64 layer), its transforms channels-last.
 
 ``choose_variant`` holds the rule ``conv2d_forward`` follows; docs/kernels.md ("Selection rule")
 gives the why and the measurements behind it. ``conv2d_maxpool_fused`` is the im2col variant with
@@ -26,16 +28,16 @@ a max pool read from its cached output (a ResNet stem).
 
 Backward, two forms of each gradient: by im2col, dW = dY . cols^T summed over the batch (one GEMM
 per chunk, or per image on each thread where ``conv_images.applies``, both gradients from one
-unfold) and dX = col2im(W^T . dY); or, for the 3x3 stride-1 layers the rule sends to Winograd,
-dX as a Winograd forward convolution of dY and dW by Winograd's transposed form
-(``winograd.conv3x3_dw``). db is a per-channel reduction.
+unfold) and dX = col2im(W^T . dY); or, for the 3x3 and 5x5 stride-1 layers the rule sends to
+Winograd, dX as a Winograd forward convolution of dY and dW by Winograd's transposed form
+(``winograd.backward_dw``). db is a per-channel reduction.
 
 Checked by ``python -m pytest -q tests/test_numba_backend.py -k "conv or winograd or selection"``
 (every variant and both backward forms against the numpy reference),
 ``python -m pytest -q tests/test_conv_images.py`` (the per-image path) and
 ``python -m pytest -q tests/test_conformance.py -k "numba and conv"``; timed by
 ``python -m benchmarks.variant_sweep`` (every 3x3 variant forced on ResNet-18's layers, forward,
-dX and dW, with the rule's pick) and ``minicnn bench ops`` (every variant on every ResNet-18 conv).
+dX and dW, with the rule's pick; ``--kernel 5`` for the 5x5 one) and ``minicnn bench ops`` (every variant on every ResNet-18 conv).
 """
 from __future__ import annotations
 
@@ -285,14 +287,16 @@ def direct(x, w, b, stride, padding, dilation, groups, residual=None, relu=False
     return y
 
 
-def _winograd(tile):
+def _winograd(tile, r):
+    name = f"winograd_f{tile}x{tile}_{r}x{r}"
+
     def variant(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
-        where = f"conv2d[winograd_f{tile}x{tile}_3x3]"
+        where = f"conv2d[{name}]"
         p = _prepare_forward(x, w, b, stride, padding, dilation, groups, residual, where, out)
         w = p.w
-        if w.shape[2:] != (3, 3) or p.stride != (1, 1) or p.dilation != (1, 1) or p.groups != 1:
+        if w.shape[2:] != (r, r) or p.stride != (1, 1) or p.dilation != (1, 1) or p.groups != 1:
             raise ValueError(
-                f"{where}: needs a 3x3 kernel, stride 1, dilation 1, groups 1; got weight {tuple(w.shape)}, "
+                f"{where}: needs a {r}x{r} kernel, stride 1, dilation 1, groups 1; got weight {tuple(w.shape)}, "
                 f"stride {p.stride}, dilation {p.dilation}, groups {p.groups}"
             )
         if p.wkey is None:
@@ -300,18 +304,19 @@ def _winograd(tile):
         else:  # a constant filter: its transform is computed once and kept while it lives
             U = _filters.derived(p.wkey, ("winograd", tile, w.dtype.str),
                                  lambda: winograd.transform_filters(w, tile, fresh=True))
-        return winograd.conv3x3(p.x, U, p.b, p.res3, p.y, p.padding, tile, relu)
+        return winograd.forward(p.x, U, p.b, p.res3, p.y, p.padding, tile, r, relu)
 
-    variant.__name__ = variant.__qualname__ = f"winograd_f{tile}x{tile}_3x3"
+    variant.__name__ = variant.__qualname__ = name
     variant.__doc__ = (
-        f"Winograd F({tile}x{tile}, 3x3): 3x3, stride 1, dilation 1, groups 1 only (any padding). "
+        f"Winograd F({tile}x{tile}, {r}x{r}): {r}x{r}, stride 1, dilation 1, groups 1 only (any padding). "
         "See minicnn.backends.numba.winograd."
     )
     return variant
 
 
-winograd_f2x2_3x3 = _winograd(2)
-winograd_f4x4_3x3 = _winograd(4)
+winograd_f2x2_3x3 = _winograd(2, 3)
+winograd_f4x4_3x3 = _winograd(4, 3)
+winograd_f2x2_5x5 = _winograd(2, 5)
 
 VARIANTS = {
     "im2col_gemm": im2col_gemm,
@@ -319,7 +324,10 @@ VARIANTS = {
     "direct": direct,
     "winograd_f2x2_3x3": winograd_f2x2_3x3,
     "winograd_f4x4_3x3": winograd_f4x4_3x3,
+    "winograd_f2x2_5x5": winograd_f2x2_5x5,
 }
+# (tile, kernel size) of each Winograd variant
+WINOGRAD_SHAPES = {"winograd_f2x2_3x3": (2, 3), "winograd_f4x4_3x3": (4, 3), "winograd_f2x2_5x5": (2, 5)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,6 +351,9 @@ WINOGRAD_F2_MIN_TILES_CONSTANT = 32   # constant filter
 # with the reduction over C; up to C=512 it stays within the 1.5e-5 per-layer bound that
 # docs/kernels.md ("Winograd accuracy, measured") sets and measures.
 WINOGRAD_F4_MAX_CHANNELS = 512
+# F(2x2, 5x5) (the Fashion-MNIST nets' 32->64 layer): 36 instead of 100 multiplies per 2x2 outputs
+WINOGRAD_5X5_MIN_TILES = 320
+WINOGRAD_5X5_MIN_TILES_CONSTANT = 64
 
 _override = threading.local()
 
@@ -359,8 +370,9 @@ def supports(name, x_shape, w_shape, stride, padding, dilation, groups) -> bool:
         return True
     if name == "pointwise_gemm":
         return (R, S) == (1, 1) and tuple(padding) == (0, 0)
-    if name.startswith("winograd"):
-        return (R, S) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+    if name in WINOGRAD_SHAPES:
+        r = WINOGRAD_SHAPES[name][1]
+        return (R, S) == (r, r) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
     raise ValueError(f"unknown conv2d variant {name!r}; choose one of {', '.join(VARIANTS)}")
 
 
@@ -374,8 +386,11 @@ def choose_variant(x_shape, w_shape, stride, padding, dilation, groups, constant
     ``WINOGRAD_F2_MIN_TILES`` 2x2 tiles. A ``constant`` filter (read-only: its transform is
     cached, not rebuilt per call) lowers the floors: F(4x4) from
     ``WINOGRAD_F4_MIN_TILES_CONSTANT`` tiles that divide the output, F(2x2) from
-    ``WINOGRAD_F2_MIN_TILES_CONSTANT``. Everything else, grouped and depthwise layers included,
-    goes to ``im2col_gemm`` (``direct`` measured slower even for depthwise layers).
+    ``WINOGRAD_F2_MIN_TILES_CONSTANT``. 5x5 stride-1 ungrouped layers with at least
+    ``WINOGRAD_MIN_CHANNELS`` input channels go to F(2x2, 5x5) from ``WINOGRAD_5X5_MIN_TILES``
+    2x2 output tiles (``..._CONSTANT`` for a constant filter). Everything else, grouped and
+    depthwise layers included, goes to ``im2col_gemm`` (``direct`` measured slower even for
+    depthwise layers).
     ``prefer_variant`` overrides the rule where the shape allows.
     """
     forced = getattr(_override, "name", None)
@@ -401,6 +416,12 @@ def choose_variant(x_shape, w_shape, stride, padding, dilation, groups, constant
             return "winograd_f4x4_3x3"
         if f2:
             return "winograd_f2x2_3x3"
+    if ((R, S) == (5, 5) and stride == (1, 1) and dilation == (1, 1) and groups == 1
+            and C >= WINOGRAD_MIN_CHANNELS):
+        P, Q = H + 2 * padding[0] - 4, W + 2 * padding[1] - 4
+        tiles2 = N * -(-P // 2) * -(-Q // 2)
+        if tiles2 >= (WINOGRAD_5X5_MIN_TILES_CONSTANT if constant else WINOGRAD_5X5_MIN_TILES):
+            return "winograd_f2x2_5x5"
     return "im2col_gemm"
 
 
@@ -501,50 +522,52 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
 
 
 def _dx_by_winograd(dy, w, stride, padding, dilation, groups, x_shape):
-    """dX of a 3x3, stride-1, undilated, ungrouped convolution as a forward convolution, or None.
+    """dX of a 3x3 or 5x5, stride-1, undilated, ungrouped convolution as a forward convolution, or None.
 
     Such a layer's dX is the convolution of dY with the filter's in and out channels swapped and
-    its taps rotated by 180 degrees, padded by 2 - p: dX[c, h, w] = sum_k,r,s dY[k, h+p-r, w+p-s]
-    w[k, c, r, s]. That is a 3x3 stride-1 forward convolution, so the Winograd variants apply
-    (4x fewer multiplies than the GEMM before col2im, for F(4x4)). Returns None where the shape
-    does not qualify, the selection rule would not pick Winograd for it, or dX has fewer than
-    ``DX_WINOGRAD_MIN_TILES`` 4x4 tiles (unless ``prefer_variant`` forces Winograd); then the
-    GEMM + col2im path does the work.
+    its taps rotated by 180 degrees, padded by R - 1 - p: dX[c, h, w] = sum_k,r,s dY[k, h+p-r, w+p-s]
+    w[k, c, r, s]. That is an R x R stride-1 forward convolution, so the Winograd variants apply
+    (4x fewer multiplies than the GEMM before col2im for F(4x4, 3x3), 2.8x for F(2x2, 5x5)).
+    Returns None where the shape does not qualify, the selection rule would not pick Winograd for
+    it, or dX has fewer than ``DX_WINOGRAD_MIN_TILES`` 4x4 tiles (unless ``prefer_variant`` forces
+    Winograd); then the GEMM + col2im path does the work.
     """
     K, C, R, S = w.shape
-    if (R, S) != (3, 3) or stride != (1, 1) or dilation != (1, 1) or groups != 1 or max(padding) > 2:
+    if (R != S or R not in (3, 5) or stride != (1, 1) or dilation != (1, 1) or groups != 1
+            or max(padding) > R - 1):
         return None
-    pad_t = (2 - padding[0], 2 - padding[1])
-    name = choose_variant(dy.shape, (C, K, 3, 3), (1, 1), pad_t, (1, 1), 1)
+    pad_t = (R - 1 - padding[0], R - 1 - padding[1])
+    name = choose_variant(dy.shape, (C, K, R, R), (1, 1), pad_t, (1, 1), 1)
     forced = getattr(_override, "name", None) == name
     N, _, H, W = x_shape
     if not name.startswith("winograd") or (not forced and N * -(-H // 4) * -(-W // 4) < DX_WINOGRAD_MIN_TILES):
         return None
     wt = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-    return VARIANTS[name](dy, wt, None, (1, 1), pad_t, (1, 1), 1)  # (N, C, H, W): P + 2(2 - p) - 2 = H
+    return VARIANTS[name](dy, wt, None, (1, 1), pad_t, (1, 1), 1)  # (N, C, H, W): P + 2(R-1-p) - (R-1) = H
 
 
 def _dw_by_winograd(dy, x, w, stride, padding, dilation, groups):
-    """dW of a 3x3, stride-1, undilated, ungrouped convolution by Winograd, or None.
+    """dW of a 3x3 or 5x5, stride-1, undilated, ungrouped convolution by Winograd, or None.
 
     Used where the selection rule picks Winograd for the layer's forward with a writeable filter
     (``prefer_variant`` can force it): dW = G^T [sum over tiles of (A dY A^T) * (B^T d B)] G, the
-    transposed form of the forward (``winograd.conv3x3_dw``), 4x fewer multiplies than the
-    im2col GEMM for F(4x4). Returns None where the shape does not qualify.
+    transposed form of the forward (``winograd.backward_dw``), 4x fewer multiplies than the
+    im2col GEMM for F(4x4, 3x3), 2.8x for F(2x2, 5x5). Returns None where the shape does not qualify.
     """
     K, C, R, S = w.shape
-    if (R, S) != (3, 3) or stride != (1, 1) or dilation != (1, 1) or groups != 1:
+    if R != S or R not in (3, 5) or stride != (1, 1) or dilation != (1, 1) or groups != 1:
         return None
     name = choose_variant(x.shape, w.shape, (1, 1), padding, (1, 1), 1)
-    if not name.startswith("winograd"):
+    if name not in WINOGRAD_SHAPES:
         return None
-    return winograd.conv3x3_dw(x, dy, padding, 4 if name == "winograd_f4x4_3x3" else 2)
+    tile, r = WINOGRAD_SHAPES[name]
+    return winograd.backward_dw(x, dy, padding, tile, r)
 
 
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, need_dw=True, need_db=True):
     """(dx, dw, db) of a convolution; entries not needed are None.
 
-    3x3 stride-1 layers the selection rule sends to Winograd get dX from a Winograd forward
+    3x3 and 5x5 stride-1 layers the selection rule sends to Winograd get dX from a Winograd forward
     convolution of dY (``_dx_by_winograd``) and dW from Winograd's transposed form
     (``_dw_by_winograd``). Otherwise, per chunk of images: dY is packed once to (K, n*P*Q);
     dW += dY_g . cols_g^T (one GEMM per group, the batch sum happening inside the GEMM);
