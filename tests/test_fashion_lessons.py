@@ -263,9 +263,11 @@ def test_saliency_equals_torch_autograd(firsts, model, sd):
 # -- lesson 18: the confusion matrix and the mistakes ---------------------------------------------------
 
 def _results_page_matrix():
-    """The shipped net's confusion matrix printed in docs/results.md (the page's first; the other
-    rows' sections follow it, each with its own)."""
-    text = (ROOT / "docs" / "results.md").read_text().split("\n## `fashion_convnet_bn`")[0]
+    """The shipped net's confusion matrix printed in docs/results.md (in its section; the other
+    runs' sections have their own)."""
+    text = (ROOT / "docs" / "results.md").read_text()
+    start = text.index("## `fashion_convnet`:")
+    text = text[start:text.index("\n## ", start)]
     rows = re.findall(r"^\s+(\d)\s+((?:\d+\s+){10})\|\s+1000", text, flags=re.M)
     assert len(rows) == 10
     return np.array([[int(v) for v in r[1].split()] for r in rows])
