@@ -506,7 +506,7 @@ def backward_dw(x, dy, padding, tile, r):
 #     xp (n, Hp, Wp, C)     the chunk padded and made channels-last (``_pad_channels_last``)
 #     V  (36, T, C)         B^T d B per tile, channel vectors (``_input_transform_cl``)
 #     M  (36, T, K)         M[xi] = V[xi] (T x C) . U[xi]^T (C x K), 36 BLAS GEMMs (both operands
-#                           row-major: with V transposed instead, OpenBLAS ran 1.6x slower)
+#                           row-major: the orientation OpenBLAS runs fastest at these shapes)
 #     Z  (4, T, K)          A^T M A per tile, vectorised along T*K (``_output_transform_rows``)
 #     y                     Z scattered to its 2x2 blocks with the epilogue (``_scatter_tiles``)
 #
@@ -516,8 +516,8 @@ def backward_dw(x, dy, padding, tile, r):
 #     Y  (36, K, T)         A dY A^T per tile, vectorised along K*T (``_dy_transform_rows``)
 #     Mhat[xi] += Y[xi] (K x T) . V[xi] (T x C), then kron(G, G)^T maps each (k, c) to 5x5.
 #
-# The two small transforms run along whole rows of K*T values: as BLAS GEMMs with 4 x 36 and
-# 36 x 4 matrices they took about 4x longer (docs/kernels.md, "Winograd F(2x2, 5x5)").
+# The two small transforms run along whole rows of K*T values: BLAS is slow at GEMMs with a
+# 4 x 36 or 36 x 4 matrix (docs/kernels.md, "Winograd F(2x2, 5x5)", has the timings).
 
 # A^T of F(2x2, 5x5), row by row, for the written-out loops
 _AT0 = (1.0, 1.0, 1.0, 1.0, 1.0, 0.0)
