@@ -9,8 +9,8 @@ fold to 1e-5), then timed: the median of repeated calls, the minimum over ``--ro
 rounds. The "mode" columns are what ``unfold_mode`` picks. docs/kernels.md ("im2col: a gather
 table for short rows") holds a run of it.
 
-``--pools`` times the max pool with argmax the same way on short rows, window by window against
-tap by tap through the same gather table (both checked against the numpy reference first).
+``--pools`` times the max pool with argmax the same way, each of its forms forced on 2x2
+stride-2 pools (every form checked against the numpy reference first).
 """
 from __future__ import annotations
 
@@ -86,18 +86,23 @@ def sweep(rounds: int = 2, threads: int = 2, log=print) -> list[dict]:
     return rows
 
 
-# (N, C, H, W) of 2x2/2 max pools whose rows are short (Q < pool.ROWS_MIN_Q): the digits
-# convnet's two at batch 64, then ResNet-sized planes
-POOL_CASES = ((64, 16, 8, 8), (64, 32, 4, 4), (16, 256, 14, 14), (16, 512, 7, 7))
+# (N, C, H, W) of 2x2/2 max pools: the digits convnet's two at batch 64, the Fashion-MNIST
+# convnet's first (a row of 14 outputs) at batch 128, then ResNet-sized planes with short rows
+POOL_CASES = ((64, 16, 8, 8), (64, 32, 4, 4), (128, 32, 28, 28), (16, 256, 14, 14), (16, 512, 7, 7))
+
+# the forms of the max pool with argmax, each forced through the module's switches:
+# (TWO_BY_TWO, ROWS_MIN_Q, TABLE_MAX); None keeps the module's value
+POOL_FORMS = {"2x2": (True, None, None), "rows": (False, 1, None), "table": (False, 10**9, None),
+              "windows": (False, 10**9, 0)}
 
 
 def pool_sweep(rounds: int = 3, threads: int = 2, log=print) -> list[dict]:
-    """Max pool with argmax, window by window against through the gather table (two threads)."""
+    """Max pool with argmax, every form on every case (``threads`` threads): its own 2x2 kernel,
+    row by row, tap by tap through the gather table, window by window."""
     harness.set_threads(threads)
     from minicnn.backends.numba import pool
     from minicnn.backends.numpy.pool import maxpool2d_forward as ref_pool
 
-    forms = {"windows": (10**9, 0), "table": (10**9, pool.TABLE_MAX)}  # (ROWS_MIN_Q, TABLE_MAX)
     rows = []
     rng = np.random.default_rng(1)
     for shape in POOL_CASES:
@@ -105,11 +110,12 @@ def pool_sweep(rounds: int = 3, threads: int = 2, log=print) -> list[dict]:
         want = ref_pool(x, (2, 2), (2, 2), (0, 0))
         row = {"input": "x".join(map(str, shape)), "pool": "2x2/2"}
         best = {}
-        saved = pool.ROWS_MIN_Q, pool.TABLE_MAX
+        saved = pool.TWO_BY_TWO, pool.ROWS_MIN_Q, pool.TABLE_MAX
         try:
             for _ in range(rounds):
-                for name, (rows_min_q, table_max) in forms.items():
-                    pool.ROWS_MIN_Q, pool.TABLE_MAX = rows_min_q, table_max
+                for name, switches in POOL_FORMS.items():
+                    pool.TWO_BY_TWO, pool.ROWS_MIN_Q, pool.TABLE_MAX = (
+                        s if s is not None else keep for s, keep in zip(switches, saved))
                     got = pool.maxpool2d_forward(x, 2, 2, 0)
                     if not (np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])):
                         raise AssertionError(f"max pool form {name} differs from the reference on {shape}")
@@ -117,7 +123,7 @@ def pool_sweep(rounds: int = 3, threads: int = 2, log=print) -> list[dict]:
                                                     min_repeats=3)
                     best[name] = min(best.get(name, np.inf), med * 1e3)
         finally:
-            pool.ROWS_MIN_Q, pool.TABLE_MAX = saved
+            pool.TWO_BY_TWO, pool.ROWS_MIN_Q, pool.TABLE_MAX = saved
         for name, us in best.items():
             row[f"{name} (us)"] = us
         rows.append(row)
@@ -137,7 +143,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--pools", action="store_true", help="time the two short-row max pool forms instead")
+    ap.add_argument("--pools", action="store_true", help="time the max pool's forms instead")
     args = ap.parse_args(argv)
     if args.pools:
         rows = pool_sweep(rounds=args.rounds, threads=args.threads)

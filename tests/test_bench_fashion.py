@@ -43,6 +43,9 @@ def test_minicnn_and_pytorch_train_the_same_run(tmp_path):
         assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=0.01)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
     assert m["evals"][-1]["test_accuracy"] > 0.3  # five Adam steps already learn something
+    # the two processes trained in turns, one interval each, the order reversed every round (ABBA)
+    order = [ln.split()[0] for ln in lines if ln.split()[1:2] == ["epoch"]]
+    assert order == ["minicnn", "pytorch", "pytorch", "minicnn", "minicnn", "pytorch"]
     text = (tmp_path / "fashion.md").read_text()
     assert "not reached in 1 epoch " in text and (tmp_path / "fashion.json").exists()
 
@@ -59,3 +62,19 @@ def test_cli_refuses_fashion_options_for_other_suites(capsys):
 
     assert main(["bench", "ops", "--target", "0.9"]) != 0
     assert "--target and --max-epochs" in capsys.readouterr().err
+
+
+def test_a_failing_process_is_reported_and_the_other_trains_on(tmp_path):
+    import minicnn as mc
+    from minicnn.models import fashion_convnet
+
+    mc.manual_seed(0)
+    path = str(tmp_path / "init.npz")
+    np.savez(path, **{k: np.asarray(v) for k, v in fashion_convnet().state_dict().items()})
+    opts = {"target": 0.99, "max_epochs": 1, "eval_every": 2, "seed": 0, "train_size": 256}
+    lines = []
+    rows = fashion._train_alternating(["nosuch", "minicnn"], path, opts, 1, str(tmp_path), lines.append)
+    bad, good = rows
+    assert bad["status"] == "FAIL" and "unknown framework 'nosuch'" in bad["note"]
+    assert good["status"] == "ok" and [e["step"] for e in good["evals"]] == [2]
+    assert [ln.split()[0] for ln in lines] == ["minicnn"]

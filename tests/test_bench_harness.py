@@ -476,16 +476,16 @@ def test_threads_ab_times_every_configuration_and_restores_the_settings():
     assert (_threads.SPLIT_MIN_MACS, _threads.SERIAL_MAX_WORK, _threads.GEMM_THREADS) == before
 
 
-def test_unfold_sweep_pools_checks_and_times_both_max_pool_forms(monkeypatch):
+def test_unfold_sweep_pools_checks_and_times_every_max_pool_form(monkeypatch):
     pytest.importorskip("numba")
     from benchmarks import unfold_sweep
     from minicnn.backends.numba import pool
 
-    before = pool.ROWS_MIN_Q, pool.TABLE_MAX
+    before = pool.TWO_BY_TWO, pool.ROWS_MIN_Q, pool.TABLE_MAX
     monkeypatch.setattr(unfold_sweep, "POOL_CASES", ((2, 3, 6, 6),))
     rows = unfold_sweep.pool_sweep(rounds=1, threads=1, log=lambda line: None)
-    assert len(rows) == 1 and rows[0]["windows (us)"] > 0 and rows[0]["table (us)"] > 0
-    assert (pool.ROWS_MIN_Q, pool.TABLE_MAX) == before  # restored
+    assert len(rows) == 1 and all(rows[0][f"{form} (us)"] > 0 for form in ("2x2", "rows", "table", "windows"))
+    assert (pool.TWO_BY_TWO, pool.ROWS_MIN_Q, pool.TABLE_MAX) == before  # restored
 
 
 # -- where results and temporary files go --------------------------------------------------------

@@ -159,7 +159,7 @@ def test_a_small_call_runs_the_compiled_parallel_form_until_the_twin_pays(first_
 
 def test_inference_pooling_on_small_planes_compiles_nothing_new(first_use):
     train, infer = first_use["pool_train"], first_use["pool_eval"]
-    assert "pool._max_table" in train["compiled"]
+    assert "pool._max_2x2" in train["compiled"]
     assert infer["compiled"] == []
     assert train["result"] == {"argmax": True, "equal": True}
     assert infer["result"] == {"argmax": False, "equal": True}

@@ -870,16 +870,58 @@ def test_every_max_pool_form_matches_reference(case, dtype, max_form):
         x = np.round(x)
         x[rng.random(shape) < 0.1] = -np.inf
         x[rng.random(shape) < 0.05] = np.nan
-    saved = pool.ROWS_MIN_Q, pool.TABLE_MAX
+    saved = pool.TWO_BY_TWO, pool.ROWS_MIN_Q, pool.TABLE_MAX
+    pool.TWO_BY_TWO = False  # the 2x2 pool's own kernel has its own test below
     pool.ROWS_MIN_Q = 1 if max_form == "rows" else 10**9
     pool.TABLE_MAX = 0 if max_form == "windows" else 10**9
     try:
         y, am = NB["maxpool2d_forward"](x, k, stride, padding, dilation)
     finally:
-        pool.ROWS_MIN_Q, pool.TABLE_MAX = saved
+        pool.TWO_BY_TWO, pool.ROWS_MIN_Q, pool.TABLE_MAX = saved
     ry, ram = REF["maxpool2d_forward"](x, k, stride, padding, dilation)
     assert np.array_equal(y, ry, equal_nan=True) and y.dtype == ry.dtype
     assert np.array_equal(am, ram) and am.dtype == np.int64
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 3), c=st.integers(1, 4), h=st.integers(2, 13), w=st.integers(2, 13),
+       seed=st.integers(0, 2**16), specials=st.booleans(), need_argmax=st.booleans())
+def test_two_by_two_max_pool_matches_reference(n, c, h, w, seed, specials, need_argmax, dtype):
+    """The 2x2, stride-2, unpadded pool's own kernel (``_max_2x2``, the commonest pool): even and
+    odd planes (an odd last row or column is dropped), ties (the first in scan order wins), -inf
+    and NaN (a NaN wins, the last one in scan order, as in the reference), with argmax (training)
+    and without (inference, the same values)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    if specials:
+        x = np.round(x)
+        x[rng.random(x.shape) < 0.1] = -np.inf
+        x[rng.random(x.shape) < 0.1] = np.nan
+    y, am = NB["maxpool2d_forward"](x, 2, 2, 0, need_argmax=need_argmax)
+    ry, ram = REF["maxpool2d_forward"](x, (2, 2), (2, 2), (0, 0))
+    assert np.array_equal(y, ry, equal_nan=True) and y.dtype == ry.dtype
+    if need_argmax:
+        assert np.array_equal(am, ram) and am.dtype == np.int64
+    else:
+        assert am is None
+
+
+@pytest.mark.parametrize("args,form", [
+    (((1, 2, 8, 8), 2, 2, 0), "_max_2x2"), (((1, 2, 9, 7), 2, 2, 0), "_max_2x2"),
+    (((1, 2, 8, 8), 2, 2, 1), "_max_table"), (((1, 2, 8, 8), 2, 1, 0), "_max_table"),
+    (((1, 2, 8, 8), 3, 2, 0), "_max_table"), (((1, 2, 40, 40), 2, 2, 0), "_max_2x2"),
+    (((1, 2, 40, 40), 2, (2, 1), 0), "_pool_fwd")])
+def test_max_pool_takes_the_2x2_kernel_only_for_the_2x2_stride_2_unpadded_pool(monkeypatch, args, form):
+    shape, k, stride, padding = args
+    ran = []
+    real_run = pool._threads.run
+    monkeypatch.setattr(pool._threads, "run", lambda kernel, *a, **kw: ran.append(kernel) or real_run(kernel, *a, **kw))
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    y, am = NB["maxpool2d_forward"](x, k, stride, padding)
+    assert [kernel.__name__ for kernel in ran] == [form]
+    ry, ram = REF["maxpool2d_forward"](x, *((v, v) if isinstance(v, int) else v for v in (k, stride, padding)))
+    assert np.array_equal(y, ry) and np.array_equal(am, ram)
 
 
 def test_maxpool_backward_rejects_foreign_argmax():

@@ -14,12 +14,15 @@ The training clock runs over the steps only (taking the batch out of the trainin
 included, as a loop over arrays does); every ``eval_every`` steps and at the end of every epoch
 it stops while the 10,000 test images are scored. The time to accuracy is the training clock at
 the first evaluation whose test accuracy reaches ``target``; the ratio is minicnn's over
-PyTorch's, so below 1.0 means minicnn got there sooner. Each framework trains in a fresh
-process with the same thread count (numba's threads, OpenBLAS and PyTorch's intra-op pool all
-pinned to ``threads``), one after the other, and first takes one step with a throwaway copy of the
-net off the clock (numba's one-time compilation is not training time); its first-step loss is
-checked against the other's afterwards (they start from identical weights and batches, so they
-must agree to float32 rounding; a mismatch marks both rows failed).
+PyTorch's, so below 1.0 means minicnn got there sooner. Each framework trains in a process of its
+own with the same thread count (numba's threads, OpenBLAS and PyTorch's intra-op pool all pinned
+to ``threads``), and first takes one step with a throwaway copy of the net off the clock (numba's
+one-time compilation is not training time). The two processes then train in turns, one scoring
+interval each, the order reversed every round: while one trains the other waits, and a change of
+the machine's speed (a shared host's speed moves by tens of percent between minutes) falls on both
+alike instead of on whichever ran second. The first-step losses are checked against each other
+afterwards (identical weights and batches, so they must agree to float32 rounding; a mismatch
+marks both rows failed).
 
 The data are Debian's ``dataset-fashion-mnist``; where it is absent the suite says so in one
 line and times nothing.
@@ -119,87 +122,178 @@ def _torch_trainer(weights: dict, X, y, threads: int):
     return step, accuracy
 
 
+class _Training:
+    """One framework's training in this process, advanced one scoring interval at a time."""
+
+    def __init__(self, framework: str, weights: dict, target: float, max_epochs: int, eval_every: int, seed: int,
+                 threads: int, root=None, train_size=None):
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)}")
+        self.framework, self.target, self.seed = framework, target, seed
+        self.max_epochs, self.eval_every = max_epochs, eval_every
+        self.X, self.y, self.Xt, self.yt = _data(root, train_size)
+
+        def trainer():
+            if framework == "minicnn":
+                return _minicnn_trainer(weights, self.X, self.y)
+            return _torch_trainer(weights, self.X, self.y, threads)
+
+        # one step and one scoring on a throwaway copy first, off the clock: numba's one-time compilation
+        # (or its load from the cache) and the allocators' warm-up are not training time
+        warm_step, warm_accuracy = trainer()
+        warm_step(_batches(len(self.X), seed, 1)[0])
+        warm_accuracy(self.Xt[:BATCH], self.yt[:BATCH])
+        del warm_step, warm_accuracy
+        self.step, self.accuracy = trainer()
+        self.clock, self.steps, self.first_loss, self.evals, self.step_s = 0.0, 0, None, [], []
+        self.reached, self.done = None, False
+        self._intervals = self._run()
+
+    def _run(self):
+        """Train epoch by epoch; yield after each scoring (every ``eval_every`` steps and at an epoch's end)."""
+        for epoch in range(1, self.max_epochs + 1):
+            batches = _batches(len(self.X), self.seed, epoch)
+            for b, idx in enumerate(batches, 1):
+                t0 = time.perf_counter()
+                loss = self.step(idx)
+                dt = time.perf_counter() - t0
+                self.clock, self.steps = self.clock + dt, self.steps + 1
+                self.step_s.append(dt)
+                if self.first_loss is None:
+                    self.first_loss = loss
+                if self.steps % self.eval_every == 0 or b == len(batches):
+                    acc = self.accuracy(self.Xt, self.yt)  # off the clock
+                    self.evals.append({"epoch": epoch, "step": self.steps, "seconds": self.clock,
+                                       "test_accuracy": acc, "loss": loss})
+                    if acc >= self.target:
+                        self.reached = self.evals[-1]
+                    self.done = self.reached is not None or (epoch == self.max_epochs and b == len(batches))
+                    yield self.evals[-1]
+                    if self.done:
+                        return
+
+    def interval(self) -> dict:
+        """Train up to the next scoring and return it (``done`` set once the target is reached or the
+        epochs run out)."""
+        return dict(next(self._intervals), done=self.done)
+
+    def row(self) -> dict:
+        r = self.reached
+        return {"framework": self.framework, "status": "ok", "target": self.target, "first_loss": self.first_loss,
+                "reached": r is not None, "steps_to_target": r["step"] if r else None,
+                "seconds_to_target": r["seconds"] if r else None,
+                "accuracy_at_target": r["test_accuracy"] if r else None,
+                "median_step_ms": float(np.median(self.step_s)) * 1e3 if self.step_s else float("nan"),
+                "steps": self.steps, "train_seconds": self.clock, "evals": self.evals}
+
+
+# The parent and a child speak in lines: the child writes "@fashion <json>" on stdout when it is
+# ready and after each interval, and reads "go" (train one more interval) or "stop" (write the row
+# and exit) from stdin. Anything else a library prints on stdout is ignored.
+_TAG = "@fashion "
+
+
 def child(framework: str, weights_path: str, target: float, max_epochs: int, eval_every: int, seed: int,
-          threads: int, root=None, train_size=None, log=None) -> dict:
-    """Train ``framework`` in this process until the test accuracy reaches ``target`` (or
-    ``max_epochs`` pass); return the run's row."""
+          threads: int, root=None, train_size=None) -> None:
+    """The child process's side: set up (and warm up) ``framework``'s training, then train one
+    scoring interval per "go" read from stdin; on "stop" (or the end of stdin) write the row."""
     harness.set_threads(threads)
-    X, y, Xt, yt = _data(root, train_size)
-    weights = dict(np.load(weights_path))
-    if framework not in FRAMEWORKS:
-        raise ValueError(f"unknown framework {framework!r}; choose from {', '.join(FRAMEWORKS)}")
+    training = _Training(framework, dict(np.load(weights_path)), target, max_epochs, eval_every, seed, threads,
+                         root, train_size)
 
-    def trainer():
-        return _minicnn_trainer(weights, X, y) if framework == "minicnn" else _torch_trainer(weights, X, y, threads)
+    def say(obj):
+        sys.stdout.write(_TAG + json.dumps(obj) + "\n")
+        sys.stdout.flush()
 
-    # one step and one scoring on a throwaway copy first, off the clock: numba's one-time compilation
-    # (or its load from the cache) and the allocators' warm-up are not training time
-    warm_step, warm_accuracy = trainer()
-    warm_step(_batches(len(X), seed, 1)[0])
-    warm_accuracy(Xt[:BATCH], yt[:BATCH])
-    del warm_step, warm_accuracy
-    step, accuracy = trainer()
-    clock, steps, first_loss, evals, step_s = 0.0, 0, None, [], []
-    reached = None
-    for epoch in range(1, max_epochs + 1):
-        batches = _batches(len(X), seed, epoch)
-        for b, idx in enumerate(batches, 1):
-            t0 = time.perf_counter()
-            loss = step(idx)
-            dt = time.perf_counter() - t0
-            clock, steps = clock + dt, steps + 1
-            step_s.append(dt)
-            if first_loss is None:
-                first_loss = loss
-            if steps % eval_every == 0 or b == len(batches):
-                acc = accuracy(Xt, yt)
-                evals.append({"epoch": epoch, "step": steps, "seconds": clock, "test_accuracy": acc, "loss": loss})
-                if log:
-                    log(f"{framework:<8} epoch {epoch} step {steps:5d}  {clock:7.1f} s  test accuracy {acc:.4f}")
-                if acc >= target:
-                    reached = evals[-1]
-                    break
-        if reached:
+    say({"ready": True})
+    for line in sys.stdin:
+        if line.strip() != "go":
             break
-    return {"framework": framework, "status": "ok", "target": target, "first_loss": first_loss,
-            "reached": reached is not None, "steps_to_target": reached["step"] if reached else None,
-            "seconds_to_target": reached["seconds"] if reached else None,
-            "accuracy_at_target": reached["test_accuracy"] if reached else None,
-            "median_step_ms": float(np.median(step_s)) * 1e3, "steps": steps, "train_seconds": clock, "evals": evals}
+        say(training.interval())
+    say(training.row())
 
 
-def _run_child(framework, weights_path, opts, threads, log) -> dict:
-    import subprocess
+class _Child:
+    """A framework's training process as the parent drives it."""
 
-    from .end_to_end import PACKAGE_ROOT, _process_env
+    def __init__(self, framework, weights_path, opts, threads, stderr_path):
+        import subprocess
 
-    args = [sys.executable, "-m", "minicnn.bench.fashion", "--child", framework, "--weights", weights_path,
-            "--target", repr(opts["target"]), "--max-epochs", str(opts["max_epochs"]),
-            "--eval-every", str(opts["eval_every"]), "--seed", str(opts["seed"]), "--threads", str(threads)]
-    if opts.get("root"):
-        args += ["--root", opts["root"]]
-    if opts.get("train_size"):
-        args += ["--train-size", str(opts["train_size"])]
-    proc = subprocess.Popen(args, cwd=str(PACKAGE_ROOT), env=_process_env(threads, None), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    last = []
-    for line in proc.stderr:  # the child's progress lines as they come; the rest kept for a failure's message
-        line = line.rstrip("\n")
-        if line.startswith(framework + " "):
-            log(line)
-        elif line.strip():
-            last = (last + [line])[-5:]
-    out = proc.stdout.read()
-    proc.wait()
-    if proc.returncode != 0:
-        tail = last[-1:] or [f"exit status {proc.returncode}"]
-        return {"framework": framework, "status": "FAIL", "note": tail[0][:300]}
-    return json.loads(out.strip().splitlines()[-1])
+        from .end_to_end import PACKAGE_ROOT, _process_env
+
+        args = [sys.executable, "-m", "minicnn.bench.fashion", "--child", framework, "--weights", weights_path,
+                "--target", repr(opts["target"]), "--max-epochs", str(opts["max_epochs"]),
+                "--eval-every", str(opts["eval_every"]), "--seed", str(opts["seed"]), "--threads", str(threads)]
+        if opts.get("root"):
+            args += ["--root", opts["root"]]
+        if opts.get("train_size"):
+            args += ["--train-size", str(opts["train_size"])]
+        self.framework, self.stderr_path, self.failed = framework, stderr_path, None
+        self._err = open(stderr_path, "w")
+        self.proc = subprocess.Popen(args, cwd=str(PACKAGE_ROOT), env=_process_env(threads, None),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True)
+
+    def _read(self):
+        """The child's next message, or None (and ``failed`` set) when it exited without one."""
+        for line in self.proc.stdout:
+            if line.startswith(_TAG):
+                return json.loads(line[len(_TAG):])
+        self.proc.wait()
+        self._err.close()
+        with open(self.stderr_path) as f:
+            tail = [ln for ln in f.read().splitlines() if ln.strip()][-1:] or [f"exit status {self.proc.returncode}"]
+        self.failed = tail[0][:300]
+        return None
+
+    def ready(self) -> bool:
+        return self._read() is not None
+
+    def interval(self):
+        if self.failed:
+            return None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def finish(self) -> dict:
+        if not self.failed:
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.flush()
+            row = self._read()
+            if row is not None:
+                self.proc.wait()
+                self._err.close()
+                return row
+        return {"framework": self.framework, "status": "FAIL", "note": self.failed}
+
+
+def _train_alternating(frameworks, weights_path, opts, threads, tmp, log) -> list[dict]:
+    """Start each framework's process (one after the other, so their warm-ups do not share the
+    cores), then let them train in turns, one scoring interval each, the order reversed every
+    round (ABBA...): while one trains the other waits on its stdin, and a drift of the machine's
+    speed falls on both alike."""
+    children = []
+    for fw in frameworks:
+        c = _Child(fw, weights_path, opts, threads, os.path.join(tmp, fw + ".stderr"))
+        c.ready()
+        children.append(c)
+    active = [c for c in children if not c.failed]
+    rnd = 0
+    while active:
+        for c in (active if rnd % 2 == 0 else active[::-1]):
+            e = c.interval()
+            if e is None or e["done"]:
+                active.remove(c)
+            if e is not None:
+                log(f"{c.framework:<8} epoch {e['epoch']} step {e['step']:5d}  {e['seconds']:7.1f} s  "
+                    f"test accuracy {e['test_accuracy']:.4f}")
+        rnd += 1
+    return [c.finish() for c in children]
 
 
 def run(target: float = 0.90, max_epochs: int = 5, eval_every: int = 117, seed: int = 0, threads: int = 2,
         out_dir: str | None = None, root=None, train_size=None, frameworks=FRAMEWORKS, log=print) -> dict:
-    """Train both frameworks to ``target`` test accuracy, one after the other; print and return the table."""
+    """Train both frameworks to ``target`` test accuracy, in alternating intervals; print and return the table."""
     import minicnn as mc
     from minicnn.models import fashion_convnet
 
@@ -220,7 +314,7 @@ def run(target: float = 0.90, max_epochs: int = 5, eval_every: int = 117, seed: 
         weights = {k: np.asarray(v) for k, v in fashion_convnet().state_dict().items()}
         path = os.path.join(tmp, "init.npz")
         np.savez(path, **weights)
-        rows = [_run_child(fw, path, opts, threads, log) for fw in frameworks]
+        rows = _train_alternating(frameworks, path, opts, threads, tmp, log)
     ok = {r["framework"]: r for r in rows if r["status"] == "ok"}
     if len(ok) == 2:
         a, b = ok["minicnn"]["first_loss"], ok["pytorch"]["first_loss"]
@@ -291,9 +385,7 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        row = child(a.child, a.weights, a.target, a.max_epochs, a.eval_every, a.seed, a.threads, a.root, a.train_size,
-                    log=lambda s: print(s, file=sys.stderr, flush=True))
-        print(json.dumps(row))
+        child(a.child, a.weights, a.target, a.max_epochs, a.eval_every, a.seed, a.threads, a.root, a.train_size)
         return 0
     run(a.target, a.max_epochs, a.eval_every, a.seed, a.threads, a.out, a.root, a.train_size)
     return 0

@@ -4,9 +4,9 @@ per (n, c) plane.
 One forward kernel (``_pool_fwd``) serves every forward: each pooling window is described per
 output row and column by a start and a tap count (regular pooling: p*stride - padding and the
 kernel size; adaptive pooling: its bins), so max/avg and regular/adaptive differ only in the
-arrays passed in. Regular max pooling has two faster forms beside it (``_max_table`` for short
-rows, ``maxpool_values`` without argmax), and the backwards are ``_max_bwd`` (through argmax)
-and ``_avg_bwd``.
+arrays passed in. Regular max pooling has three faster forms beside it (``_max_2x2`` for the
+2x2 stride-2 pool, ``_max_table`` for short rows, ``maxpool_values`` without argmax), and the
+backwards are ``_max_bwd`` (through argmax) and ``_avg_bwd``.
 
 Every backward is a scatter into the input gradient; because a task owns a whole (n, c) plane of
 ``dx`` and only reads the outputs of that same plane, the scatter-adds never race and need no
@@ -23,6 +23,8 @@ Max unpooling (``_unpool_fwd``/``_unpool_bwd``) is a scatter and a gather throug
 
 Forms of regular max pooling (``maxpool2d_forward`` picks; every form gives the same values):
 
+- ``_max_2x2``: the 2x2, stride-2, unpadded pool with every window inside (``TWO_BY_TWO``),
+  with or without argmax; four taps read by index and compared in registers.
 - ``MAX`` in ``_pool_fwd``: window by window; the first form, kept for adaptive max pooling and
   for shapes whose gather table would be too large.
 - ``MAX_ROWS`` in ``_pool_fwd``: a whole output row per tap, a vectorised compare-and-select
@@ -72,6 +74,10 @@ MAX, AVG, MAX_ROWS = 0, 1, 2
 # more than TABLE_MAX entries. The max pool's own threshold, set by timing the pool's forms; the
 # unfold's crossover, timed on the unfold's forms, is a different number (im2col.UNFOLD_ROWS_MIN_Q)
 ROWS_MIN_Q = 8
+
+# whether the 2x2, stride-2, unpadded max pool takes its own kernel (``_max_2x2``); False sends it
+# through the general forms below (the tests do, to check each form on those shapes too)
+TWO_BY_TWO = True
 
 
 @njit(cache=True, parallel=True)
@@ -192,6 +198,64 @@ def _max_table(x3, y3, am3, tab):  # pragma: no cover - jitted
                 take = inside & ((a < 0) | (v > u) | (v != v))
                 yp[j] = v if take else u
                 ap[j] = k if take else a
+
+
+@njit(cache=True, parallel=True)
+def _max_2x2(x3, y3, am3, W, Q, has_am):  # pragma: no cover - jitted
+    """The 2x2, stride-2, unpadded max pool (LeNet's, VGG's, U-Net's): x3 (N*C, H*W), y3 and am3
+    (N*C, P*Q) with 2P <= H and 2Q <= W, so every tap lies inside; argmax only when ``has_am``.
+
+    First the values: a window's four taps read by arithmetic index and compared in scan order
+    by the rule of the other forms (the first tap, then any strictly greater value or any NaN),
+    each compare a select, which LLVM vectorises over the row. Then, for training, the argmax
+    in a second pass over the plane (still in cache): the first tap equal to the max, found by
+    arithmetic on the three "not equal" bits, with no branch and no select; a NaN max (the last
+    NaN tap wins, as in the reference) takes a branch that is almost never taken. Carrying the
+    index through the first pass's selects instead made LLVM turn them into branches, which
+    fresh activations mispredict half the time (docs/kernels.md, Pooling). Inference runs the same
+    kernel (``has_am`` False, ``am3`` a (0, 0) array), so evaluating between training epochs
+    compiles nothing new.
+    """
+    P = y3.shape[1] // Q if Q > 0 else 0
+    # every index unsigned (no negative-index wraparound test per read, see docs/kernels.md), and
+    # each variable one type: numba unifies int64 with uint64 as float64
+    w = uint64(W)
+    one = uint64(1)
+    zero = uint64(0)
+    for task in prange(x3.shape[0]):
+        xp = x3[task]
+        yp = y3[task]
+        for p in range(uint64(P)):
+            r0 = uint64(2) * p * w
+            o = p * uint64(Q)
+            for q in range(uint64(Q)):
+                i = r0 + uint64(2) * q
+                a = xp[i]
+                b = xp[i + one]
+                c = xp[i + w]
+                d = xp[i + w + one]
+                best = a
+                best = b if (b > best) | (b != b) else best
+                best = c if (c > best) | (c != c) else best
+                best = d if (d > best) | (d != d) else best
+                yp[o + q] = best
+        if has_am:
+            ap = am3[task]
+            for p in range(uint64(P)):
+                r0 = uint64(2) * p * w
+                o = p * uint64(Q)
+                for q in range(uint64(Q)):
+                    i = r0 + uint64(2) * q
+                    m = yp[o + q]
+                    na = uint64(xp[i] != m)
+                    nb = uint64(xp[i + one] != m)
+                    nc = uint64(xp[i + w] != m)
+                    # 0 if a is the max, else 1 if b is, else w if c is, else w + 1
+                    t = na * (one + nb * (w - one + nc))
+                    if m != m:
+                        t = w + one if xp[i + w + one] != xp[i + w + one] else (
+                            w if xp[i + w] != xp[i + w] else (one if xp[i + one] != xp[i + one] else zero))
+                    ap[o + q] = i + t
 
 
 @njit(cache=True, inline="always")
@@ -424,6 +488,7 @@ def _adaptive(L, out) -> Windows:
 
 
 _NO_ARGMAX = np.empty((0, 0, 0, 0), dtype=np.int64)
+_NO_ARGMAX_2D = np.empty((0, 0), dtype=np.int64)
 
 
 def _as4d(x, where):
@@ -466,6 +531,14 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
     N, C = x.shape[:2]
     y = _memory.empty((N, C, P, Q), x.dtype)
     H, W = x.shape[2:]
+    if (TWO_BY_TWO and (R, S) == (2, 2) and stride == (2, 2) and padding == (0, 0) and dilation == (1, 1)
+            and 2 * P <= H and 2 * Q <= W):
+        # the commonest pool of all (LeNet, VGG, U-Net): every tap inside, read by index; with or
+        # without argmax one kernel, so inference between training epochs compiles nothing new
+        am = _memory.empty((N, C, P, Q), np.int64) if need_argmax else None
+        _threads.run(_max_2x2, x.reshape(N * C, H * W), y.reshape(N * C, P * Q),
+                     _NO_ARGMAX_2D if am is None else am.reshape(N * C, P * Q), W, Q, am is not None, work=y.size * 4)
+        return y, am
     if Q < ROWS_MIN_Q and R * S * P * Q <= TABLE_MAX and H * W <= PLANE_MAX:
         # small planes go through the table with or without argmax: inference on them (a
         # network's evaluation between training epochs) then runs the kernel training compiled
