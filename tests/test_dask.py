@@ -4,6 +4,7 @@ middle of a task. One cluster serves the module (it takes seconds to start)."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -21,9 +22,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cluster():
+    from minicnn.cli._stream import restore_environ
+
+    environ = dict(os.environ)  # the nannies write their workers' settings into os.environ (see run_dask)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address="127.0.0.1:0") as c:
         yield c
+    restore_environ(environ)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,14 @@ def data(tmp_path_factory):
     model = make_model(tmp / "tiny.onnx")
     args = ["embed", str(images), "--model", str(model), "--layer", "avgpool", "--batch-size", str(BATCH),
             "--shard-size", str(SHARD)]
-    assert main(["--backend", "numpy", *args, "--out", f"{tmp / 'single'}/"]) == 1  # 2 unreadable files
+    # Dask's workers run OpenBLAS on one thread (distributed.nanny.pre-spawn-environ), and on some
+    # CPUs OpenBLAS's float32 GEMM rounds differently on one thread than on two (measured on an
+    # AVX2 EPYC: 5,593 of 9,408 outputs of this model's GEMMs differ in the last bit). The reference
+    # runs on one thread too, so the outputs can be compared bit for bit.
+    from minicnn._blas import single_threaded
+
+    with single_threaded():
+        assert main(["--backend", "numpy", *args, "--out", f"{tmp / 'single'}/"]) == 1  # 2 unreadable files
     return {"tmp": tmp, "args": args, "single": tmp / "single"}
 
 
@@ -59,10 +71,13 @@ def test_dask_run_equals_the_single_process_run(cluster, data, capsys):
 
 def test_dask_local_n_starts_its_own_cluster(data, capsys):
     out = data["tmp"] / "local"
+    environ = dict(os.environ)
     rc = main(["--backend", "numpy", *data["args"], "--out", f"{out}/", "--dask", "local:2", "--decode-threads", "1"])
     _, err = capsys.readouterr()
     assert rc == 1 and "2 of 205 images could not be read" in err
     _same_output(data["single"], out)
+    # the local cluster's nannies set OPENBLAS_NUM_THREADS=1 and more in os.environ: put back
+    assert dict(os.environ) == environ
 
 
 def test_a_worker_killed_mid_task_loses_and_duplicates_nothing(cluster, data):

@@ -254,10 +254,18 @@ def test_saliency_equals_torch_autograd(firsts, model, sd):
     xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
     out = net(xt)
     out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
-    got = gradcam.input_gradient(model, x)
     want = xt.grad.numpy()
-    assert got.shape == want.shape == (10, 1, 28, 28)
-    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+    # the same arithmetic in float64 on both sides: equal to rounding
+    got64 = gradcam.input_gradient(fashion_convnet(weights="DEFAULT").eval().double(), x.astype(np.float64))
+    assert got64.shape == want.shape == (10, 1, 28, 28)
+    np.testing.assert_allclose(got64, want, rtol=1e-9, atol=1e-12 * np.abs(want).max())
+    # the shipped float32 net, as the lesson runs it: where two taps of a max-pool window lie within
+    # float32 rounding of each other, float32 and float64 may pick different winners and route that
+    # window's gradient elsewhere (the CPU's GEMM rounding decides which windows; on an AVX2 EPYC 2
+    # of these 10 images had such a window, moving 2% of their gradient). The rest is float32 rounding.
+    got = gradcam.input_gradient(model, x)
+    err = [np.linalg.norm(got[i] - want[i]) / np.linalg.norm(want[i]) for i in range(len(x))]
+    assert max(err) < 0.1 and np.median(err) < 1e-5, err
 
 
 # -- lesson 18: the confusion matrix and the mistakes ---------------------------------------------------

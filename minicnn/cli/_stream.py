@@ -503,6 +503,11 @@ def run_dask(job, outdir, parts, todo, address, decode_threads=2, threads=None, 
     kind, where = parse_dask(address)
     outdir = os.path.abspath(outdir)
     cluster = None
+    # distributed's nannies write their workers' settings (``distributed.nanny.pre-spawn-environ``:
+    # OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_...) into this process's
+    # os.environ and leave them there; every later subprocess of the caller would inherit them.
+    # The environment as it was is put back when the local cluster is closed.
+    environ = dict(os.environ)
     if kind == "local":
         # one task at a time per worker process: the task's own decode and compute threads fill it;
         # the scheduler's HTTP server (always started) on a free loopback port, not 8787 on every interface
@@ -526,6 +531,16 @@ def run_dask(job, outdir, parts, todo, address, decode_threads=2, threads=None, 
     finally:
         if cluster is not None:
             cluster.close()
+            restore_environ(environ)
+
+
+def restore_environ(saved):
+    """Make os.environ equal ``saved`` again (keys added since removed, changed ones put back)."""
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def stream_only_options(args):
