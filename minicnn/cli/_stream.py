@@ -503,12 +503,12 @@ def run_dask(job, outdir, parts, todo, address, decode_threads=2, threads=None, 
     kind, where = parse_dask(address)
     outdir = os.path.abspath(outdir)
     cluster = None
-    # distributed's nannies write their workers' settings (``distributed.nanny.pre-spawn-environ``:
-    # OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_...) into this process's
-    # os.environ and leave them there; every later subprocess of the caller would inherit them.
-    # The environment as it was is put back when the local cluster is closed.
-    environ = dict(os.environ)
     if kind == "local":
+        # distributed's nannies write their workers' settings (``distributed.nanny.pre-spawn-environ``:
+        # OPENBLAS_NUM_THREADS=1, OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_...) into this process's
+        # os.environ and leave them there; every later subprocess of the caller would inherit them.
+        # The environment as it was is put back when the local cluster is closed.
+        environ = dict(os.environ)
         # one task at a time per worker process: the task's own decode and compute threads fill it;
         # the scheduler's HTTP server (always started) on a free loopback port, not 8787 on every interface
         cluster = LocalCluster(n_workers=where, threads_per_worker=1, processes=True, host="127.0.0.1",

@@ -207,11 +207,11 @@ def _max_2x2(x3, y3, am3, W, Q, has_am):  # pragma: no cover - jitted
 
     First the values: a window's four taps read by arithmetic index and compared in scan order
     by the rule of the other forms (the first tap, then any strictly greater value or any NaN),
-    each compare a select, which LLVM vectorises over the row. Then, for training, the argmax
-    in a second pass over the plane (still in cache): the first tap equal to the max, found by
-    arithmetic on the three "not equal" bits, with no branch and no select; a NaN max (the last
+    each compare a select, which LLVM vectorises over the row. Then, for training, the row's
+    argmax in a second loop over it (its taps still in cache): the first tap equal to the max,
+    found by arithmetic on the three "not equal" bits, with no branch and no select; a NaN max (the last
     NaN tap wins, as in the reference) takes a branch that is almost never taken. Carrying the
-    index through the first pass's selects instead made LLVM turn them into branches, which
+    index through the first loop's selects instead made LLVM turn them into branches, which
     fresh activations mispredict half the time (docs/kernels.md, Pooling). Inference runs the same
     kernel (``has_am`` False, ``am3`` a (0, 0) array), so evaluating between training epochs
     compiles nothing new.
@@ -239,11 +239,9 @@ def _max_2x2(x3, y3, am3, W, Q, has_am):  # pragma: no cover - jitted
                 best = c if (c > best) | (c != c) else best
                 best = d if (d > best) | (d != d) else best
                 yp[o + q] = best
-        if has_am:
-            ap = am3[task]
-            for p in range(uint64(P)):
-                r0 = uint64(2) * p * w
-                o = p * uint64(Q)
+            if has_am:
+                # the row's argmax in a loop of its own, the row's taps still in cache
+                ap = am3[task]
                 for q in range(uint64(Q)):
                     i = r0 + uint64(2) * q
                     m = yp[o + q]
