@@ -1,8 +1,8 @@
 """ResNet-18 on the cupy backend beside PyTorch on the same GPU, in one process: every variant is
 validated, then timed with CUDA events.
 
-    PYTHONPATH=. python3 benchmarks/gpu_bench.py --out gpu_bench.md     # about 2-4 minutes on an H200
-    PYTHONPATH=. python3 benchmarks/gpu_bench.py --dry-run              # the table's plumbing, no GPU
+    PYTHONPATH=. python3 -m benchmarks.gpu_bench --out gpu_bench.md     # about 2-4 minutes on an H200
+    PYTHONPATH=. python3 -m benchmarks.gpu_bench --dry-run              # the table's plumbing, no GPU
 
 ``bash benchmarks/gpu_check.sh`` runs it after the GPU tests and puts its table in the report.
 

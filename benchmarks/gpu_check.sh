@@ -10,7 +10,9 @@
 #    (tests/test_conformance.py), ResNet-18 eval against the numpy backend and PyTorch CUDA, the
 #    TF32/bf16 modes, training steps, the compiled model and its CUDA graph (tests/test_gpu.py);
 #    hypothesis runs derandomized (profile "ci") so a second run replays the same examples;
-# 3. benchmarks/gpu_bench.py: minicnn against PyTorch on the same GPU, in the same run.
+# 3. `python3 -m benchmarks.gpu_bench`: minicnn against PyTorch on the same GPU, in the same run
+#    (as a module: run as a file, its folder would come first on sys.path and benchmarks/profile.py
+#    would shadow the standard library's profile, which PyTorch's optimizers import).
 #
 # Writes gpu_report.md to $OUT when OUT is set (with the full logs beside it: gpu_pytest_models.log,
 # gpu_pytest_ops.log, gpu_bench.log), else to the current folder. Installs nothing. Sets nothing beyond its own
@@ -103,6 +105,13 @@ TIMEOUT_OPT=()
 if run_py -c "import pytest_timeout" >/dev/null 2>&1; then  # the plugin loads itself; only its option
   TIMEOUT_OPT=("--timeout=$PER_TEST_LIMIT_S")
 fi
+# the op tests spend most of their time on the host (hypothesis, the numpy reference): with
+# pytest-xdist present they run in OPS_WORKERS processes sharing the GPU
+OPS_WORKERS=8
+XDIST_OPT=()
+if run_py -c "import xdist" >/dev/null 2>&1; then
+  XDIST_OPT=(-n "$OPS_WORKERS")
+fi
 
 # run_tests NAME LIMIT_S PYTEST_ARGS...: runs pytest into $WORK/pytest_NAME.log, appends its
 # section to $WORK/tests.md, and leaves its exit status in RC
@@ -165,7 +174,7 @@ MODELS_RC=$RC
 if [ "$DRY_RUN" = "1" ]; then
   OPS_ARGS=(tests/test_conformance.py)  # collecting the whole suite takes long; one file shows the plumbing
 else
-  OPS_ARGS=(tests --ignore=tests/test_gpu.py)
+  OPS_ARGS=(${XDIST_OPT[@]+"${XDIST_OPT[@]}"} tests --ignore=tests/test_gpu.py)
 fi
 run_tests ops "$TESTS_OPS_LIMIT_S" "${OPS_ARGS[@]}"
 OPS_RC=$RC
@@ -178,13 +187,13 @@ TEST_RC=$MODELS_RC
 BENCH_ARGS=(--budget-s "$BENCH_BUDGET_S" --out "$WORK/bench.md")
 [ "$DRY_RUN" = "1" ] && BENCH_ARGS+=(--dry-run)
 timeout --kill-after=10 "$BENCH_LIMIT_S" env PYTHONPATH="$ROOT" CUPY_CACHE_DIR="$CACHE" PYTHONUNBUFFERED=1 \
-  "$PY" benchmarks/gpu_bench.py "${BENCH_ARGS[@]}" >"$WORK/bench.out" 2>"$WORK/bench.log"
+  "$PY" -m benchmarks.gpu_bench "${BENCH_ARGS[@]}" >"$WORK/bench.out" 2>"$WORK/bench.log"
 BENCH_RC=$?
 END=$(date +%s)
 {
   echo "## Benchmarks"
   echo
-  echo "\`python3 benchmarks/gpu_bench.py\` (exit status $BENCH_RC; how each row is validated and timed: the script's docstring)."
+  echo "\`python3 -m benchmarks.gpu_bench\` (exit status $BENCH_RC; how each row is validated and timed: the script's docstring)."
   if [ "$BENCH_RC" = "124" ] || [ "$BENCH_RC" = "137" ]; then
     echo
     echo "**Stopped at the ${BENCH_LIMIT_S} s limit**."

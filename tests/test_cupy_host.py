@@ -141,3 +141,54 @@ def test_the_op_table_names_every_op():
     missing = [op for op in OP_NAMES + ARRAY_FUNCS if op not in cp_backend.OPS]
     assert not missing, f"the cupy backend lacks: {', '.join(missing)}"
     backends.make_backend("cupy", cp_backend)  # the same check backends.load makes
+
+
+class _Device:
+    """Stands for a device array: holds a host array, and is not an np.ndarray."""
+
+    def __init__(self, a):
+        self.a = np.asarray(a)
+
+
+def test_ops_of_a_device_runtime_copy_host_arrays_in_but_never_out(monkeypatch):
+    """build_table on a runtime whose arrays are not numpy's (CupyRuntime): a host array given to
+    an op, positionally or by keyword, reaches it as the runtime's array (a backward handed a host
+    ``dy``); ``out=`` and what is not an ndarray reach it untouched; on a runtime whose own arrays
+    are numpy's (the emulator) nothing is wrapped."""
+    import types
+
+    from minicnn.backends.cupy._runtime import Runtime, build_table
+
+    seen = {}
+
+    def scale_backward(rt, dy, factor, mask=None, out=None):
+        seen.update(rt=rt, dy=dy, factor=factor, mask=mask, out=out)
+        return "done"
+
+    mod = types.SimpleNamespace(__all__=["scale_backward"], scale_backward=scale_backward)
+
+    class DeviceRuntime(Runtime):
+        host_arrays_native = False
+
+        def asarray(self, a):
+            return _Device(a)
+
+        def is_native(self, a):
+            return isinstance(a, _Device)
+
+    rt = DeviceRuntime()
+    op = build_table(rt, [mod])["scale_backward"]
+    assert op.__name__ == "scale_backward" and op.__doc__ == scale_backward.__doc__
+    dy, mask, out = np.arange(6.0).reshape(2, 3), np.ones(3, bool), np.empty((2, 3))
+    assert op(dy, 2.5, mask=mask, out=out) == "done"
+    assert seen["rt"] is rt and isinstance(seen["dy"], _Device) and isinstance(seen["mask"], _Device)
+    np.testing.assert_array_equal(seen["dy"].a, dy)
+    np.testing.assert_array_equal(seen["mask"].a, mask)
+    assert seen["out"] is out and seen["factor"] == 2.5
+    dev = _Device(dy)
+    op(dev, 1.0)
+    assert seen["dy"] is dev  # the runtime's own array is passed as it is
+
+    emu = Runtime()  # numpy arrays are its own
+    build_table(emu, [mod])["scale_backward"](dy, 1.0)
+    assert seen["rt"] is emu and seen["dy"] is dy

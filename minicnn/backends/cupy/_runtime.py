@@ -59,6 +59,9 @@ class Runtime:
 
     name = "runtime"
     xp = np  # the array module: numpy's API on this runtime's arrays
+    # False where numpy arrays are not this runtime's own: build_table then copies a numpy array
+    # given to an op into the runtime's memory first (see there)
+    host_arrays_native = True
 
     def kernel(self, file: str, name: str):
         """The compiled kernel ``name`` of ``kernels/<file>``, callable as ``k(grid, block, args, shared_mem=0)``."""
@@ -92,6 +95,7 @@ class CupyRuntime(Runtime):
     """CuPy on the current device; see the module docstring."""
 
     name = "cupy"
+    host_arrays_native = False
 
     def __init__(self):
         self._modules: dict = {}
@@ -158,13 +162,32 @@ class CupyRuntime(Runtime):
 
 def build_table(rt: Runtime, modules) -> dict:
     """The backend table: every name in each module's ``__all__`` bound to ``rt``, plus the
-    runtime's array functions and generator."""
+    runtime's array functions and generator.
+
+    Where numpy arrays are not the runtime's own (:class:`CupyRuntime`), a numpy array given to an
+    op, positionally or by keyword, is first copied into the runtime's memory with ``rt.asarray``:
+    a module's forward does the same with its input, so a backward given a host ``dy`` (as the
+    numpy and numba backends accept) works too. ``out=`` is never copied: an op writes into it,
+    and writing into a copy would lose the result, so a host ``out`` reaches the op and fails there.
+    """
     table = {"asarray": rt.asarray, "is_native": rt.is_native, "to_numpy": rt.to_numpy,
              "empty": rt.empty, "generator": rt.generator, "synchronize": rt.synchronize}
     for mod in modules:
         for name in mod.__all__:
-            fn = getattr(mod, name)
-            bound = functools.partial(fn, rt)
-            functools.update_wrapper(bound, fn)
-            table[name] = bound
+            table[name] = _bind(rt, getattr(mod, name))
     return table
+
+
+def _bind(rt: Runtime, fn):
+    """``fn`` with ``rt`` as its first argument; see :func:`build_table` for host arrays."""
+    if rt.host_arrays_native:
+        bound = functools.partial(fn, rt)
+    else:
+        def bound(*args, **kwargs):
+            args = [rt.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+            for k, v in kwargs.items():
+                if k != "out" and isinstance(v, np.ndarray):
+                    kwargs[k] = rt.asarray(v)
+            return fn(rt, *args, **kwargs)
+    functools.update_wrapper(bound, fn)
+    return bound
