@@ -19,15 +19,15 @@
 # commands: PYTHONPATH=. (the repository is used in place, not pip-installed), HYPOTHESIS_PROFILE
 # and CUPY_CACHE_DIR (a temporary folder, removed at the end) are given to the commands it runs.
 # Time limits (below): the model tests, the op tests and the benchmarks each stop at their own
-# (under 8 minutes together, kernel compilation included); a step stopped at its limit is reported.
+# (under 6.5 minutes together, kernel compilation included); a step stopped at its limit is reported.
 # The exit status is the tests' (0: all passed); a dry run exits 0 when the report was written.
 set -u
 
-TESTS_MODELS_LIMIT_S=150
+TESTS_MODELS_LIMIT_S=90
 TESTS_OPS_LIMIT_S=160
 PER_TEST_LIMIT_S=100
-BENCH_LIMIT_S=160
-BENCH_BUDGET_S=130
+BENCH_LIMIT_S=120
+BENCH_BUDGET_S=95
 
 DRY_RUN=${GPU_CHECK_DRY_RUN:-0}
 for arg in "$@"; do
