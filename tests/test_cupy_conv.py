@@ -328,7 +328,10 @@ def test_pick_forward_rules():
     small = cc.geometry((2, 256, 14, 14), (256, 256, 3, 3), (1, 1), (1, 1), (1, 1), 1)
     assert cc.igemm_grid(big, "implicit_gemm_128") == (392, 2, 1)
     assert cc.pick_forward(big, np.float32, "fp32") == "implicit_gemm_128"
-    assert cc.pick_forward(small, np.float32, "fp32") == "implicit_gemm"
+    assert cc.pick_forward(small, np.float32, "fp32") == "im2col_gemm"  # a 2304-long reduction, a small grid
+    short = cc.geometry((2, 64, 14, 14), (256, 64, 3, 3), (1, 1), (1, 1), (1, 1), 1)  # 576 long
+    assert cc.pick_forward(short, np.float32, "fp32") == "implicit_gemm"
+    assert cc.pick_forward(small, np.float32, "tf32") == "implicit_gemm_tf32"
     assert cc.pick_forward(big, np.float32, "tf32") == "implicit_gemm_tf32"
     huge = cc.geometry((1, 70000, 3, 3), (70000, 1, 1, 1), (1, 1), (0, 0), (1, 1), 70000)  # G past grid.z
     assert not cc.implicit_gemm_supports(huge)
@@ -382,7 +385,7 @@ def test_the_package_exports_the_precision_context():
     assert cupy_backend.precision is precision and cupy_backend.get_precision is get_precision
     for entry in ("conv_variants", "conv2d_maxpool_fused", "conv2d_fused_forward", "conv_transpose2d_backward",
                   "linear_backward"):
-        assert cupy_backend.OPS[entry].func.__module__.startswith("minicnn.backends.cupy.")
+        assert cupy_backend.OPS[entry].__wrapped__.__module__.startswith("minicnn.backends.cupy.")
 
 
 def test_shape_errors_name_the_problem():

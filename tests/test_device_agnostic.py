@@ -413,3 +413,27 @@ def test_compile_inference_on_a_device_backend_equals_the_eval_model(fake):
     np.testing.assert_allclose(_host(got), want, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(_host(got_again), _host(got))
     assert {name for name, _ in (p for conv in fast.convs() for p in conv.chosen.values())} <= {"ref_a", "ref_b"}
+
+
+def test_cat_and_unpool_move_host_arrays_to_the_device(fake):
+    """What a user hands in from the host (a skip tensor to ``cat``, unpooling indices) moves to the
+    device, as a module's input does, instead of meeting a device array as a host one."""
+    from minicnn.models.segmentation import cat
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 1, 3, 4)).astype(np.float32), rng.standard_normal((2, 2, 3, 4)).astype(np.float32)
+    x = rng.standard_normal((1, 2, 4, 6)).astype(np.float32)
+    dz = rng.standard_normal((1, 2, 4, 6)).astype(np.float32)
+    with mc.backend("numpy"):
+        y_ref, idx_ref = nn.MaxPool2d(2, return_indices=True)(x)
+        unpool = nn.MaxUnpool2d(2)
+        z_ref = unpool(y_ref, idx_ref)
+        dy_ref = unpool.backward(dz)
+    with mc.backend(FAKE):
+        out = cat([a, fake.asarray(b)], axis=1)
+        np.testing.assert_array_equal(_host(out), np.concatenate([a, b], axis=1))
+        y, idx = nn.MaxPool2d(2, return_indices=True)(x)
+        unpool = nn.MaxUnpool2d(2)
+        z = unpool(y, backends.to_numpy(idx))
+        np.testing.assert_array_equal(_host(z), z_ref)
+        np.testing.assert_array_equal(_host(unpool.backward(fake.asarray(dz))), dy_ref)

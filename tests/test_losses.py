@@ -214,7 +214,11 @@ def test_targets_checked_once_and_never_copied_to_host(backend_name, make, monke
         be = backends.current()
         fn = make()
         x = be.asarray(x)
-        t = rng.integers(0, 4, 6).view(_CountingTargets)
+        t = rng.integers(0, 4, 6)
+        # the counting subclass is a host array: on a device backend the targets are the device's
+        # own (a host array would be moved in first), whose reductions this test cannot count
+        counted = be.is_native(t)
+        t = t.view(_CountingTargets) if counted else be.asarray(t)
 
         def no_host_copy(a):
             raise AssertionError("a loss moved an array to the host")
@@ -223,9 +227,9 @@ def test_targets_checked_once_and_never_copied_to_host(backend_name, make, monke
         monkeypatch.setitem(be.OPS, "to_numpy", no_host_copy)
         _CountingTargets.calls = 0
         fn(x, t)
-        assert _CountingTargets.calls == 2  # one min, one max: the range check, once
+        assert _CountingTargets.calls == (2 if counted else 0)  # one min, one max: the range check, once
         fn.backward()
-        assert _CountingTargets.calls == 2
+        assert _CountingTargets.calls == (2 if counted else 0)
 
 
 # -- bad input, in one line ------------------------------------------------------------------------------

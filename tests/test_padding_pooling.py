@@ -256,6 +256,7 @@ def test_maxunpool_gradient(backend_name):
     rng = np.random.default_rng(2)
     with mc.backend(backend_name), mc.no_grad():
         y, idx = nn.MaxPool2d(2, stride=2, return_indices=True)(_distinct(rng, (2, 2, 7, 8)))
+    idx = mc.to_numpy(idx)  # host indices: check_layer also runs the layer on the numpy reference
     unpool = nn.MaxUnpool2d(2, stride=2)
     forward = unpool.forward
     unpool.forward = lambda x: forward(x, idx, output_size=(7, 8))

@@ -51,14 +51,17 @@ STAGES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "laye
 
 
 def cat(arrays, axis=1):
-    """Concatenate backend arrays along ``axis`` (``torch.cat``), with array methods only.
+    """Concatenate arrays along ``axis`` (``torch.cat``), with array methods only; host (numpy) arrays
+    are first moved to the backend in force, as a module's input is.
 
     The result comes from the backend's own ``empty`` and is filled by slice assignment, which any
     backend's array type supports, so no backend is named or imported here and no op is needed:
     concatenation moves data, it computes nothing. The backward of a concatenation is slicing the
     gradient (``g[:, :c]``, ``g[:, c:]``), a view.
     """
-    arrays = list(arrays)
+    be = backends.current()
+    # host arrays move to the backend in force, as a module's input does
+    arrays = [a if be.is_native(a) else be.asarray(a) for a in arrays]
     if not arrays:
         raise ValueError("cat: need at least one array")
     first = arrays[0]
@@ -70,7 +73,7 @@ def cat(arrays, axis=1):
             raise TypeError(f"cat: dtypes {first.dtype} and {a.dtype} differ")
     shape = list(first.shape)
     shape[ax] = sum(a.shape[ax] for a in arrays)
-    out = backends.current().empty(tuple(shape), first.dtype)
+    out = be.empty(tuple(shape), first.dtype)
     lead = (slice(None),) * ax
     start = 0
     for a in arrays:

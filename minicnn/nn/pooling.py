@@ -3,7 +3,7 @@ import numbers
 
 import numpy as np
 
-from .. import ops
+from .. import backends, ops
 from ..grad_mode import is_grad_enabled
 from ._utils import check_input, conv_output_size, pair
 from .module import Module
@@ -227,7 +227,8 @@ class MaxUnpool2d(Module):
         if x.ndim not in (3, 4):
             raise ValueError(f"{self._short()}: expected input of shape (N, C, H, W) or (C, H, W), "
                              f"got shape {tuple(x.shape)}")
-        idx = np.asarray(indices) if not hasattr(indices, "shape") else indices
+        be = backends.current()
+        idx = indices if be.is_native(indices) else be.asarray(indices)  # the input's backend, as x
         if tuple(idx.shape) != tuple(x.shape):
             raise ValueError(f"{self._short()}: indices shape {tuple(idx.shape)} differs from input shape "
                              f"{tuple(x.shape)}")

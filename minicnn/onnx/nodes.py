@@ -30,6 +30,17 @@ def _data(x, dtype):
     return x if x.dtype == dtype else x.astype(dtype)
 
 
+def _contiguous(a):
+    """``a`` in C order, copied only when it is not: ``np.ascontiguousarray`` would turn a device
+    array into a host one (array creation is not dispatched to the array's library)."""
+    return a if a.flags.c_contiguous else a.copy()
+
+
+def _host_values(a):
+    """A small operand known only at run time (bounds, sizes, scales) as a host numpy array."""
+    return np.asarray(backends.to_numpy(a)) if hasattr(a, "shape") else np.asarray(a)
+
+
 def unbroadcast(g, shape):
     """Sum ``g`` down to ``shape``: the adjoint of numpy broadcasting ``shape`` up to ``g.shape``."""
     shape = tuple(shape)
@@ -174,11 +185,11 @@ class Transpose(Module):
         x = _data(x, self.dtype)
         perm = self.perm if self.perm is not None else tuple(range(x.ndim))[::-1]
         self._save(perm)
-        return np.ascontiguousarray(x.transpose(perm))
+        return _contiguous(x.transpose(perm))
 
     def backward(self, dy):
         perm = self._saved()
-        return (np.ascontiguousarray(dy.transpose(np.argsort(perm))),)
+        return (_contiguous(dy.transpose(np.argsort(perm))),)
 
 
 def slice_index(shape, starts, ends, axes, steps):
@@ -232,14 +243,16 @@ class Gather(Module):
     def forward(self, x, indices):
         x = _data(x, self.dtype)
         axis = self.axis % x.ndim
-        idx = np.asarray(indices, dtype=np.int64)
+        be = backends.current()
+        idx = indices if be.is_native(indices) else be.asarray(np.asarray(indices))
+        idx = idx.astype(np.int64, copy=False)
         idx = np.where(idx < 0, idx + x.shape[axis], idx)
         self._save((x.shape, axis, idx))
         return np.take(x, idx, axis=axis)
 
     def backward(self, dy):
         shape, axis, idx = self._saved()
-        dx = np.zeros(shape, dtype=dy.dtype)
+        dx = np.zeros_like(dy, shape=shape)  # on dy's backend
         moved = np.moveaxis(dx, axis, 0)
         g = np.moveaxis(dy, list(range(axis, axis + idx.ndim)), list(range(idx.ndim)))
         np.add.at(moved, idx, g)
@@ -288,8 +301,8 @@ class Clip(Module):
 
     def forward(self, x, lo=None, hi=None):
         x = _data(x, self.dtype)
-        lo = self.lo if lo is None else float(np.asarray(lo))
-        hi = self.hi if hi is None else float(np.asarray(hi))
+        lo = self.lo if lo is None else float(_host_values(lo).reshape(-1)[0])
+        hi = self.hi if hi is None else float(_host_values(hi).reshape(-1)[0])
         y = x
         if lo is not None:
             y = np.maximum(y, x.dtype.type(lo))
@@ -387,7 +400,7 @@ class MatMul(Module):
         lead = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
         A = np.broadcast_to(a2, lead + a2.shape[-2:]).reshape(-1, *a2.shape[-2:])
         B = np.broadcast_to(b2, lead + b2.shape[-2:]).reshape(-1, *b2.shape[-2:])
-        ys = [ops.linear_forward(np.ascontiguousarray(A[i]), np.ascontiguousarray(B[i].T), None)
+        ys = [ops.linear_forward(_contiguous(A[i]), _contiguous(B[i].T), None)
               for i in range(A.shape[0])]
         y = np.stack(ys).reshape(lead + (a2.shape[-2], b2.shape[-1]))
         self._save((A, B, a.shape, b.shape, a2.shape, b2.shape, lead, va, vb))
@@ -406,8 +419,8 @@ class MatMul(Module):
         D = dy.reshape(-1, sa2[-2], sb2[-1])
         da, db = [], []
         for i in range(A.shape[0]):
-            dx, dw, _ = ops.linear_backward(np.ascontiguousarray(D[i]), np.ascontiguousarray(A[i]),
-                                            np.ascontiguousarray(B[i].T), True, True, False)
+            dx, dw, _ = ops.linear_backward(_contiguous(D[i]), _contiguous(A[i]), _contiguous(B[i].T),
+                                            True, True, False)
             da.append(dx)
             db.append(dw.T)
         da = unbroadcast(np.stack(da).reshape(lead + sa2[-2:]), sa2).reshape(sa)
@@ -553,7 +566,7 @@ class Resize(Module):
         scales, sizes = self.scales, self.sizes
         if self.runtime is not None:
             kind, pos = self.runtime
-            value = np.asarray(args[pos - 1])
+            value = _host_values(args[pos - 1])
             if kind == "scales":
                 scales = tuple(float(s) for s in value)
             else:

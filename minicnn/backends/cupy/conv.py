@@ -50,9 +50,16 @@ IGEMM = {
 }
 
 # implicit_gemm_128 is picked when its grid has at least this many blocks: two per SM of a
-# 132-SM H100 / H200, so the larger tiles still fill the device. A starting rule, not yet
-# measured on a GPU; compiled models time every variant instead (conv_variants)
+# 132-SM H100 / H200, so the larger tiles still fill the device. A starting rule: the one device
+# run so far timed ResNet-18's layers at batch 32, where no layer reaches it (there the 128 tiles
+# were the slowest version everywhere); compiled models time every variant instead (conv_variants)
 FILL_BLOCKS = 264
+
+# a layer whose reduction per output (C/groups * R * S) is at least this long goes to
+# im2col + cuBLAS rather than the 64-tile implicit GEMM: cuBLAS keeps a long reduction busier
+# than 64 x 64 tiles on a grid too small for implicit_gemm_128 (measured on an H200 at ResNet-18's
+# layer3 and layer4 shapes, docs/benchmarks.md "GPU (CuPy backend)")
+IM2COL_MIN_REDUCTION = 2048
 
 # bytes of column buffer (and transposed dY) one chunk of the batch may use
 WORKSPACE_BYTES = 256 * 2**20
@@ -339,7 +346,8 @@ def pick_forward(g: ConvGeometry, dtype, mode: str) -> str:
     float32 in the ``"tf32"`` or ``"bf16"`` mode: that implicit-GEMM version. Otherwise a
     pointwise layer is one cuBLAS GEMM on x itself (``im2col_gemm``, which then unfolds
     nothing); a layer with at least 128 filters per group whose 128 x 128 grid still has
-    ``FILL_BLOCKS`` blocks takes ``implicit_gemm_128``, any other ``implicit_gemm``;
+    ``FILL_BLOCKS`` blocks takes ``implicit_gemm_128``; of the rest, one whose reduction is at
+    least ``IM2COL_MIN_REDUCTION`` long takes ``im2col_gemm``, any other ``implicit_gemm``;
     ``im2col_gemm`` where the implicit GEMM's grid or sizes do not fit.
     """
     fits = implicit_gemm_supports(g)
@@ -351,6 +359,8 @@ def pick_forward(g: ConvGeometry, dtype, mode: str) -> str:
         cols, rows, groups = igemm_grid(g, "implicit_gemm_128")
         if cols * rows * groups >= FILL_BLOCKS:
             return "implicit_gemm_128"
+    if g.CRSg >= IM2COL_MIN_REDUCTION:
+        return "im2col_gemm"
     return "implicit_gemm"
 
 

@@ -30,7 +30,7 @@ The host-side rules are plain functions with CPU tests (tests/test_gpu.py): :fun
 :func:`workspace_bytes` and :func:`check_example`.
 
 Written and checked on the host (the rules above, and the capture plumbing above the table on a
-fake recording backend); not yet run on a GPU.
+fake recording backend), and on a GPU by ``tests/test_gpu.py`` (capture and replay against eager).
 """
 from __future__ import annotations
 
