@@ -324,29 +324,21 @@ def test_classic_graph_matches_onnxruntime(name, backend_name):
     assert rel(got, want) < 1e-4
 
 
-@pytest.fixture(scope="module")
-def device_backend():
-    """The fake device backend of tests/test_device_agnostic.py: its arrays refuse to mix with
-    host arrays, as CuPy's do, so a node that makes a host array from a device one fails there."""
-    import test_device_agnostic as dev
-
-    from minicnn import backends
-
-    be = backends.register(dev.FAKE, dev._fake_module())
-    yield dev
-    backends.unregister(dev.FAKE)
+# the fake device backend (its fixture `fake`): its arrays refuse to mix with host arrays, as CuPy's
+# do, so a node that makes a host array from a device one fails there
+from test_device_agnostic import FAKE, DeviceArray, fake  # noqa: E402, F401
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIC))
-def test_classic_graph_keeps_its_arrays_on_a_device_backend(name, device_backend):
+def test_classic_graph_keeps_its_arrays_on_a_device_backend(name, fake):
     model = CLASSIC[name]
     data = model.SerializeToString()
     xs = [f32(*[d.dim_value or 3 for d in vi.type.tensor_type.shape.dim]) for vi in model.graph.input
           if vi.name not in {t.name for t in model.graph.initializer}]
     want = ort_run(data, *xs)[0]
-    with mc.backend(device_backend.FAKE):
+    with mc.backend(FAKE):
         got = mc.onnx.load(data)(*xs)
-        assert type(got) is device_backend.DeviceArray
+        assert type(got) is DeviceArray
     assert rel(mc.to_numpy(got), want) < 1e-4
 
 

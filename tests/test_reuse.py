@@ -387,7 +387,6 @@ def _memory_in_use(be):
     else:
         import cupy
 
-        be.synchronize()
         yield cupy.get_default_memory_pool().used_bytes
 
 

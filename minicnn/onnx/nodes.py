@@ -24,7 +24,7 @@ __all__ = [
 
 
 def _data(x, dtype):
-    """``x`` on the backend in force, in ``dtype`` (the model's compute dtype)."""
+    """``x`` on the backend in force, in ``dtype`` (the model's compute dtype, or int64 for indices)."""
     be = backends.current()
     x = x if be.is_native(x) else be.asarray(np.asarray(x))
     return x if x.dtype == dtype else x.astype(dtype)
@@ -243,9 +243,7 @@ class Gather(Module):
     def forward(self, x, indices):
         x = _data(x, self.dtype)
         axis = self.axis % x.ndim
-        be = backends.current()
-        idx = indices if be.is_native(indices) else be.asarray(np.asarray(indices))
-        idx = idx.astype(np.int64, copy=False)
+        idx = _data(indices, np.int64)
         idx = np.where(idx < 0, idx + x.shape[axis], idx)
         self._save((x.shape, axis, idx))
         return np.take(x, idx, axis=axis)
