@@ -248,6 +248,12 @@ class _FusedConv:
                   out=ctx.pool.take(shape, x.dtype, ctx.be))
 
 
+# A batch of at least this many images per thread runs as one slice per thread, each slice's whole
+# forward on one thread (``CompiledModel._in_parts``). Measured on ResNet-18 (docs/kernels.md,
+# "A batch split across threads"): two slices of 4 or 16 images beat one two-thread pass; slices of
+# 1 or 2 images did not.
+BATCH_SPLIT_MIN_IMAGES = 4
+
 # A variant whose output differs from the op's own choice by more than this (relative to the
 # output's largest magnitude) is never picked; the kernels' tests hold them to 1.5e-5.
 TUNE_TOLERANCE = 1e-3
@@ -481,22 +487,61 @@ class CompiledModel:
             with self._pools_lock:
                 self._free_pools.append(pool)
 
+    def _in_parts(self, method, x):
+        """``method(x)``, or, for a batch of at least ``BATCH_SPLIT_MIN_IMAGES`` images per thread,
+        ``method`` on one slice of the batch per thread, each slice on a thread of its own whose
+        kernels run on that thread alone (the backend's ``map_one_thread``), the results stacked.
+
+        Inference treats each image on its own, so the parts need no barrier between kernels, where
+        one pass over the whole batch meets one at every kernel (three per Winograd conv). Each part
+        is a call of this model like any other (its own buffers; its own autotuned picks, keyed by
+        the part's shape and one thread). A backend on one thread (``threads()`` 1) never splits.
+        """
+        be = backends.current()
+        x = self._check(x)
+        n = x.shape[0]
+        parts = min(be.threads(), n // BATCH_SPLIT_MIN_IMAGES)
+        if parts < 2:
+            return method(x)
+        bounds = [n * i // parts for i in range(parts + 1)]
+
+        def part(lo_hi):
+            with backends.backend(be.NAME):  # the backend in force is per thread
+                return method(x[lo_hi[0]:lo_hi[1]])
+
+        outs = be.map_one_thread(part, list(zip(bounds, bounds[1:])))
+        y = be.empty((n, *outs[0].shape[1:]), outs[0].dtype)
+        for lo, hi, o in zip(bounds, bounds[1:], outs):
+            y[lo:hi] = o
+        return y
+
     def forward_features(self, x):
         """The last feature map, layer4's output (N, 512, ceil(H/32), ceil(W/32)), as ``model.forward_features``."""
+        return self._in_parts(self._forward_features, x)
+
+    def embed(self, x):
+        """The globally average-pooled features (N, 512) the classifier reads, as ``model.embed``."""
+        return self._in_parts(self._embed, x)
+
+    def forward(self, x):
+        """Logits for a batch ``x`` of shape (N, C, H, W)."""
+        return self._in_parts(self._forward, x)
+
+    __call__ = forward
+
+    def _forward_features(self, x):
         with self._pass() as ctx:
             # the caller keeps this array, so it must not be a pool buffer the next call overwrites
             return self._features_map(self._check(x), ctx).copy()
 
-    def embed(self, x):
-        """The globally average-pooled features (N, 512) the classifier reads, as ``model.embed``."""
+    def _embed(self, x):
         with self._pass() as ctx:
             fmap = self._features_map(self._check(x), ctx)
             y = ops.adaptive_avgpool2d_forward(fmap, self.avg_size)
         return y.reshape(y.shape[0], -1)
 
-    def forward(self, x):
-        """Logits for a batch ``x`` of shape (N, C, H, W)."""
-        feats = self.embed(x)
+    def _forward(self, x):
+        feats = self._embed(x)
         kind = self.fc[0]
         if kind == "identity":
             return feats
@@ -509,8 +554,6 @@ class CompiledModel:
             w, b = be.asarray(w), None if b is None else be.asarray(b)
             self.fc = ("linear", w, b)
         return ops.linear_forward(feats, w, b)
-
-    __call__ = forward
 
     def convs(self):
         """Every fused conv in execution order (stem, then each block's conv1, downsample, conv2)."""
@@ -708,18 +751,18 @@ class CompiledVGG(CompiledModel):
                 h = ops.relu_forward(h)
         return h
 
-    def embed(self, x):
+    # forward, embed and forward_features: CompiledModel's (each image of a large batch on one thread)
+
+    def _embed(self, x):
         """The penultimate features (N, hidden) the classifier's last layer reads, as ``model.embed``."""
         with self._pass() as ctx:
             fmap = self._features_map(self._check(x), ctx)
             y = ops.adaptive_avgpool2d_forward(fmap, self.avg_size)  # a new array, not a pool buffer
         return self._run_head(y.reshape(y.shape[0], -1), range(len(self.head) - 1))
 
-    def forward(self, x):
+    def _forward(self, x):
         """Logits for a batch ``x`` of shape (N, 3, H, W)."""
-        return self._run_head(self.embed(x), [len(self.head) - 1])
-
-    __call__ = forward
+        return self._run_head(self._embed(x), [len(self.head) - 1])
 
     def convs(self):
         """Every fused conv in execution order."""

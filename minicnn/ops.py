@@ -116,6 +116,12 @@ generator() -> rng           the random generator dropout draws from, seeded by 
                              with ``minicnn.random.backend_generator(NAME, make)``: rebuilt by
                              ``make(seed)`` after each ``manual_seed``, the same object in between
 threads() -> int             threads the kernels run on (default 1); part of an autotuned pick's key
+map_one_thread(fn, items) -> list
+                             ``[fn(item) for item in items]``, the calls in parallel, each on a thread
+                             whose kernels run on that thread alone (numba: helper threads with one
+                             kernel thread each); for independent parts of a batch, which then need
+                             no barrier between kernels. ``fn`` runs on another thread: it must
+                             enter the backend itself. Default: one after another on the calling thread
 conv_variants(x_shape, w_shape, stride, padding, dilation, groups) -> {name: fn}
                              forward conv algorithms with the ``conv2d_fused_forward`` signature
                              that can compute this shape, for an autotuner (default: none)
@@ -216,7 +222,7 @@ ARRAY_FUNCS = ("asarray", "is_native", "to_numpy", "empty")
 
 # entries a backend may leave out; backends.load fills them from backends/_defaults.py
 OPTIONAL = ("generator", "threads", "conv_variants", "release_unpicked", "conv2d_maxpool_fused", "capture_graph",
-            "synchronize", "tuning_key", "compiled_only")
+            "synchronize", "tuning_key", "compiled_only", "map_one_thread")
 
 TABLE = OP_NAMES + ARRAY_FUNCS + OPTIONAL
 

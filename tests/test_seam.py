@@ -209,10 +209,11 @@ def test_compile_inference_on_a_backend_without_optional_entries(monkeypatch):
     assert rel < 1e-5, f"compiled logits off by {rel:.2e} relative"
     assert np.array_equal(got, again)
     # the stem went through the default fused conv + pool, every conv asked for variants (none
-    # offered: the op is kept), and the autotuner keyed its picks on the default thread count
+    # offered: the op is kept), the autotuner keyed its picks on the default thread count, and on
+    # one thread no call split its batch (threads asked twice per call: the split, then the pass)
     assert calls["conv2d_maxpool_fused"] == 2
     assert calls["conv_variants"] == len(fast.convs()) - 1  # the stem is not autotuned
-    assert calls["threads"] == 2
+    assert calls["threads"] == 4 and calls["map_one_thread"] == 0
     assert calls["release_unpicked"] == calls["conv_variants"] and calls["generator"] == 0
     assert all(v == "op" for picks in fast.variants().values() for v in picks.values())
 

@@ -20,6 +20,11 @@ def threads() -> int:
     return 1
 
 
+def map_one_thread(fn, items) -> list:
+    """One call after another on the calling thread: a single-threaded backend has no parts to overlap."""
+    return [fn(item) for item in items]
+
+
 def conv_variants(x_shape, w_shape, stride, padding, dilation, groups) -> dict:
     """No alternative algorithms: an autotuner keeps ``conv2d_fused_forward``."""
     return {}
@@ -73,6 +78,7 @@ def tuning_key() -> tuple:
 DEFAULTS = {
     "generator": generator,
     "threads": threads,
+    "map_one_thread": map_one_thread,
     "conv_variants": conv_variants,
     "release_unpicked": release_unpicked,
     "conv2d_maxpool_fused": conv2d_maxpool_fused,

@@ -2,10 +2,11 @@
 
 Same op table, signatures and array type (numpy arrays) as ``backends/numpy``; one file per
 concern (conv + winograd, pool, batchnorm, activation, linear, loss, dropout). Kernels are
-``@njit(cache=True, parallel=True)`` loops with ``prange`` over (image, channel) planes or tiles;
+``@njit(cache=True, nogil=True, parallel=True)`` loops with ``prange`` over (image, channel) planes or tiles;
 matrix products go to numpy's BLAS, everything around them (unfolding, packing, Winograd
 transforms, epilogues, reductions) is here. ``_threads`` makes the whole backend safe to call from
-several Python threads at once. Variants, the conv selection rule and measured accuracy:
+several Python threads at once, and every kernel releases the GIL (``nogil=True``), so calls from
+several threads compute at the same time (``map_one_thread`` runs the parts of a batch that way). Variants, the conv selection rule and measured accuracy:
 docs/kernels.md.
 
 Importing this package starts numba's worker threads, and its ops change a few process-wide
@@ -82,6 +83,7 @@ OPS = {
     "asarray": asarray, "is_native": is_native, "to_numpy": to_numpy, "empty": empty, "threads": threads,
     "conv_variants": conv_variants, "release_unpicked": release_unpicked,
     "conv2d_maxpool_fused": conv2d_maxpool_fused, "compiled_only": _notice.compiled_only,
+    "map_one_thread": _threads.map_one_thread,
 }
 for _mod in (conv, pool, batchnorm, activation, linear, loss, dropout, pad, dropout2d, conv_transpose, upsample):
     OPS.update({name: getattr(_mod, name) for name in _mod.__all__})

@@ -55,7 +55,7 @@ ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 SPLIT_BATCH, SPLIT_ROWS, SPLIT_COLUMNS = 0, 1, 2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def gemm(double, M, N, K, pa, ta, lda, pb, tb, ldb, beta, pc, ldc):  # pragma: no cover - jitted
     """C = A . B + beta * C on the calling thread, for kernels that run BLAS inside their own
     parallel region (row-major; addresses in bytes, leading dimensions in elements). OpenBLAS
@@ -66,12 +66,12 @@ def gemm(double, M, N, K, pa, ta, lda, pb, tb, ldb, beta, pc, ldc):  # pragma: n
         _sgemm(ROW_MAJOR, ta, tb, M, N, K, np.float32(1.0), pa, lda, pb, ldb, np.float32(beta), pc, ldc)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _one(double, M, N, K, pa, ta, lda, pb, tb, ldb, pc, ldc):  # pragma: no cover - jitted
     gemm(double, M, N, K, pa, ta, lda, pb, tb, ldb, 0.0, pc, ldc)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _slices(double, parts, split, B1, B2, M, N, K, pa, ta, lda, sa1, sa2, pb, tb, ldb, sb1, sb2,
             pc, ldc, sc1, sc2, isz):  # pragma: no cover - jitted
     """Slice ``p`` of ``parts`` of C[i1, i2] = A[i1, i2] . B[i1, i2] (byte addresses and byte

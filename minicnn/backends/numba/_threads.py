@@ -31,6 +31,9 @@ process", has the reasons and the measurements):
 - While a GEMM runs in ``matmul``, numpy's OpenBLAS is set to one thread, and its count is
   restored afterwards (``minicnn._blas.single_threaded``); OpenBLAS's count is process-wide, so a
   GEMM another thread starts meanwhile runs on one thread too.
+- ``map_one_thread`` keeps a pool of worker threads (started at its first use, living as long as
+  the process), each of which sets its own numba thread count to 1; numba's count is per thread,
+  so no other thread's changes.
 - The tuning values below (``SERIAL_MAX_WORK``, ``SPLIT_MIN_MACS``, ``GEMM_THREADS``) are read
   at every call; ``tuning(...)`` changes them for a block and restores them. That too is
   process-wide: it is for tests and measurements, not for a program whose other threads compute.
@@ -43,6 +46,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 
 from ... import _blas
@@ -361,6 +365,40 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+_one_pool = None
+_one_pool_key = (0, 0)
+
+
+def _one_thread_worker():
+    """A ``map_one_thread`` worker: numba's thread count is per thread, so this one, set once
+    when the worker starts, leaves every other thread's count as it was."""
+    numba.set_num_threads(1)
+
+
+def map_one_thread(fn, items) -> list:
+    """``[fn(item) for item in items]``, each call on a worker thread of its own whose kernels run
+    on that thread alone (numba's count 1 there, so GEMMs are not split either), in parallel.
+
+    For work that splits into independent parts, like the images of a batch: the parts run
+    without a barrier between kernels. The kernels release the GIL (``nogil=True``), so the
+    workers compute at the same time. Under the ``workqueue`` layer, whose kernel calls take
+    turns, or with one item, the calls run one after another on the calling thread.
+    """
+    global _one_pool, _one_pool_key
+    items = list(items)
+    if len(items) < 2 or _needs_lock:
+        return [fn(item) for item in items]
+    with _pool_lock:
+        size, pid = _one_pool_key
+        if _one_pool is None or size < len(items) or pid != os.getpid():
+            _one_pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="minicnn-one-thread",
+                                           initializer=_one_thread_worker)
+            _one_pool_key = (len(items), os.getpid())
+        pool = _one_pool
+    futures = [pool.submit(fn, item) for item in items]
+    return [f.result() for f in futures]
+
+
 def _split(a, b, out, parts: int):
     """``parts`` (a_i, b_i, out_i) triples whose products fill disjoint slices of ``out``.
 
@@ -403,7 +441,9 @@ def matmul(a, b, out):
     if threads is None:  # not an OpenBLAS we can steer: let the BLAS thread itself
         return np.matmul(a, b, out=out)
     macs = out.size * a.shape[-1]
-    parts = max(1, min(threads, macs // SPLIT_MIN_MACS))
+    # no more slices than this thread's kernels may use (numba's count is per thread: a
+    # ``map_one_thread`` worker runs everything on itself)
+    parts = max(1, min(threads, numba.get_num_threads(), macs // SPLIT_MIN_MACS))
     with _blas.single_threaded():
         if parts == 1:
             return np.matmul(a, b, out=out)

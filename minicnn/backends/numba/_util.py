@@ -94,7 +94,7 @@ def check_conv(x, w, b, stride, padding, dilation, groups, where="conv2d"):
 # Shared kernels (shared so that each costs one compilation per dtype, not one per op)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def epilogue(src, s_off, s_n, s_k, dst, d_off, d_n, d_k, nc, K, L,
              scale, has_scale, b, has_b, res, has_res, relu):  # pragma: no cover - jitted
     """dst[d(i, k, j)] = act(src[s(i, k, j)] * scale[k] + b[k] + res[d(i, k, j)]) for i < nc, k < K, j < L.
@@ -156,7 +156,7 @@ def epilogue(src, s_off, s_n, s_k, dst, d_off, d_n, d_k, nc, K, L,
 CENTERED_MOMENTS, GRAD_MOMENTS, SUM_ONLY = 0, 1, 2
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def channel_sums(mode, a3, b3, center):  # pragma: no cover - jitted
     """Per k of (N, K, L) arrays, two float64 sums over n and l, one task per k (fixed order):
 

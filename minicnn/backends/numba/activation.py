@@ -50,7 +50,7 @@ RELU, SIGMOID, TANH = 0, 1, 2
 RELU_BWD, SIGMOID_BWD, TANH_BWD, ADD_RELU, MUL, BCE_GRAD, MSE_GRAD = 0, 1, 2, 3, 4, 5, 6
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def unary(mode, x, y):  # pragma: no cover - jitted
     """y = relu(x) | sigmoid(x) | tanh(x) on flat arrays.
 
@@ -74,7 +74,7 @@ def unary(mode, x, y):  # pragma: no cover - jitted
             y[i] = np.tanh(v)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def binary(mode, a, b, out, alpha):  # pragma: no cover - jitted
     """Elementwise on flat arrays; ``b`` is y (the forward output) for the activation backwards.
 
@@ -125,7 +125,7 @@ GELU_TANH_BETA = math.sqrt(2.0 / math.pi)
 GELU_TANH_KAPPA = 0.044715
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
 def _sigmoid(v):  # pragma: no cover - jitted
     if v >= 0:
         return 1.0 / (1.0 + math.exp(-v))
@@ -135,7 +135,7 @@ def _sigmoid(v):  # pragma: no cover - jitted
 
 # error_model="numpy": a division by zero (softplus with beta=0) gives inf as in the reference
 # instead of raising ZeroDivisionError
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def act_forward(kind, x, y, p0, p1):  # pragma: no cover - jitted
     """y = f(x) on flat arrays for one kind of the family, in float64; p0, p1 its parameters
     (elu: alpha, scale; leaky_relu: slope; softplus: beta, threshold)."""
@@ -167,7 +167,7 @@ def act_forward(kind, x, y, p0, p1):  # pragma: no cover - jitted
         y[i] = r
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def act_backward(kind, dy, x, dx, p0, p1):  # pragma: no cover - jitted
     """dx = dy * f'(x) on flat arrays; f' at the kinks as the reference (PyTorch's)."""
     beta = x.dtype.type(p0)
@@ -199,7 +199,7 @@ def act_backward(kind, dy, x, dx, p0, p1):  # pragma: no cover - jitted
         dx[i] = np.float64(dy[i]) * d
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _prelu_forward(x3, w, y3):  # pragma: no cover - jitted
     """y = x or w[c] * x on x3 (N, C, L), one task per (n, c) plane."""
     N, C, L = x3.shape
@@ -212,7 +212,7 @@ def _prelu_forward(x3, w, y3):  # pragma: no cover - jitted
             y3[n, c, j] = v if v > 0 else a * v
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _prelu_backward(dy3, x3, w, dx3, part, need_dx):  # pragma: no cover - jitted
     """dx (when need_dx) and part[n, c] = sum over the plane of x * dy where x <= 0, in float64."""
     N, C, L = x3.shape
@@ -234,7 +234,7 @@ def _prelu_backward(dy3, x3, w, dx3, part, need_dx):  # pragma: no cover - jitte
         part[n, c] = s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _softmax(x3, y3, log):  # pragma: no cover - jitted
     """Softmax (or log-softmax) over axis 1 of x3 (N, C, L), one task per (n, l) column."""
     N, C, L = x3.shape
@@ -259,7 +259,7 @@ def _softmax(x3, y3, log):  # pragma: no cover - jitted
                 y3[n, c, j] = np.exp(np.float64(x3[n, c, j]) - mx) * inv
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _softmax_backward(dy3, y3, dx3, log):  # pragma: no cover - jitted
     """Over axis 1 of (N, C, L): dx = y (dy - sum(dy y)), or for log-softmax dx = dy - exp(y) sum(dy)."""
     N, C, L = y3.shape

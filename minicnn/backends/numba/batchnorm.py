@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _dx_train(dy3, x3, mean, rstd, gamma, sdy, sdyx, dx3):  # pragma: no cover - jitted
     """dx = gamma*rstd/M * (M*dy - sum(dy) - xhat*sum(dy*xhat)), one task per (n, c) plane."""
     N, C, L = x3.shape

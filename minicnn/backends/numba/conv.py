@@ -66,7 +66,7 @@ COLUMNS_CHUNK_BYTES = 32 * 1024 * 1024
 # Kernels
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _direct(x, w, y3, b, has_b, res, has_res, relu, sh, sw, ph, pw, dh, dw, G, P, Q):  # pragma: no cover
     """y[n, k] = b[k] + sum_{c,r,s} w[k,c,r,s] * shifted input plane, one task per (n, k).
 

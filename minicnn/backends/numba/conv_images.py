@@ -58,7 +58,7 @@ MIN_IMAGES_PER_THREAD = 2
 # Unfold and fold of one image (serial: each runs inside a thread's task)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _one_run(g, H, W, r, s):  # pragma: no cover - jitted
     """(p_lo, p_hi, q_lo, q_hi) of tap (r, s) when its valid cells in one (H, W) plane are a
     single contiguous run (stride 1, output as wide as the input), else p_lo = -1.
@@ -76,7 +76,7 @@ def _one_run(g, H, W, r, s):  # pragma: no cover - jitted
     return p_lo, p_hi, q_lo, q_hi
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _unfold_image(xf, base, C, H, W, colsf, g):  # pragma: no cover - jitted
     """colsf[(c*R + r)*S + s, p*Q + q] = image at xf[base:] (C, H, W) at (p*sh - ph + r*dh,
     q*sw - pw + s*dw), 0 outside.
@@ -129,7 +129,7 @@ def _unfold_image(xf, base, C, H, W, colsf, g):  # pragma: no cover - jitted
                         colsf[d + q] = zero
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _fold_image(colsf, dxf, base, C, H, W, g):  # pragma: no cover - jitted
     """The adjoint of ``_unfold_image``: the image at dxf[base:] = sum of the column cells that
     came from each pixel, taps summed in (r, s) order.
@@ -179,7 +179,7 @@ def _fold_image(colsf, dxf, base, C, H, W, g):  # pragma: no cover - jitted
 # Kernels
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _forward(double, parts, xf, C, H, W, K, pw_, cols, pcols, yf, py, b, has_b, relu, g):  # pragma: no cover
     """y[n] = W . cols(x[n]) (+ b) (ReLU), thread ``part`` taking images [N*part/parts, N*(part+1)/parts).
 
@@ -209,7 +209,7 @@ def _forward(double, parts, xf, C, H, W, K, pw_, cols, pcols, yf, py, b, has_b, 
                         yf[o + j] = v
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _backward(double, parts, xf, C, H, W, K, pw_, dyf, pdy, cols, pcols, dxf, need_dx, pdw, need_dw,
               db_parts, need_db, g):  # pragma: no cover - jitted
     """Per thread ``part`` and image n of its range: dW_part^T (+)= cols(x[n]) . dY[n]^T,

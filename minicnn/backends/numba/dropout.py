@@ -19,7 +19,7 @@ from .activation import MUL, run_binary
 __all__ = ["dropout_forward", "dropout_backward"]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _dropout(x, u, p, scale, y, mask):  # pragma: no cover - jitted
     zero = y.dtype.type(0)
     for i in prange(x.size):

@@ -16,7 +16,7 @@ from ._util import compute_dtype, prepare
 __all__ = ["dropout2d_forward", "dropout2d_backward"]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _scale_planes(x2, m, y2):  # pragma: no cover - jitted
     """y2[t, :] = x2[t, :] * m[t] for every plane t (x2 and y2 are (N*C, plane size))."""
     for t in prange(x2.shape[0]):

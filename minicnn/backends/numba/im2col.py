@@ -65,7 +65,7 @@ def geometry(R, S, stride, padding, dilation, P, Q) -> Geometry:
                     int(dilation[0]), int(dilation[1]), int(P), int(Q))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def q_range(Q, W, sw, off_w):  # pragma: no cover - jitted
     """Output columns q whose input column q*sw + off_w lies inside [0, W)."""
     q_lo = 0 if off_w >= 0 else (-off_w + sw - 1) // sw
@@ -81,7 +81,7 @@ def q_range(Q, W, sw, off_w):  # pragma: no cover - jitted
     return q_lo, q_hi
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _tap_table(tab, H, W, g):  # pragma: no cover - jitted
     """tab[r*S + s, p*Q + q] = h*W + w of the input cell tap (r, s) of output (p, q) reads, -1 in
     the padding (``g`` a ``Geometry``)."""
@@ -96,7 +96,7 @@ def _tap_table(tab, H, W, g):  # pragma: no cover - jitted
                     t[p * Q + q] = h * W + w if 0 <= h < H and 0 <= w < W else -1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _im2col_table(xf, n0, nc, C, HW, cols, tab):  # pragma: no cover - jitted
     """cols[c*RS + rs, i*PQ + j] = plane (n0+i, c) of the flat input at tab[rs, j] (0 where -1).
 
@@ -119,7 +119,7 @@ def _im2col_table(xf, n0, nc, C, HW, cols, tab):  # pragma: no cover - jitted
                 d[j] = src[k] if k >= 0 else zero
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _im2col_rows(xs, i0, C, H, row_len, Wq, W, nc, cols, g):  # pragma: no cover - jitted
     """Unfold nc images into ``cols`` (C*R*S, nc*P*Q), run by run (``g`` a ``Geometry``):
 
@@ -256,7 +256,7 @@ def im2col(x, n0, nc, cols, g: Geometry, mode=None):
     return cols
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _col2im_table(cols, dxf, n0, nc, C, HW, tab):  # pragma: no cover - jitted
     """The adjoint of _im2col_table: plane (n0+i, c) of the flat dx = sum over taps rs of
     cols[c*RS + rs, i*PQ + j] added at tab[rs, j] (nothing where -1).
@@ -282,7 +282,7 @@ def _col2im_table(cols, dxf, n0, nc, C, HW, tab):  # pragma: no cover - jitted
                     plane[k] += src[j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _col2im_rows(cols, dx, n0, nc, g):  # pragma: no cover - jitted
     """The adjoint of _im2col_rows: dx[n0+i, c] = sum of every column cell that came from each pixel.
 

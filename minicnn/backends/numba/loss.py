@@ -57,7 +57,7 @@ _BCE, _MSE, _L1, _SMOOTH_L1, _HUBER = 0, 1, 2, 3, 4
 
 # -- the plain case ------------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _ce_fwd(z, t, probs, nll):  # pragma: no cover - jitted
     """Per row: nll = logsumexp(z) - z[t] (max subtracted first), probs = exp(z - logsumexp(z)).
 
@@ -82,7 +82,7 @@ def _ce_fwd(z, t, probs, nll):  # pragma: no cover - jitted
         nll[n] = lse - np.float64(z[n, k]) if 0 <= k < C else np.nan
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _ce_bwd(probs, t, d):  # pragma: no cover - jitted
     """d = (probs - onehot(t)) / N, serial for the reason given in _ce_fwd."""
     N, C = probs.shape
@@ -149,7 +149,7 @@ def softmax_cross_entropy_backward(probs, targets):
 
 # -- cross-entropy and NLL in general --------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _class_fwd(z, t, y, soft, w, ignore, eps, log_input, lse, per, wt):  # pragma: no cover - jitted
     """Per position (n, s) of z (N, C, S): lse[n, s], the loss per[n, s] and its weight wt[n, s] in the mean.
 
@@ -208,7 +208,7 @@ def _class_fwd(z, t, y, soft, w, ignore, eps, log_input, lse, per, wt):  # pragm
         wt[n, s] = wk
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _class_bwd(z, lse, t, y, soft, w, wsum, ignore, eps, log_input, g, gs, d):  # pragma: no cover - jitted
     """d[n, :, s] = u (Q p - q) per position, the gradient of _class_fwd's per[n, s] times its upstream u.
 
@@ -373,7 +373,7 @@ def nll_backward(logp, targets, weight, ignore_index, reduction, dloss):
 
 # -- elementwise losses ----------------------------------------------------------------------------
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _value(kind, x, t, pw, param):  # pragma: no cover - jitted
     """One element's loss (float64 in, float64 out); ``param`` is beta (smooth L1) or delta (Huber)."""
     if kind == _BCE:  # BCE with logits: pw t softplus(-x) + (1 - t) softplus(x)
@@ -390,7 +390,7 @@ def _value(kind, x, t, pw, param):  # pragma: no cover - jitted
     return 0.5 * d * d if a < param else param * (a - 0.5 * param)  # _HUBER
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _slope(kind, x, t, pw, param):  # pragma: no cover - jitted
     """d(one element's loss)/dx."""
     if kind == _BCE:  # sigmoid(x) (pw t + 1 - t) - pw t, sigmoid split by sign so exp never overflows
@@ -411,7 +411,7 @@ def _slope(kind, x, t, pw, param):  # pragma: no cover - jitted
     return min(max(d, -param), param)  # _HUBER
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _elem_fwd(kind, a, b, w, pw, param, per, sums):  # pragma: no cover - jitted
     """Float64 sum per BLOCK of the elementwise losses (times w, with pw as BCE's pos_weight); the
     values themselves go to ``per`` when it is not empty. w and pw: broadcast already, or empty."""
@@ -433,7 +433,7 @@ def _elem_fwd(kind, a, b, w, pw, param, per, sums):  # pragma: no cover - jitted
         sums[blk] = acc
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _elem_bwd(kind, a, b, w, pw, param, g, gs, d):  # pragma: no cover - jitted
     """d = gs * g * w * slope per element (g, w, pw empty: 1)."""
     has_w = w.size > 0

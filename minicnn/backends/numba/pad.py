@@ -24,7 +24,7 @@ from ._util import compute_dtype, prepare
 __all__ = ["pad2d_forward", "pad2d_backward"]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _pad_fwd(x, y, rows, cols, value):  # pragma: no cover - jitted
     """y[n, c, i, j] = x[n, c, rows[i], cols[j]], or ``value`` where either index is -1."""
     N, C = x.shape[0], x.shape[1]
@@ -48,7 +48,7 @@ def _pad_fwd(x, y, rows, cols, value):  # pragma: no cover - jitted
                 yrow[j] = xrow[s] if s >= 0 else fill
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _pad_bwd(dy, dx, rows, cols):  # pragma: no cover - jitted
     """dx = 0, then dx[n, c, rows[i], cols[j]] += dy[n, c, i, j] wherever both indices are >= 0."""
     N, C, H, W = dx.shape

@@ -80,7 +80,7 @@ ROWS_MIN_Q = 8
 TWO_BY_TWO = True
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _pool_fwd(mode, x, y, am, hlo, hcnt, hta, htb, dh, wlo, wcnt, wta, wtb, dw, sw, keep_first_nan,
               include_pad):  # pragma: no cover - jitted
     """Max (mode 0, with argmax) or average (mode 1) over windows given per output row/column.
@@ -166,7 +166,7 @@ def _pool_fwd(mode, x, y, am, hlo, hcnt, hta, htb, dh, wlo, wcnt, wta, wtb, dw, 
                     y[n, c, p, q] = acc / div if div > 0 else 0.0
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _max_table(x3, y3, am3, tab):  # pragma: no cover - jitted
     """Regular max pooling with argmax, tap by tap over whole planes: x3 (N*C, H*W), y3 and am3
     (N*C, P*Q), tab (taps, P*Q) im2col's gather table (the input offset each tap of each window
@@ -200,7 +200,7 @@ def _max_table(x3, y3, am3, tab):  # pragma: no cover - jitted
                 ap[j] = k if take else a
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _max_2x2(x3, y3, am3, W, Q, has_am):  # pragma: no cover - jitted
     """The 2x2, stride-2, unpadded max pool (LeNet's, VGG's, U-Net's): x3 (N*C, H*W), y3 and am3
     (N*C, P*Q) with 2P <= H and 2Q <= W, so every tap lies inside; argmax only when ``has_am``.
@@ -256,7 +256,7 @@ def _max_2x2(x3, y3, am3, W, Q, has_am):  # pragma: no cover - jitted
                     ap[o + q] = i + t
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _act(v, bias, has_b, relu, zero):  # pragma: no cover - jitted
     """The stem epilogue applied to a pooled value: v (+ bias) (then ReLU); ``zero`` in v's dtype."""
     if has_b:
@@ -266,7 +266,7 @@ def _act(v, bias, has_b, relu, zero):  # pragma: no cover - jitted
     return v
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _window_max(t, nans, base, ta, tb, dw, counting, bias, has_b, relu):  # pragma: no cover - jitted
     """act(max of t over one window's inside taps + bias), NaN when ``counting`` finds a NaN tap."""
     best = t.dtype.type(-np.inf)
@@ -283,7 +283,7 @@ def _window_max(t, nans, base, ta, tb, dw, counting, bias, has_b, relu):  # prag
     return _act(best, bias, has_b, relu, zero)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _maxpool_plane(xp, yp, hlo, hta, htb, dh, wlo, wta, wtb, dw, q3a, q3b, i3, st3, bias, has_b, relu,
                    counting, t, nans):  # pragma: no cover - jitted
     """One (H, W) plane of ``maxpool_values``. Returns True when ``counting`` is off and a tap
@@ -338,7 +338,7 @@ def _maxpool_plane(xp, yp, hlo, hta, htb, dh, wlo, wta, wtb, dw, q3a, q3b, i3, s
     return seen != zero
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def maxpool_values(x, y, hlo, hta, htb, dh, wlo, wta, wtb, dw, b, has_b, relu):  # pragma: no cover - jitted
     """Regular max pooling without argmax (inference), separably: rows first, then columns.
 
@@ -383,7 +383,7 @@ def maxpool_values(x, y, hlo, hta, htb, dh, wlo, wta, wtb, dw, b, has_b, relu): 
                            relu, True, t, nans)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _max_bwd(dyf, amf, dxf, HW, PQ):  # pragma: no cover - jitted
     """Max pooling's backward on flat arrays: dx plane t = 0, then dx[t*HW + argmax] += dy for
     each output of plane t (an argmax of -1 routes nowhere). Returns how many argmax entries lay
@@ -409,7 +409,7 @@ def _max_bwd(dyf, amf, dxf, HW, PQ):  # pragma: no cover - jitted
     return bad
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _avg_bwd(dy, dx, hlo, hcnt, wlo, wcnt, include_pad):  # pragma: no cover - jitted
     """Average pooling's backward: each dy spread evenly over its (stride-1) window.
 
@@ -645,7 +645,7 @@ def adaptive_maxpool2d_forward(x, output_size):
     return y, am
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _unpool_fwd(x2, idx2, y2):  # pragma: no cover - jitted
     """y2 (planes, OH*OW) = 0, then y2[t, idx2[t, j]] = x2[t, j] in order j (the last of a repeated
     index stays, as in the reference and PyTorch). Returns how many indices lay outside the plane
@@ -666,7 +666,7 @@ def _unpool_fwd(x2, idx2, y2):  # pragma: no cover - jitted
     return bad
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _unpool_bwd(dy2, idx2, dx2):  # pragma: no cover - jitted
     """dx2[t, j] = dy2[t, idx2[t, j]] (indices checked by the forward's caller)."""
     for t in prange(dx2.shape[0]):

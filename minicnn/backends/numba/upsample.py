@@ -25,7 +25,7 @@ __all__ = ["upsample_nearest2d_forward", "upsample_nearest2d_backward",
            "upsample_bilinear2d_forward", "upsample_bilinear2d_backward"]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _blend_fwd(x, y, h0, h1, a0, a1, w0, w1, b0, b1, nearest):  # pragma: no cover - jitted
     """y[n, c, i, j] = a0[i] (x[h0, w0] b0[j] + x[h0, w1] b1[j]) + a1[i] (x[h1, w0] b0[j] + x[h1, w1] b1[j]),
     or x[h0, w0] when ``nearest`` (a plain copy: inf * 0 would turn an infinity into NaN)."""
@@ -52,7 +52,7 @@ def _blend_fwd(x, y, h0, h1, a0, a1, w0, w1, b0, b1, nearest):  # pragma: no cov
                 yrow[j] = t0 * ai0 + t1 * ai1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _blend_bwd(dy, dx, h0, h1, a0, a1, w0, w1, b0, b1, nearest):  # pragma: no cover - jitted
     """The adjoint of ``_blend_fwd``: dx = 0, then dy[i, j] a_u[i] b_v[j] added at (h_u[i], w_v[j])
     (dy[i, j] alone at (h0[i], w0[j]) when ``nearest``)."""

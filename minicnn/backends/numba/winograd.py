@@ -129,7 +129,7 @@ def _matrix(table, mr, dtype):
     return mat
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _input_transform(x, n0, nc, V, m, TH, TW, ph, pw):  # pragma: no cover - jitted
     """V[a*alpha + b, c, i*TH*TW + th*TW + tw] = (B^T d B)[a, b], d the alpha x alpha input tile at
     (th*m - ph, tw*m - pw) of image n0+i, channel c (zero outside the image); m = 2 or 4.
@@ -207,7 +207,7 @@ def _input_transform(x, n0, nc, V, m, TH, TW, ph, pw):  # pragma: no cover - jit
                     Vf[o + 3 * A2C] = d1 - d3
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _output_transform(M, y3, n0, nc, m, TH, TW, Q, b, has_b, res, has_res, relu):  # pragma: no cover
     """y[n0+i, k, p*Q + q] = act((A^T Mt A)[v, w] + b[k] (+ residual)), p = th*m + v, q = tw*m + w,
     Mt the alpha x alpha products of tile (th, tw), clipped to the P x Q output.
@@ -377,7 +377,7 @@ def forward(x, U, b, res3, y, padding, tile, r, relu):
 # F(2x2, 5x5), as in the forward.
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _dy_transform(dy3, n0, nc, Y, m, TH, TW, Q):  # pragma: no cover - jitted
     """Y[a*alpha + b, k, i*TH*TW + th*TW + tw] = (A dY_t A^T)[a, b], dY_t the m x m tile at
     (th*m, tw*m) of image n0+i, channel k of ``dy3`` (N, K, P*Q), zero beyond the P x Q output.
@@ -526,7 +526,7 @@ _AT1 = (0.0, 1.0, -1.0, 2.0, -2.0, 1.0)
 _ROW_BLOCK = 512
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _output_transform_rows(M, Z):  # pragma: no cover - jitted
     """Z[2v + w, l] = (A^T M_l A)[v, w] for every column l of M (36, L), M_l its 6x6 tile.
 
@@ -557,7 +557,7 @@ def _output_transform_rows(M, Z):  # pragma: no cover - jitted
                 z1[j] = a1[j] - a2[j] + 2 * (a3[j] - a4[j]) + a5[j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _dy_transform_rows(D, Y):  # pragma: no cover - jitted
     """Y[6a + b, l] = (A D_l A^T)[a, b] for every column l of D (4, L), D_l its 2x2 tile; A = (A^T)^T
     has rows (1 0), (1 1), (1 -1), (1 2), (1 -2), (0 1).
@@ -590,7 +590,7 @@ def _dy_transform_rows(D, Y):  # pragma: no cover - jitted
                     y[j] = c0 * e0[j] + c1 * e1[j]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _pad_channels_last(x, n0, xp, ph, pw):  # pragma: no cover - jitted
     """xp[i, h + ph, w + pw, c] = x[n0 + i, c, h, w], zero elsewhere. One task per (image, row of xp)."""
     nc, Hp, Wp, C = xp.shape
@@ -612,7 +612,7 @@ def _pad_channels_last(x, n0, xp, ph, pw):  # pragma: no cover - jitted
                     row[w + pw, c] = src[w]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _input_transform_cl(xp, V, TH, TW):  # pragma: no cover - jitted
     """V[a*6 + b, (i*TH + th)*TW + tw, :] = (B^T d B)[a, b], d the 6x6 tile of xp[i] at (2 th, 2 tw),
     each value a vector over the channels. B^T is the alpha = 6 matrix (``BT[(2, 5)]``), written out:
@@ -650,7 +650,7 @@ def _input_transform_cl(xp, V, TH, TW):  # pragma: no cover - jitted
                     V[r + 5, col, c] = 4 * d1 - 5 * d3 + d5
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _scatter_tiles(Z, y3, n0, nc, TH, TW, Q, b, has_b, res, has_res, relu):  # pragma: no cover - jitted
     """y[n0+i, k, 2 th + v, 2 tw + w] = act(Z[2v + w, (i*TH + th)*TW + tw, k] + b[k] (+ residual)),
     clipped to the P x Q output. One task per (image, out channel)."""
@@ -676,7 +676,7 @@ def _scatter_tiles(Z, y3, n0, nc, TH, TW, Q, b, has_b, res, has_res, relu):  # p
                     yr[q] = zero if (relu and val < 0) else val
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def _gather_tiles(dy3, n0, nc, D, TH, TW, Q):  # pragma: no cover - jitted
     """D[2v + w, k, (i*TH + th)*TW + tw] = dY[n0+i, k, 2 th + v, 2 tw + w], zero beyond the P x Q
     output (``dy3`` is (N, K, P*Q)). One task per (image, channel)."""
