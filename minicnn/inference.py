@@ -249,9 +249,9 @@ class _FusedConv:
 
 
 # A batch of at least this many images per thread runs as one slice per thread, each slice's whole
-# forward on one thread (``CompiledModel._in_parts``). Measured on ResNet-18 (docs/kernels.md,
-# "A batch split across threads"): two slices of 4 or 16 images beat one two-thread pass; slices of
-# 1 or 2 images did not.
+# forward on one thread (``CompiledModel._in_parts``). Measured on ResNet-18 with two threads
+# (docs/kernels.md, "A batch split across threads"): slices of 4 to 16 images beat one two-thread
+# pass; slices of 1 or 2 images did not.
 BATCH_SPLIT_MIN_IMAGES = 4
 
 # A variant whose output differs from the op's own choice by more than this (relative to the
@@ -488,9 +488,10 @@ class CompiledModel:
                 self._free_pools.append(pool)
 
     def _in_parts(self, method, x):
-        """``method(x)``, or, for a batch of at least ``BATCH_SPLIT_MIN_IMAGES`` images per thread,
-        ``method`` on one slice of the batch per thread, each slice on a thread of its own whose
-        kernels run on that thread alone (the backend's ``map_one_thread``), the results stacked.
+        """``method(x)``, or, for a batch of at least ``BATCH_SPLIT_MIN_IMAGES`` images per thread of
+        the backend, ``method`` on one slice of the batch per thread, each slice on a thread of its
+        own whose kernels run on that thread alone (the backend's ``map_one_thread``), the results
+        stacked.
 
         Inference treats each image on its own, so the parts need no barrier between kernels, where
         one pass over the whole batch meets one at every kernel (three per Winograd conv). Each part
@@ -500,8 +501,9 @@ class CompiledModel:
         be = backends.current()
         x = self._check(x)
         n = x.shape[0]
-        parts = min(be.threads(), n // BATCH_SPLIT_MIN_IMAGES)
-        if parts < 2:
+        # one slice per thread or none: fewer slices than threads would leave threads idle
+        parts = be.threads()
+        if parts < 2 or n < BATCH_SPLIT_MIN_IMAGES * parts:
             return method(x)
         bounds = [n * i // parts for i in range(parts + 1)]
 

@@ -102,6 +102,19 @@ def test_small_batches_and_one_thread_backends_are_not_split(seeded_resnet, two_
         np.testing.assert_allclose(y[:7], mc.to_numpy(seeded_resnet(x)), rtol=1e-4, atol=1e-4)
 
 
+def test_a_batch_splits_into_one_slice_per_thread_or_not_at_all(seeded_resnet, two_threads, monkeypatch):
+    """Fewer slices than threads would leave threads idle where one pass uses them all."""
+    monkeypatch.setitem(backends.load("numba").OPS, "threads", lambda: 3)
+    fast = inference.compile_inference(seeded_resnet, autotune=False)
+    x = np.random.default_rng(6).standard_normal((12, 3, 32, 32)).astype(np.float32)
+    with mc.backend("numba"):
+        fast(x[:11])  # under 4 images for each of 3 threads: one pass
+        y = fast(x)
+    assert two_threads == [[(0, 4), (4, 8), (8, 12)]]
+    with mc.no_grad():
+        np.testing.assert_allclose(y, mc.to_numpy(seeded_resnet(x)), rtol=1e-4, atol=1e-4)
+
+
 def test_bad_input_is_refused_before_any_split(seeded_resnet, two_threads):
     fast = inference.compile_inference(seeded_resnet, autotune=False)
     with mc.backend("numba"), pytest.raises(ValueError, match=r"expected input of shape \(N, 3, H, W\)"):
