@@ -19,7 +19,13 @@ For each batch size, in one process and on the same number of threads:
   reorders, Adds, Relus, the pool and Gemm go to "rest".
 
 The table lists per conv: the variant minicnn's autotuner picked, its times, the ratio of the
-in-pass time to ORT's (above 1: minicnn is slower), and GFLOP/s of each (2 * MACs of the conv).
+in-pass time to ORT's (above 1: minicnn is slower), GFLOP/s of each (2 * MACs of the conv, so a
+Winograd conv, which multiplies less, can pass the ceiling), and those as a share of numpy's sgemm
+on the same threads (2048^3, measured at the start: the roofline's compute ceiling), so each
+layer's remaining distance to the machine's GEMM peak shows beside its distance to ORT.
+minicnn's batch split (one slice of a large batch per thread) is off here: each conv is timed in
+one pass over the whole batch on all threads, as ORT runs it; ``minicnn bench e2e`` times the
+whole forward as users get it.
 The machine's load (``os.getloadavg``) is printed before and after: the numbers are only as good
 as the quiet.
 With ``--threads 1`` every kernel runs on the calling thread (numba's region and ORT's session
@@ -108,12 +114,24 @@ def _time_ms(fn, rounds, clock=time.perf_counter):
 
 def minicnn_layers(sd, n, rounds, size=224):
     """[(conv name, variant, in-pass ms, isolated ms, MACs)], the whole forward's ms and its CPU
-    ms on the calling thread, at batch ``n``."""
+    ms on the calling thread, at batch ``n``, without the batch split (one pass over the batch)."""
+    from minicnn import inference
+
+    x = np.random.default_rng(n).standard_normal((n, 3, size, size)).astype(np.float32)
+    # one pass over the whole batch, every kernel on all threads, as ORT runs it: a batch split
+    # across threads (CompiledModel._in_parts) would time each conv once per slice, on one thread
+    split_at, inference.BATCH_SPLIT_MIN_IMAGES = inference.BATCH_SPLIT_MIN_IMAGES, n + 1
+    try:
+        return _minicnn_layers(sd, x, rounds)
+    finally:
+        inference.BATCH_SPLIT_MIN_IMAGES = split_at
+
+
+def _minicnn_layers(sd, x, rounds):
     import minicnn as mc
     from minicnn.inference import compile_inference
     from minicnn.models.resnet import resnet18
 
-    x = np.random.default_rng(n).standard_normal((n, 3, size, size)).astype(np.float32)
     with mc.backend("numba"), mc.no_grad():
         fast = compile_inference(resnet18(weights=sd).eval())
         fast(x)
@@ -197,22 +215,24 @@ def ort_layers(torch_model, n, threads, rounds, tmp, size=224):
     return {k: _stat(list(v.values())) for k, v in per_run.items()}, _stat(run_ms), _stat(cpu_ms)
 
 
-def table(rows, total, ort, ort_total, n, cpu=None, ort_cpu=None):
-    lines = ["| conv | minicnn variant | minicnn ms in pass | alone | ORT ms | ratio | minicnn GFLOP/s | ORT GFLOP/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+def table(rows, total, ort, ort_total, n, cpu=None, ort_cpu=None, peak=float("nan")):
+    lines = ["| conv | minicnn variant | minicnn ms in pass | alone | ORT ms | ratio | minicnn GFLOP/s | ORT GFLOP/s "
+             "| minicnn % of sgemm | ORT % of sgemm |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     conv_sum = alone_sum = ort_sum = 0.0
     for name, variant, ms, alone, macs in rows:
         o = ort.get(name, float("nan")) + (ort.get("maxpool", 0.0) if name == "conv1" else 0.0)
         conv_sum += ms
         alone_sum += alone
         ort_sum += o
+        mine, theirs = 2 * macs / ms / 1e6, 2 * macs / o / 1e6
         lines.append(f"| {name} | {variant} | {ms:.2f} | {alone:.2f} | {o:.2f} | {ms / o:.2f} | "
-                     f"{2 * macs / ms / 1e6:.0f} | {2 * macs / o / 1e6:.0f} |")
-    lines.append(f"| convs | | {conv_sum:.2f} | {alone_sum:.2f} | {ort_sum:.2f} | {conv_sum / ort_sum:.2f} | | |")
-    lines.append(f"| rest | | {total - conv_sum:.2f} | | {ort.get('rest', 0.0):.2f} | | | |")
-    lines.append(f"| whole forward | | {total:.2f} | | {ort_total:.2f} | {total / ort_total:.2f} | | |")
+                     f"{mine:.0f} | {theirs:.0f} | {100 * mine / peak:.0f} | {100 * theirs / peak:.0f} |")
+    lines.append(f"| convs | | {conv_sum:.2f} | {alone_sum:.2f} | {ort_sum:.2f} | {conv_sum / ort_sum:.2f} | | | | |")
+    lines.append(f"| rest | | {total - conv_sum:.2f} | | {ort.get('rest', 0.0):.2f} | | | | | |")
+    lines.append(f"| whole forward | | {total:.2f} | | {ort_total:.2f} | {total / ort_total:.2f} | | | | |")
     if cpu is not None:  # one thread: all work on the calling thread, so CPU time leaves out waiting for a core
-        lines.append(f"| whole forward, CPU time | | {cpu:.2f} | | {ort_cpu:.2f} | {cpu / ort_cpu:.2f} | | |")
+        lines.append(f"| whole forward, CPU time | | {cpu:.2f} | | {ort_cpu:.2f} | {cpu / ort_cpu:.2f} | | | | |")
     return f"Batch {n}:\n\n" + "\n".join(lines)
 
 
@@ -244,8 +264,11 @@ def main(argv=None):
 
         torch.set_num_threads(args.threads)
         torch_model = torch_reference.build("resnet18", state_dict=sd).eval()
+    # the roofline's compute ceiling on these threads: what a conv's GFLOP/s are a share of
+    peak = harness.measure_sgemm(2048)
     print(f"load average before: {os.getloadavg()[0]:.2f}; threads {args.threads}; {args.stat} of {args.rounds} "
-          f"rounds; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
+          f"rounds; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; numpy sgemm 2048^3 "
+          f"{peak:.0f} GFLOP/s")
     with tempfile.TemporaryDirectory(prefix="minicnn-layer-gap-") as tmp:
         for n in batches:
             rows, total, cpu = minicnn_layers(sd, n, args.rounds)
@@ -254,7 +277,7 @@ def main(argv=None):
             else:
                 ort, ort_total, ort_cpu = ort_layers(torch_model, n, args.threads, args.rounds, tmp)
             one = args.threads == 1
-            print(table(rows, total, ort, ort_total, n, cpu if one else None, ort_cpu if one else None) + "\n",
+            print(table(rows, total, ort, ort_total, n, cpu if one else None, ort_cpu if one else None, peak) + "\n",
                   flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
