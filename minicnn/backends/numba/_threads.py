@@ -348,25 +348,22 @@ _layer: str = _launch()
 _launch_pid: int = os.getpid()  # a forked child has another (see launched_here)
 _needs_lock: bool = _layer not in ("tbb", "omp")
 
-_pool = None
-_pool_key = (0, 0)
+# name -> (executor, workers, pid): the helper thread pools, each started at its first use
+_pools: dict = {}
 _pool_lock = threading.Lock()
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """The GEMM helper threads, at least ``workers`` of them; a forked child (whose copy of the
-    pool has no threads behind it) gets a pool of its own."""
-    global _pool, _pool_key
+def _executor(name: str, workers: int, initializer=None) -> ThreadPoolExecutor:
+    """The helper threads called ``name``, at least ``workers`` of them, each running
+    ``initializer`` once when it starts; a forked child (whose copy of a pool has no threads
+    behind it) gets pools of its own."""
     with _pool_lock:
-        size, pid = _pool_key
-        if _pool is None or size < workers or pid != os.getpid():
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minicnn-gemm")
-            _pool_key = (workers, os.getpid())
-        return _pool
-
-
-_one_pool = None
-_one_pool_key = (0, 0)
+        pool, size, pid = _pools.get(name, (None, 0, 0))
+        if pool is None or size < workers or pid != os.getpid():
+            pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"minicnn-{name}",
+                                      initializer=initializer)
+            _pools[name] = (pool, workers, os.getpid())
+        return pool
 
 
 def _one_thread_worker():
@@ -384,17 +381,10 @@ def map_one_thread(fn, items) -> list:
     workers compute at the same time. Under the ``workqueue`` layer, whose kernel calls take
     turns, or with one item, the calls run one after another on the calling thread.
     """
-    global _one_pool, _one_pool_key
     items = list(items)
     if len(items) < 2 or _needs_lock:
         return [fn(item) for item in items]
-    with _pool_lock:
-        size, pid = _one_pool_key
-        if _one_pool is None or size < len(items) or pid != os.getpid():
-            _one_pool = ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="minicnn-one-thread",
-                                           initializer=_one_thread_worker)
-            _one_pool_key = (len(items), os.getpid())
-        pool = _one_pool
+    pool = _executor("one-thread", len(items), _one_thread_worker)
     futures = [pool.submit(fn, item) for item in items]
     return [f.result() for f in futures]
 
@@ -450,7 +440,7 @@ def matmul(a, b, out):
         if GEMM_THREADS == "numba" and _gemm.split(a, b, out, parts):
             return out
         jobs = _split(a, b, out, parts)
-        pool = _executor(len(jobs) - 1)
+        pool = _executor("gemm", len(jobs) - 1)
         futures = [pool.submit(np.matmul, pa, pb, out=po) for pa, pb, po in jobs[1:]]
         pa, pb, po = jobs[0]
         np.matmul(pa, pb, out=po)
