@@ -28,6 +28,8 @@ one pass over the whole batch on all threads, as ORT runs it; ``minicnn bench e2
 whole forward as users get it.
 The machine's load (``os.getloadavg``) is printed before and after: the numbers are only as good
 as the quiet.
+``--layout nchw`` or ``cl`` fixes minicnn's activation layout (default: the backend's choice, which
+for numba is channels-last; ``compile_inference``'s ``channels_last``).
 With ``--threads 1`` every kernel runs on the calling thread (numba's region and ORT's session
 alike), so a last row gives each whole forward's CPU time on that thread, which time spent
 waiting for a core on a busy machine does not inflate.
@@ -62,14 +64,18 @@ def _recording(records, times):
     cls = inference._FusedConv
     call, pooled = cls.__call__, cls.pooled
     record = records is not None
+    inside = []  # non-empty while a stem's pooled() runs (channels-last: its conv is an ordinary call)
 
     def rec_call(self, x, ctx, residual=None):
+        if inside:
+            return call(self, x, ctx, residual)
         t = time.perf_counter()
         y = call(self, x, ctx, residual)
         times.setdefault(self.name, []).append(time.perf_counter() - t)
         if record:
             w, b = self.arrays(ctx.be)
-            key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, ctx.be.tuning_key(), residual is not None)
+            key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, ctx.be.tuning_key(), residual is not None,
+                   "cl" if ctx.cl else "nchw")
             name, fn = self.chosen.get(key, ("op", ctx.fused))
             args = (x.copy(), w, b, self.stride, self.padding, self.dilation, self.groups,
                     None if residual is None else residual.copy(), self.relu)
@@ -78,15 +84,29 @@ def _recording(records, times):
 
     def rec_pooled(self, x, ctx, fn, pool_args):
         t = time.perf_counter()
-        y = pooled(self, x, ctx, fn, pool_args)
+        inside.append(1)
+        try:
+            y = pooled(self, x, ctx, fn, pool_args)
+        finally:
+            inside.pop()
         times.setdefault(self.name, []).append(time.perf_counter() - t)
         if record:
             w, b = self.arrays(ctx.be)
             pk, ps, pp, pd = ((a, a) if isinstance(a, int) else tuple(a) for a in pool_args)
             args = (x.copy(), w, b, self.stride, self.padding, self.dilation, self.groups, self.relu, pk, ps, pp, pd)
+            H, W = (x.shape[1], x.shape[2]) if ctx.cl else (x.shape[2], x.shape[3])
             conv_shape = (x.shape[0], w.shape[0],
-                          (x.shape[2] + 2 * self.padding[0] - w.shape[2]) // self.stride[0] + 1,
-                          (x.shape[3] + 2 * self.padding[1] - w.shape[3]) // self.stride[1] + 1)
+                          (H + 2 * self.padding[0] - w.shape[2]) // self.stride[0] + 1,
+                          (W + 2 * self.padding[1] - w.shape[3]) // self.stride[1] + 1)
+            if ctx.cl:  # the conv the autotuner picked, then the channels-last max pool
+                key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, ctx.be.tuning_key(), False, "cl")
+                conv_fn = self.chosen.get(key, ("op", ctx.fused))[1]
+                be = ctx.be
+
+                def fn(x, w, b, stride, padding, dilation, groups, relu, pk, ps, pp, pd, out, conv_fn=conv_fn):
+                    h = conv_fn(x, w, b, stride, padding, dilation, groups, None, relu)
+                    return be.maxpool2d_forward_cl(h, pk, ps, pp, pd, out=out)
+
             records.append((self.name, "conv+maxpool", fn, args, {"out": np.empty_like(y)}, conv_shape, w.shape))
         return y
 
@@ -112,7 +132,7 @@ def _time_ms(fn, rounds, clock=time.perf_counter):
     return 1e3 * _stat(ts)
 
 
-def minicnn_layers(sd, n, rounds, size=224):
+def minicnn_layers(sd, n, rounds, size=224, channels_last=None):
     """[(conv name, variant, in-pass ms, isolated ms, MACs)], the whole forward's ms and its CPU
     ms on the calling thread, at batch ``n``, without the batch split (one pass over the batch)."""
     from minicnn import inference
@@ -122,18 +142,18 @@ def minicnn_layers(sd, n, rounds, size=224):
     # across threads (CompiledModel._in_parts) would time each conv once per slice, on one thread
     split_at, inference.BATCH_SPLIT_MIN_IMAGES = inference.BATCH_SPLIT_MIN_IMAGES, n + 1
     try:
-        return _minicnn_layers(sd, x, rounds)
+        return _minicnn_layers(sd, x, rounds, channels_last)
     finally:
         inference.BATCH_SPLIT_MIN_IMAGES = split_at
 
 
-def _minicnn_layers(sd, x, rounds):
+def _minicnn_layers(sd, x, rounds, channels_last=None):
     import minicnn as mc
     from minicnn.inference import compile_inference
     from minicnn.models.resnet import resnet18
 
     with mc.backend("numba"), mc.no_grad():
-        fast = compile_inference(resnet18(weights=sd).eval())
+        fast = compile_inference(resnet18(weights=sd).eval(), channels_last=channels_last)
         fast(x)
         fast(x)
         total = _time_ms(lambda: fast(x), rounds)
@@ -242,6 +262,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15, help="timed runs per layer and per ORT session")
     ap.add_argument("--stat", choices=tuple(STAT), default="min", help="summary of the rounds (default min)")
+    ap.add_argument("--layout", choices=("auto", "nchw", "cl"), default="auto",
+                    help="minicnn's activations: the backend's choice (numba: channels-last), NCHW or channels-last")
     ap.add_argument("--skip-ort", action="store_true", help="minicnn's layers only (a quicker A/B)")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
@@ -266,12 +288,14 @@ def main(argv=None):
         torch_model = torch_reference.build("resnet18", state_dict=sd).eval()
     # the roofline's compute ceiling on these threads: what a conv's GFLOP/s are a share of
     peak = harness.measure_sgemm(2048)
-    print(f"load average before: {os.getloadavg()[0]:.2f}; threads {args.threads}; {args.stat} of {args.rounds} "
+    print(f"load average before: {os.getloadavg()[0]:.2f}; threads {args.threads}; layout {args.layout}; "
+          f"{args.stat} of {args.rounds} "
           f"rounds; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; numpy sgemm 2048^3 "
           f"{peak:.0f} GFLOP/s")
     with tempfile.TemporaryDirectory(prefix="minicnn-layer-gap-") as tmp:
         for n in batches:
-            rows, total, cpu = minicnn_layers(sd, n, args.rounds)
+            layout = {"auto": None, "nchw": False, "cl": True}[args.layout]
+            rows, total, cpu = minicnn_layers(sd, n, args.rounds, channels_last=layout)
             if args.skip_ort:
                 ort, ort_total, ort_cpu = {}, float("nan"), float("nan")
             else:

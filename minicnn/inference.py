@@ -218,11 +218,12 @@ class _FusedConv:
 
     def __call__(self, x, ctx, residual=None):
         w, b = self.arrays(ctx.be)
-        kwargs = {"out": ctx.pool.take(self._out_shape(x, w), x.dtype, ctx.be)}
+        kwargs = {"out": ctx.pool.take(self._out_shape(x, w, ctx.cl), x.dtype, ctx.be)}
         args = (x, w, b, self.stride, self.padding, self.dilation, self.groups, residual, self.relu)
         fn = ctx.fused
         if ctx.tune:
-            key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, ctx.be.tuning_key(), residual is not None)
+            key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, ctx.be.tuning_key(), residual is not None,
+                   "cl" if ctx.cl else "nchw")
             pick = self.chosen.get(key)
             if pick is None:
                 with self._tune_lock:
@@ -234,15 +235,27 @@ class _FusedConv:
             fn = pick[1]
         return fn(*args, **kwargs)
 
-    def _out_shape(self, x, w):
+    def _out_shape(self, x, w, cl=False):
+        """y's shape: (N, K, P, Q), or (N, P, Q, K) for channels-last x (N, H, W, C)."""
         K, _, R, S = w.shape
-        return (x.shape[0], K, *conv_output_size(x.shape[2], x.shape[3], R, S, self.stride, self.padding, self.dilation))
+        H, W = (x.shape[1], x.shape[2]) if cl else (x.shape[2], x.shape[3])
+        P, Q = conv_output_size(H, W, R, S, self.stride, self.padding, self.dilation)
+        return (x.shape[0], P, Q, K) if cl else (x.shape[0], K, P, Q)
 
     def pooled(self, x, ctx, fn, pool_args):
-        """maxpool(relu(conv(x) + b)) through the backend's fused kernel ``fn``, into a pool buffer."""
+        """maxpool(relu(conv(x) + b)) through the backend's fused kernel ``fn``, into a pool buffer.
+        Channels-last: the conv (autotuned like any other) into a pool buffer, then the backend's
+        ``maxpool2d_forward_cl``."""
         w, b = self.arrays(ctx.be)
-        N, K, P, Q = self._out_shape(x, w)
         pk, ps, pp, pd = ((a, a) if isinstance(a, int) else tuple(a) for a in pool_args)
+        if ctx.cl:
+            y = self(x, ctx)
+            N, P, Q, K = y.shape
+            shape = (N, *conv_output_size(P, Q, pk[0], pk[1], ps, pp, pd), K)
+            out = ctx.be.maxpool2d_forward_cl(y, pk, ps, pp, pd, out=ctx.pool.take(shape, x.dtype, ctx.be))
+            ctx.done_with(y)
+            return out
+        N, K, P, Q = self._out_shape(x, w)
         shape = (N, K, *conv_output_size(P, Q, pk[0], pk[1], ps, pp, pd))
         return fn(x, w, b, self.stride, self.padding, self.dilation, self.groups, self.relu, pk, ps, pp, pd,
                   out=ctx.pool.take(shape, x.dtype, ctx.be))
@@ -287,7 +300,7 @@ def _autotune(ctx, args, kwargs):
     race, and once a later run finds them in the cache they are timed too.
     """
     x, w = args[0], args[1]
-    cands = ctx.be.conv_variants(x.shape, w.shape, args[3], args[4], args[5], args[6])
+    cands = ctx.variants(x.shape, w.shape, args[3], args[4], args[5], args[6])
     if len(cands) < 2:
         return ("op", ctx.fused)
     # compared on the host: a copy (the candidates reuse the out buffer), whatever the backend
@@ -322,9 +335,12 @@ def _autotune(ctx, args, kwargs):
 class _Ctx:
     """What one forward pass needs from the backend in force."""
 
-    def __init__(self, pool: _BufferPool, autotune: bool):
+    def __init__(self, pool: _BufferPool, autotune: bool, channels_last: bool = False):
         self.be = backends.current()
-        self.fused = self.be.OPS["conv2d_fused_forward"]
+        # channels-last: activations (N, H, W, C) between layers, the backend's *_cl entries
+        self.cl = channels_last
+        self.fused = self.be.OPS["conv2d_fused_forward_cl" if channels_last else "conv2d_fused_forward"]
+        self.variants = self.be.conv_variants_cl if channels_last else self.be.conv_variants
         self.pool = pool
         self.tune = autotune
         self.threads = self.be.threads() if autotune else None
@@ -404,7 +420,10 @@ class CompiledModel:
     between calls grow with the largest number of calls that ran at the same time.
     """
 
-    def __init__(self, model: Module, autotune: bool = True):
+    # whether this class's forward can run channels-last (CompiledModel's ResNet forward can)
+    _channels_last_ok = True
+
+    def __init__(self, model: Module, autotune: bool = True, channels_last: bool | None = None):
         if not _is_resnet(model):
             raise ValueError(
                 f"compile_inference: {type(model).__name__} is not a BasicBlock ResNet nor a Bottleneck one (needs conv1, "
@@ -426,15 +445,25 @@ class CompiledModel:
             raise ValueError(f"compile_inference: expected avgpool to be AdaptiveAvgPool2d, got {type(model.avgpool).__name__}")
         self.avg_size = model.avgpool.output_size
         self.fc = self._head(model.fc)
-        self._init_buffers(autotune)
+        self._init_buffers(autotune, channels_last)
 
-    def _init_buffers(self, autotune):
+    def _init_buffers(self, autotune, channels_last=None):
         # sets of activation buffers: a call borrows one no other call holds (see _pass)
         self._pools: list = []
         self._free_pools: list = []
         self._pools_lock = threading.Lock()
         # True, False or "all" (time every variant, compiling what it needs: see _autotune)
         self.autotune = autotune if autotune == "all" else bool(autotune)
+        if channels_last and not self._channels_last_ok:
+            raise ValueError(f"compile_inference: channels_last=True applies to ResNets; {type(self).__name__} "
+                             "runs NCHW")
+        # None: as the backend in force says (its channels_last()); True / False: always / never
+        self.channels_last = None if channels_last is None else bool(channels_last)
+
+    def _runs_channels_last(self, be) -> bool:
+        if not self._channels_last_ok or self.channels_last is False:
+            return False
+        return bool(self.channels_last or be.channels_last())
 
     @staticmethod
     def _head(fc):
@@ -463,8 +492,15 @@ class CompiledModel:
         return x
 
     def _features_map(self, x, ctx):
-        # the stem conv's output goes into the max pool (numba: a cached image at a time, never stored)
-        x = self.stem.pooled(x, ctx, ctx.be.conv2d_maxpool_fused, self.pool_args)
+        """layer4's output: (N, C, H, W), or (N, H, W, C) when ``ctx.cl``."""
+        if ctx.cl:  # one transposing copy in; every layer after reads and writes channels-last
+            xc = ctx.pool.take((x.shape[0], x.shape[2], x.shape[3], x.shape[1]), x.dtype, ctx.be)
+            xc[...] = x.transpose(0, 2, 3, 1)
+            x = self.stem.pooled(xc, ctx, None, self.pool_args)
+            ctx.done_with(xc)
+        else:
+            # the stem conv's output goes into the max pool (numba: a cached image at a time, never stored)
+            x = self.stem.pooled(x, ctx, ctx.be.conv2d_maxpool_fused, self.pool_args)
         for blk in self.blocks:
             out = blk(x, ctx)
             ctx.done_with(x)  # a no-op for arrays the pool did not hand out (the maxpool output)
@@ -482,7 +518,7 @@ class CompiledModel:
                 self._pools.append(pool)
         pool.reset()
         try:
-            yield _Ctx(pool, self.autotune)
+            yield _Ctx(pool, self.autotune, self._runs_channels_last(backends.current()))
         finally:
             with self._pools_lock:
                 self._free_pools.append(pool)
@@ -534,12 +570,13 @@ class CompiledModel:
     def _forward_features(self, x):
         with self._pass() as ctx:
             # the caller keeps this array, so it must not be a pool buffer the next call overwrites
-            return self._features_map(self._check(x), ctx).copy()
+            fmap = self._features_map(self._check(x), ctx)
+            return (fmap.transpose(0, 3, 1, 2) if ctx.cl else fmap).copy()
 
     def _embed(self, x):
         with self._pass() as ctx:
             fmap = self._features_map(self._check(x), ctx)
-            y = ops.adaptive_avgpool2d_forward(fmap, self.avg_size)
+            y = ops.adaptive_avgpool2d_forward(fmap.transpose(0, 3, 1, 2) if ctx.cl else fmap, self.avg_size)
         return y.reshape(y.shape[0], -1)
 
     def _forward(self, x):
@@ -654,7 +691,9 @@ class CompiledVGG(CompiledModel):
     ``CompiledModel``.
     """
 
-    def __init__(self, model: Module, autotune: bool = True):
+    _channels_last_ok = False  # its features and head run NCHW
+
+    def __init__(self, model: Module, autotune: bool = True, channels_last: bool | None = None):
         if not _is_vgg(model):
             raise ValueError(
                 f"compile_inference: {type(model).__name__} is not a VGG (needs features: a Sequential of Conv2d, "
@@ -710,7 +749,7 @@ class CompiledVGG(CompiledModel):
             else:  # Dropout in eval mode, Identity
                 self.head.append(("identity",))
         self._head_dev: dict = {}
-        self._init_buffers(autotune)
+        self._init_buffers(autotune, channels_last)
 
     @staticmethod
     def _pool_args(mp):
@@ -774,7 +813,7 @@ class CompiledVGG(CompiledModel):
         return f"CompiledVGG({self.arch}, {len(self.convs())} fused convs)"
 
 
-def compile_inference(model: Module, autotune: bool | str = True) -> CompiledModel:
+def compile_inference(model: Module, autotune: bool | str = True, channels_last: bool | None = None) -> CompiledModel:
     """Compile a ResNet (``resnet18`` .. ``resnet152``) or a VGG (``vgg11`` .. ``vgg19_bn``) for fast
     eval-mode inference.
 
@@ -794,13 +833,22 @@ def compile_inference(model: Module, autotune: bool | str = True) -> CompiledMod
     compiled in this process nor in numba's cache is left out rather than compiled just to be
     timed (seconds per kernel on a cold cache); ``autotune="all"`` compiles and times every one.
     ``autotune=False`` keeps the backend's fixed rule.
+
+    ``channels_last``: a compiled ResNet keeps its activations (N, H, W, C) between layers and
+    calls the backend's channels-last ops when the backend in force says so (``None``, the
+    default: numba does, its transforms vectorise over channels); ``True`` or ``False`` forces
+    the layout on every backend (one without channels-last kernels runs its NCHW ops through
+    transposes). Inputs and outputs are NCHW either way. VGGs and ONNX imports run NCHW (``True``
+    is refused for them).
     """
     from .onnx.graph import OnnxModel  # no onnx package needed: the graph is already minicnn modules
 
     if isinstance(model, OnnxModel):
         from .onnx.compiled import CompiledOnnx
 
+        if channels_last:
+            raise ValueError("compile_inference: channels_last=True applies to ResNets; an ONNX import runs NCHW")
         return CompiledOnnx(model, autotune=autotune)
     if _is_vgg(model):
-        return CompiledVGG(model, autotune=autotune)
-    return CompiledModel(model, autotune=autotune)
+        return CompiledVGG(model, autotune=autotune, channels_last=channels_last)
+    return CompiledModel(model, autotune=autotune, channels_last=channels_last)

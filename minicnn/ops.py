@@ -142,6 +142,18 @@ compiled_only() -> context   a context manager: inside it (this thread), a call 
 tuning_key() -> tuple        what besides the call's shapes, dtype and ``threads()`` decides which
                              ``conv_variants`` apply or win (cupy: the precision mode); part of an
                              autotuned pick's key; default ``()``
+channels_last() -> bool      whether compiled models should keep activations channels-last, (N, H, W, C),
+                             between layers and call the three entries below (numba: True; its
+                             channels-last kernels vectorise over channels). Default: False
+conv2d_fused_forward_cl(x, w, b, stride, padding, dilation, groups, residual, relu, out=None) -> y
+                             ``conv2d_fused_forward`` on channels-last arrays: x (N,H,W,C), residual and
+                             y (N,P,Q,K); w stays (K,C/groups,R,S). Default: the NCHW op through transposes
+conv_variants_cl(x_shape, w_shape, stride, padding, dilation, groups) -> {name: fn}
+                             ``conv_variants`` for ``conv2d_fused_forward_cl`` (x_shape (N,H,W,C));
+                             default: none
+maxpool2d_forward_cl(x, kernel_size, stride, padding, dilation=(1, 1), ceil_mode=False, out=None) -> y
+                             ``maxpool2d_forward``'s values (no argmax) on channels-last x (N,H,W,C) ->
+                             (N,P,Q,C). Default: the NCHW op through transposes
 capture_graph(fn, example) -> replay
                              record the device work of ``fn(x)`` once, for inputs of ``example``'s
                              shape and dtype (an array of this backend), and return
@@ -222,7 +234,8 @@ ARRAY_FUNCS = ("asarray", "is_native", "to_numpy", "empty")
 
 # entries a backend may leave out; backends.load fills them from backends/_defaults.py
 OPTIONAL = ("generator", "threads", "conv_variants", "release_unpicked", "conv2d_maxpool_fused", "capture_graph",
-            "synchronize", "tuning_key", "compiled_only", "map_one_thread")
+            "synchronize", "tuning_key", "compiled_only", "map_one_thread", "channels_last",
+            "conv2d_fused_forward_cl", "conv_variants_cl", "maxpool2d_forward_cl")
 
 TABLE = OP_NAMES + ARRAY_FUNCS + OPTIONAL
 

@@ -182,12 +182,15 @@ def test_compiled_resnet_on_every_backend_matches_numpy_reference(backend_name, 
     np.testing.assert_array_equal(logits, again)
 
 
-def test_autotune_picks_a_supported_variant_per_conv_and_keeps_the_numbers(seeded_resnet, x_small, reference_outputs):
+@pytest.mark.parametrize("channels_last", [None, False])
+def test_autotune_picks_a_supported_variant_per_conv_and_keeps_the_numbers(seeded_resnet, x_small, reference_outputs,
+                                                                           channels_last):
     pytest.importorskip("numba")
+    from minicnn.backends.numba import channels_last as ncl
     from minicnn.backends.numba import conv as nconv
 
-    fast = inference.compile_inference(seeded_resnet)
-    fixed = inference.compile_inference(seeded_resnet, autotune=False)
+    fast = inference.compile_inference(seeded_resnet, channels_last=channels_last)
+    fixed = inference.compile_inference(seeded_resnet, autotune=False, channels_last=channels_last)
     with mc.backend("numba"):
         tuned_logits = fast(x_small)
         fixed_logits = fixed(x_small)
@@ -198,13 +201,22 @@ def test_autotune_picks_a_supported_variant_per_conv_and_keeps_the_numbers(seede
     assert _rel(tuned_logits, reference_outputs["logits"]) < 1e-4
     assert _rel(fixed_logits, reference_outputs["logits"]) < 1e-4
     convs = {c.name: c for c in fast.convs()}
-    assert len(picks) == len(convs) - 1  # every conv but the stem, which runs fused with the max pool
+    if channels_last is None:  # numba runs channels-last: the stem conv is tuned too (its max pool is an op)
+        assert len(picks) == len(convs)
+    else:  # NCHW: every conv but the stem, which runs fused with the max pool
+        assert len(picks) == len(convs) - 1
     for name, chosen in picks.items():
         (key, variant), = chosen.items()
         shape = key[0]
+        assert key[-1] == ("cl" if channels_last is None else "nchw")
         c = convs[name]
         w_shape = (c.out_channels, c.in_channels, *c._host[0].shape[2:])
-        assert variant == "op" or nconv.supports(variant, shape, w_shape, c.stride, c.padding, c.dilation, c.groups)
+        if channels_last is None:
+            assert variant == "op" or variant in ncl.conv_variants_cl(shape, w_shape, c.stride, c.padding,
+                                                                      c.dilation, c.groups)
+        else:
+            assert variant == "op" or nconv.supports(variant, shape, w_shape, c.stride, c.padding, c.dilation,
+                                                     c.groups)
     assert all(len(v) == 2 for v in fast.variants().values())
 
 

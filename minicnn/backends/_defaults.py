@@ -56,6 +56,49 @@ def conv2d_maxpool_fused(x, w, b, stride, padding, dilation, groups, relu, pool_
     return out
 
 
+def channels_last() -> bool:
+    """False: compiled models keep NCHW activations and call the NCHW ops."""
+    return False
+
+
+def channels_last_through(op, x, w, b, stride, padding, dilation, groups, residual, relu, out):
+    """A channels-last fused conv computed by the NCHW ``op``: x and the residual viewed as NCHW,
+    the result transposed back (into ``out`` when given). Right for any backend's arrays."""
+    res = None if residual is None else residual.transpose(0, 3, 1, 2)
+    y = op(x.transpose(0, 3, 1, 2), w, b, stride, padding, dilation, groups, residual=res, relu=relu)
+    y = y.transpose(0, 2, 3, 1)
+    if out is None:
+        return y.copy()
+    out[...] = y
+    return out
+
+
+def conv2d_fused_forward_cl(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
+    """The backend's NCHW ``conv2d_fused_forward`` through transposes (``channels_last_through``)."""
+    from .. import ops
+
+    return channels_last_through(ops.conv2d_fused_forward, x, w, b, stride, padding, dilation, groups,
+                                 residual, relu, out)
+
+
+def conv_variants_cl(x_shape, w_shape, stride, padding, dilation, groups) -> dict:
+    """No alternative algorithms: an autotuner keeps ``conv2d_fused_forward_cl``."""
+    return {}
+
+
+def maxpool2d_forward_cl(x, kernel_size, stride, padding, dilation=(1, 1), ceil_mode=False, out=None):
+    """The backend's NCHW ``maxpool2d_forward`` (no argmax) through transposes."""
+    from .. import ops
+
+    y, _ = ops.maxpool2d_forward(x.transpose(0, 3, 1, 2), kernel_size, stride, padding, dilation,
+                                 need_argmax=False, ceil_mode=ceil_mode)
+    y = y.transpose(0, 2, 3, 1)
+    if out is None:
+        return y.copy()
+    out[...] = y
+    return out
+
+
 def capture_graph(fn, example):
     """Refuse: this backend runs each op as it is called, so there is no device work to record."""
     from . import current
@@ -86,4 +129,8 @@ DEFAULTS = {
     "capture_graph": capture_graph,
     "synchronize": synchronize,
     "tuning_key": tuning_key,
+    "channels_last": channels_last,
+    "conv2d_fused_forward_cl": conv2d_fused_forward_cl,
+    "conv_variants_cl": conv_variants_cl,
+    "maxpool2d_forward_cl": maxpool2d_forward_cl,
 }

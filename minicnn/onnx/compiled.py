@@ -70,6 +70,8 @@ class CompiledOnnx(CompiledModel):
             (see ``compile_inference``).
     """
 
+    _channels_last_ok = False  # the imported graph's other nodes read NCHW
+
     def __init__(self, model: OnnxModel, autotune: bool = True):
         if not isinstance(model, OnnxModel):
             raise TypeError(f"CompiledOnnx takes the OnnxModel minicnn.onnx.load returns, got {type(model).__name__}")

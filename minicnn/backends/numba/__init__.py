@@ -23,7 +23,7 @@ _notice.install()
 
 from . import _filters, _threads, activation, batchnorm, conv, dropout, linear, loss, pool
 from . import dropout2d, pad
-from . import conv_transpose, upsample
+from . import channels_last, conv_transpose, upsample
 
 NAME = "numba"
 
@@ -79,12 +79,18 @@ def threads() -> int:
 
     return numba.get_num_threads()
 
+def _channels_last() -> bool:
+    """True: compiled models run channels-last here (``channels_last.py`` says why)."""
+    return True
+
+
 OPS = {
     "asarray": asarray, "is_native": is_native, "to_numpy": to_numpy, "empty": empty, "threads": threads,
     "conv_variants": conv_variants, "release_unpicked": release_unpicked,
     "conv2d_maxpool_fused": conv2d_maxpool_fused, "compiled_only": _notice.compiled_only,
     "map_one_thread": _threads.map_one_thread,
+    "channels_last": _channels_last, "conv_variants_cl": channels_last.conv_variants_cl,
 }
-for _mod in (conv, pool, batchnorm, activation, linear, loss, dropout, pad, dropout2d, conv_transpose, upsample):
+for _mod in (channels_last, conv, pool, batchnorm, activation, linear, loss, dropout, pad, dropout2d, conv_transpose, upsample):
     OPS.update({name: getattr(_mod, name) for name in _mod.__all__})
 del _mod

@@ -78,10 +78,12 @@ def drop(w, keep) -> int:
         entry = _table.get(id(w))
         if entry is None or entry[0]() is not w:
             return 0
-        gone = [k for k in entry[1] if not keep(k)]
-        for k in gone:
-            del entry[1][k]
-        return len(gone)
+        gone = [entry[1].pop(k) for k in list(entry[1]) if not keep(k)]
+    # the arrays go here, outside the lock: freeing one may run another filter's finalizer
+    # (``_forget``), which takes the lock
+    n = len(gone)
+    del gone
+    return n
 
 
 def cached_entries() -> int:
@@ -99,4 +101,6 @@ def cached_bytes() -> int:
 def clear() -> None:
     """Drop every cached derived array (they are rebuilt on demand)."""
     with _lock:
+        old = dict(_table)
         _table.clear()
+    del old  # outside the lock, as in ``drop``
