@@ -1156,3 +1156,33 @@ def test_ops_results_survive_later_calls():
         assert not np.may_share_memory(y1, y2)
     np.testing.assert_array_equal(y1, want)
     np.testing.assert_array_equal(y2, np.maximum(-x, 0))
+
+
+def test_a_filter_freed_while_the_cache_lock_is_held_does_not_deadlock():
+    # a garbage collection can start inside any allocation, also one the cache makes under its
+    # lock, and run a freed filter's finalizer there: the finalizer must not take that lock
+    import gc
+    import threading
+
+    def body():
+        w = _readonly(np.ones((2, 2, 3, 3), np.float32))
+        _filters.derived(w, ("test", 1), lambda: np.zeros(3, np.float32))
+        before = _filters.cached_entries()
+        with _filters._lock:
+            del w
+            gc.collect()  # the finalizer runs here, under the lock
+        assert _filters.cached_entries() == before - 1  # the entry went at the next call
+
+    errors = []
+
+    def run():
+        try:
+            body()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "freeing a cached filter under the cache's lock deadlocked"
+    assert not errors, errors

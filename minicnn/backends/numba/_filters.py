@@ -7,8 +7,10 @@ filter) stays valid for as long as the array lives. Training weights are writeab
 cached; compiled inference models hand over read-only folded weights and hit the cache on every
 call after the first.
 
-Entries are keyed on ``id(w)`` and dropped by ``weakref.finalize`` when the array is freed, so a
-new array that later gets the same id can never see a stale entry; each entry also keeps a weak
+Entries are keyed on ``id(w)``. When the array is freed its ``weakref.finalize`` notes the entry,
+and the next call into the cache drops it (a finalizer may run inside any allocation, even one
+made under the cache's lock, so it takes no lock itself); a
+new array that later gets the same id can never see a stale entry: each entry also keeps a weak
 reference to its array and is only used when that reference still points at the array asked
 about. The cache is shared by all threads (a lock guards the table; the values are read-only):
 one per process, listed with the backend's other process-wide state in docs/kernels.md, "What
@@ -16,6 +18,7 @@ this backend changes in your process".
 """
 from __future__ import annotations
 
+import collections
 import threading
 import weakref
 
@@ -24,6 +27,8 @@ import numpy as np
 _lock = threading.Lock()
 # id(w) -> (weakref to w, {key: derived array})
 _table: dict = {}
+# (id, weakref) of filters that were freed, whose entries go at the next call that takes the lock
+_dead: collections.deque = collections.deque()
 
 
 def is_constant(w) -> bool:
@@ -39,7 +44,18 @@ def is_constant(w) -> bool:
 
 
 def _forget(key_id, ref):
-    with _lock:
+    """A filter's finalizer: note its entry for removal. It takes no lock and touches no table: it
+    can run inside any allocation that starts a garbage collection, including one made while
+    this thread holds ``_lock`` (a non-reentrant lock would deadlock there, and a table changed
+    mid-iteration would raise). ``deque.append`` is atomic."""
+    _dead.append((key_id, ref))
+
+
+def _purge():
+    """Remove the entries of freed filters; called with ``_lock`` held. Dropping an entry frees its
+    arrays, which may free more filters: their notes are taken by the same loop."""
+    while _dead:
+        key_id, ref = _dead.popleft()
         entry = _table.get(key_id)
         if entry is not None and entry[0] is ref:
             del _table[key_id]
@@ -55,6 +71,7 @@ def derived(w, key, make):
         return make()
     wid = id(w)
     with _lock:
+        _purge()
         entry = _table.get(wid)
         if entry is not None and entry[0]() is w:
             hit = entry[1].get(key)
@@ -63,6 +80,7 @@ def derived(w, key, make):
     value = make()
     value.flags.writeable = False
     with _lock:
+        _purge()
         entry = _table.get(wid)
         if entry is None or entry[0]() is not w:
             ref = weakref.ref(w)
@@ -75,32 +93,32 @@ def derived(w, key, make):
 def drop(w, keep) -> int:
     """Forget the derived forms of ``w`` whose key ``keep(key)`` rejects; return how many went."""
     with _lock:
+        _purge()
         entry = _table.get(id(w))
         if entry is None or entry[0]() is not w:
             return 0
-        gone = [entry[1].pop(k) for k in list(entry[1]) if not keep(k)]
-    # the arrays go here, outside the lock: freeing one may run another filter's finalizer
-    # (``_forget``), which takes the lock
-    n = len(gone)
-    del gone
-    return n
+        gone = [k for k in entry[1] if not keep(k)]
+        for k in gone:
+            del entry[1][k]
+        return len(gone)
 
 
 def cached_entries() -> int:
     """Number of derived arrays currently cached (for tests and memory accounting)."""
     with _lock:
+        _purge()
         return sum(len(e[1]) for e in _table.values())
 
 
 def cached_bytes() -> int:
     """Bytes held by cached derived arrays."""
     with _lock:
+        _purge()
         return sum(int(v.nbytes) for e in _table.values() for v in e[1].values())
 
 
 def clear() -> None:
     """Drop every cached derived array (they are rebuilt on demand)."""
     with _lock:
-        old = dict(_table)
         _table.clear()
-    del old  # outside the lock, as in ``drop``
+        _dead.clear()
