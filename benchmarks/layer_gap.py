@@ -74,9 +74,7 @@ def _recording(records, times):
         times.setdefault(self.name, []).append(time.perf_counter() - t)
         if record:
             w, b = self.arrays(ctx.be)
-            key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, ctx.be.tuning_key(), residual is not None,
-                   "cl" if ctx.cl else "nchw")
-            name, fn = self.chosen.get(key, ("op", ctx.fused))
+            name, fn = self.chosen.get(self.tune_key(x, ctx, residual is not None), ("op", ctx.fused))
             args = (x.copy(), w, b, self.stride, self.padding, self.dilation, self.groups,
                     None if residual is None else residual.copy(), self.relu)
             records.append((self.name, name, fn, args, {"out": np.empty_like(y)}, y.shape, w.shape))
@@ -99,8 +97,7 @@ def _recording(records, times):
                           (H + 2 * self.padding[0] - w.shape[2]) // self.stride[0] + 1,
                           (W + 2 * self.padding[1] - w.shape[3]) // self.stride[1] + 1)
             if ctx.cl:  # the conv the autotuner picked, then the channels-last max pool
-                key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, ctx.be.tuning_key(), False, "cl")
-                conv_fn = self.chosen.get(key, ("op", ctx.fused))[1]
+                conv_fn = self.chosen.get(self.tune_key(x, ctx, False), ("op", ctx.fused))[1]
                 be = ctx.be
 
                 def fn(x, w, b, stride, padding, dilation, groups, relu, pk, ps, pp, pd, out, conv_fn=conv_fn):

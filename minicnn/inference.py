@@ -222,8 +222,7 @@ class _FusedConv:
         args = (x, w, b, self.stride, self.padding, self.dilation, self.groups, residual, self.relu)
         fn = ctx.fused
         if ctx.tune:
-            key = (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, ctx.be.tuning_key(), residual is not None,
-                   "cl" if ctx.cl else "nchw")
+            key = self.tune_key(x, ctx, residual is not None)
             pick = self.chosen.get(key)
             if pick is None:
                 with self._tune_lock:
@@ -234,6 +233,12 @@ class _FusedConv:
                         ctx.be.release_unpicked(w, {name for name, _ in self.chosen.values()})
             fn = pick[1]
         return fn(*args, **kwargs)
+
+    @staticmethod
+    def tune_key(x, ctx, has_residual):
+        """The key of an autotuned pick in ``chosen``: what decides which variant wins."""
+        return (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, ctx.be.tuning_key(), has_residual,
+                "cl" if ctx.cl else "nchw")
 
     def _out_shape(self, x, w, cl=False):
         """y's shape: (N, K, P, Q), or (N, P, Q, K) for channels-last x (N, H, W, C)."""
@@ -246,7 +251,6 @@ class _FusedConv:
         """maxpool(relu(conv(x) + b)) through the backend's fused kernel ``fn``, into a pool buffer.
         Channels-last: the conv (autotuned like any other) into a pool buffer, then the backend's
         ``maxpool2d_forward_cl``."""
-        w, b = self.arrays(ctx.be)
         pk, ps, pp, pd = ((a, a) if isinstance(a, int) else tuple(a) for a in pool_args)
         if ctx.cl:
             y = self(x, ctx)
@@ -255,6 +259,7 @@ class _FusedConv:
             out = ctx.be.maxpool2d_forward_cl(y, pk, ps, pp, pd, out=ctx.pool.take(shape, x.dtype, ctx.be))
             ctx.done_with(y)
             return out
+        w, b = self.arrays(ctx.be)
         N, K, P, Q = self._out_shape(x, w)
         shape = (N, K, *conv_output_size(P, Q, pk[0], pk[1], ps, pp, pd))
         return fn(x, w, b, self.stride, self.padding, self.dilation, self.groups, self.relu, pk, ps, pp, pd,

@@ -20,43 +20,13 @@ from minicnn.backends import numba as numba_package
 from minicnn.backends.numba import _gemm, _threads
 from minicnn.models.resnet import resnet18, seeded_state_dict
 
-from concurrency import run_concurrently
+from concurrency import on_one_thread, run_concurrently, two_threads  # noqa: F401 - two_threads is a fixture
 
 
 @pytest.fixture(scope="module")
 def seeded_resnet():
     return resnet18(weights=seeded_state_dict("resnet18", seed=7)).eval()
 
-
-@pytest.fixture
-def two_threads(monkeypatch):
-    """The numba backend reports two kernel threads, and every map_one_thread call is recorded."""
-    calls = []
-    table = backends.load("numba").OPS
-    real = table["map_one_thread"]
-
-    def spy(fn, items):
-        calls.append(list(items))
-        return real(fn, items)
-
-    monkeypatch.setitem(table, "threads", lambda: 2)
-    monkeypatch.setitem(table, "map_one_thread", spy)
-    return calls
-
-
-def _on_one_thread(fn, x):
-    """fn(x) under the numba backend on a fresh thread whose kernels use one thread."""
-    out = {}
-
-    def work():
-        numba.set_num_threads(1)
-        with mc.backend("numba"):
-            out["y"] = np.array(fn(x), copy=True)
-
-    t = threading.Thread(target=work)
-    t.start()
-    t.join()
-    return out["y"]
 
 
 @pytest.mark.parametrize("method", ["forward", "embed", "forward_features"])
@@ -68,7 +38,7 @@ def test_split_batch_is_each_slice_computed_alone(method, seeded_resnet, two_thr
     # 9 images, 2 threads: slices [0, 4) and [4, 9)
     assert two_threads == [[(0, 4), (4, 9)]]
     for lo, hi in two_threads[0]:
-        alone = _on_one_thread(getattr(fast, method), x[lo:hi])
+        alone = on_one_thread(getattr(fast, method), x[lo:hi])
         np.testing.assert_array_equal(y[lo:hi], alone)
     with mc.no_grad():
         eager = mc.to_numpy(getattr(seeded_resnet, method)(x))
@@ -85,7 +55,7 @@ def test_split_vgg_is_each_slice_computed_alone(two_threads):
         y = fast(x)
     assert two_threads == [[(0, 4), (4, 8)]]
     for lo, hi in two_threads[0]:
-        np.testing.assert_array_equal(y[lo:hi], _on_one_thread(fast, x[lo:hi]))
+        np.testing.assert_array_equal(y[lo:hi], on_one_thread(fast, x[lo:hi]))
     with mc.no_grad():
         np.testing.assert_allclose(y, mc.to_numpy(model(x)), rtol=1e-4, atol=1e-4)
 

@@ -12,9 +12,7 @@ it is compared exactly (NaN positions included).
 from __future__ import annotations
 
 import re
-import threading
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -25,6 +23,8 @@ from minicnn.backends import _defaults
 from minicnn.backends.numba import _filters, _threads, winograd
 from minicnn.backends.numba import channels_last as cl
 from minicnn.models.resnet import resnet18, seeded_state_dict
+
+from concurrency import THREADS, on_one_thread, run_concurrently, two_threads  # noqa: F401 - two_threads is a fixture
 
 REF = backends.load("numpy").OPS
 NB = backends.load("numba").OPS
@@ -321,42 +321,6 @@ def test_bad_out_is_refused(name):
         fn(*args, residual=np.zeros((2, 4, 9, 8), np.float32))  # NCHW residual
     with pytest.raises(ValueError, match="channels"):
         fn(x.transpose(0, 3, 1, 2), w, b, 1, 1, 1, 1)  # NCHW input: 8 "channels", the filter wants 5
-
-
-@pytest.mark.parametrize("name", sorted(ALL_VARIANTS) + ["op"])
-def test_bad_out_is_refused(name):
-    fn = cl.conv2d_fused_forward_cl if name == "op" else cl.VARIANTS[name]
-    rng = np.random.default_rng(22)
-    x, w, b, res = _conv_arrays(rng, 2, 9, 8, 5, 4, 3, 1, 1, 1, True, True)
-    shape = res.shape
-    args = (x, w, b, 1, 1, 1, 1)
-    with pytest.raises(ValueError, match=r"out has shape \(2, 9, 8, 3\).*the result has shape \(2, 9, 8, 4\)"):
-        fn(*args, out=np.empty((2, 9, 8, 3), np.float32))
-    with pytest.raises(ValueError, match="dtype float64.*dtype float32"):
-        fn(*args, out=np.empty(shape, np.float64))
-    with pytest.raises(ValueError, match="C-contiguous"):
-        fn(*args, out=np.empty((2, 8, 9, 4), np.float32).transpose(0, 2, 1, 3))
-    readonly = np.empty(shape, np.float32)
-    readonly.flags.writeable = False
-    with pytest.raises(ValueError, match="writeable"):
-        fn(*args, out=readonly)
-    with pytest.raises(ValueError, match="numpy array"):
-        fn(*args, out=np.empty(shape, np.float32).tolist())
-    with pytest.raises(ValueError, match="out must not overlap the input or the residual"):
-        fn(*args, residual=res, out=res)
-    with pytest.raises(ValueError, match="out must not overlap the input or the residual"):
-        fn(*args, residual=res, out=res.reshape(-1).reshape(shape))  # a view of the residual
-    with pytest.raises(ValueError, match=r"residual shape \(2, 9, 8, 5\) does not match the output shape \(2, 9, 8, 4\)"):
-        fn(*args, residual=np.zeros((2, 9, 8, 5), np.float32))
-    with pytest.raises(ValueError, match="residual shape"):
-        fn(*args, residual=np.zeros((2, 4, 9, 8), np.float32))  # NCHW residual
-    with pytest.raises(ValueError, match="channels"):
-        fn(x.transpose(0, 3, 1, 2), w, b, 1, 1, 1, 1)  # NCHW input: 8 "channels", the filter wants 5
-
-
-OP_NOT_4D = ("conv2d_fused_forward_cl unpacks np.shape(x) into (N, H, W, C) in choose_variant_cl before "
-             "_prepare_cl checks x.ndim: a 3-D or 5-D x raises Python's bare 'not enough / too many values to "
-             "unpack' ValueError instead of the 'expected channels-last input (N, H, W, C)' message")
 
 
 @pytest.mark.parametrize("name", sorted(ALL_VARIANTS) + ["op"])
@@ -733,36 +697,6 @@ def test_channels_last_true_under_numpy_runs_the_defaults(seeded_resnet, inputs,
     assert {v for picks in fast.variants().values() for v in picks.values()} == {"op"}
 
 
-@pytest.fixture
-def two_threads(monkeypatch):
-    """The numba backend reports two kernel threads, and every map_one_thread call is recorded."""
-    calls = []
-    table = backends.load("numba").OPS
-    real = table["map_one_thread"]
-
-    def spy(fn, items):
-        calls.append(list(items))
-        return real(fn, items)
-
-    monkeypatch.setitem(table, "threads", lambda: 2)
-    monkeypatch.setitem(table, "map_one_thread", spy)
-    return calls
-
-
-def _on_one_thread(fn, x):
-    """fn(x) under the numba backend on a fresh thread whose kernels use one thread."""
-    out = {}
-
-    def work():
-        numba.set_num_threads(1)
-        with mc.backend("numba"):
-            out["y"] = np.array(fn(x), copy=True)
-
-    t = threading.Thread(target=work)
-    t.start()
-    t.join()
-    return out["y"]
-
 
 @pytest.mark.parametrize("method", METHODS)
 def test_channels_last_batch_split(method, seeded_resnet, two_threads, monkeypatch):
@@ -775,7 +709,7 @@ def test_channels_last_batch_split(method, seeded_resnet, two_threads, monkeypat
         y = np.array(getattr(fast, method)(x), copy=True)
     assert two_threads == [[(0, 4), (4, 8)]]
     for lo, hi in two_threads[0]:
-        np.testing.assert_array_equal(y[lo:hi], _on_one_thread(getattr(fast, method), x[lo:hi]))
+        np.testing.assert_array_equal(y[lo:hi], on_one_thread(getattr(fast, method), x[lo:hi]))
     monkeypatch.setitem(backends.load("numba").OPS, "threads", lambda: 1)  # now one pass
     with mc.backend("numba"):
         whole = np.array(getattr(fast, method)(x), copy=True)
@@ -790,33 +724,10 @@ def test_channels_last_batch_split(method, seeded_resnet, two_threads, monkeypat
 def test_concurrent_callers_of_a_channels_last_model_get_serial_results(seeded_resnet):
     fast = inference.compile_inference(seeded_resnet, channels_last=True)
     rng = np.random.default_rng(23)
-    n_threads = 6
-    inputs = [rng.standard_normal(((1, 2)[i % 2], 3, 32, 32)).astype(np.float32) for i in range(2 * n_threads)]
+    inputs = [rng.standard_normal(((1, 2)[i % 2], 3, 32, 32)).astype(np.float32) for i in range(2 * THREADS)]
     with mc.backend("numba"):
         serial = [np.array(fast(x), copy=True) for x in inputs]
-    results = [None] * len(inputs)
-    errors = []
-    start = threading.Barrier(n_threads)
-    count = numba.get_num_threads()
-
-    def worker(t):
-        try:
-            if numba.get_num_threads() != count:
-                numba.set_num_threads(count)
-            with mc.backend("numba"):
-                start.wait()
-                for i in range(t, len(inputs), n_threads):
-                    results[i] = np.array(fast(inputs[i]), copy=True)
-        except BaseException as e:  # reported by the main thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(n_threads)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    if errors:
-        raise errors[0]
+    results = run_concurrently(fast, inputs, "numba")
     for i, (a, b) in enumerate(zip(results, serial)):
         np.testing.assert_array_equal(a, b, err_msg=f"call {i}")
     assert _layouts(fast) == {"cl"}

@@ -40,6 +40,7 @@ from numba import njit, prange
 
 from . import _filters, _threads, winograd
 from ._util import check_conv, compute_dtype, empty_like_ndim, prepare
+from .conv import _check_out
 from ...shapes import pair
 
 __all__ = ["conv2d_fused_forward_cl", "maxpool2d_forward_cl"]
@@ -361,8 +362,8 @@ def _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, R, S, relu, 
 
 def _prepare_cl(x, w, b, stride, padding, dilation, groups, residual, where, out):
     """Checked, C-ordered arrays of one float dtype, and the output (N, P, Q, K): (x, w, b, res, y,
-    stride, padding, dilation, wkey). x is channels-last; the checks are the NCHW op's, on x's
-    NCHW view."""
+    stride, padding, dilation, groups). x is channels-last; the checks are the NCHW op's, on x's
+    NCHW view; ``out`` is checked by the NCHW variants' ``_check_out``."""
     x, w = np.asarray(x), np.asarray(w)
     b = None if b is None else np.asarray(b)
     if x.ndim != 4:
@@ -370,7 +371,6 @@ def _prepare_cl(x, w, b, stride, padding, dilation, groups, residual, where, out
     stride, padding, dilation, groups, P, Q = check_conv(x.transpose(0, 3, 1, 2), w, b, stride, padding,
                                                          dilation, groups, where)
     dt = compute_dtype(x, w, b)
-    wkey = w if _filters.is_constant(w) else None
     x, b = prepare(x, dt), prepare(b, dt)
     N, K = x.shape[0], w.shape[0]
     shape = (N, P, Q, K)
@@ -380,28 +380,12 @@ def _prepare_cl(x, w, b, stride, padding, dilation, groups, residual, where, out
         if tuple(residual.shape) != shape:
             raise ValueError(f"{where}: residual shape {tuple(residual.shape)} does not match the output shape {shape}")
         res = prepare(residual, dt)
-    if out is None:
-        y = np.empty(shape, dt)
-    else:
-        if not isinstance(out, np.ndarray):
-            raise ValueError(f"{where}: out must be a numpy array, got {type(out).__name__}")
-        if tuple(out.shape) != shape or out.dtype != dt:
-            raise ValueError(f"{where}: out has shape {tuple(out.shape)} and dtype {out.dtype}, "
-                             f"the result has shape {shape} and dtype {dt}")
-        if not (out.flags.c_contiguous and out.flags.writeable):
-            raise ValueError(f"{where}: out must be C-contiguous and writeable")
-        if np.may_share_memory(out, x) or (res is not None and np.may_share_memory(out, res)):
-            raise ValueError(f"{where}: out must not overlap the input or the residual")
-        y = out
-    return x, w, b, res, y, stride, padding, dilation, groups, wkey
+    y = np.empty(shape, dt) if out is None else _check_out(out, shape, dt, x, res, where)
+    return x, w, b, res, y, stride, padding, dilation, groups
 
 
-def _derived(w, wkey, key, make):
-    """``make(w)`` once per constant filter (cached), else per call. ``make`` must return a new
-    array, never a view of w: a cached view would keep its filter alive through the cache."""
-    if wkey is None:
-        return make(w)
-    return _filters.derived(wkey, key, lambda: make(w))
+# The filter forms below are cached per constant filter (``_filters.derived``). Each is a new array,
+# never a view of w: a cached view would keep its filter alive through the cache.
 
 
 def _gemm_matrix(w, dt):
@@ -420,12 +404,12 @@ def cl_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=Fals
     """Channels-last convolution as unfolded rows times the filter matrix; any stride, padding and
     dilation; groups 1 (``conv2d_fused_forward_cl`` routes grouped layers through the NCHW op)."""
     where = "conv2d_cl[cl_gemm]"
-    x, w, b, res, y, stride, padding, dilation, groups, wkey = _prepare_cl(
+    x, w, b, res, y, stride, padding, dilation, groups = _prepare_cl(
         x, w, b, stride, padding, dilation, groups, residual, where, out)
     if groups != 1:
         raise ValueError(f"{where}: needs groups 1, got {groups}")
     dt = x.dtype
-    wmat = _derived(w, wkey, ("cl_gemm", dt.str), lambda ww: _gemm_matrix(ww, dt))
+    wmat = _filters.derived(w, ("cl_gemm", dt.str), lambda: _gemm_matrix(w, dt))
     return _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, w.shape[2], w.shape[3], relu)
 
 
@@ -434,13 +418,13 @@ def _cl_winograd(tile):
 
     def variant(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
         where = f"conv2d_cl[{name}]"
-        x, w, b, res, y, stride, padding, dilation, groups, wkey = _prepare_cl(
+        x, w, b, res, y, stride, padding, dilation, groups = _prepare_cl(
             x, w, b, stride, padding, dilation, groups, residual, where, out)
         if w.shape[2:] != (3, 3) or stride != (1, 1) or dilation != (1, 1) or groups != 1:
             raise ValueError(f"{where}: needs a 3x3 kernel, stride 1, dilation 1, groups 1; got weight "
                              f"{tuple(w.shape)}, stride {stride}, dilation {dilation}, groups {groups}")
         dt = x.dtype
-        U = _derived(w, wkey, ("cl_winograd", tile, dt.str), lambda ww: _winograd_matrix(ww, tile, dt))
+        U = _filters.derived(w, ("cl_winograd", tile, dt.str), lambda: _winograd_matrix(w, tile, dt))
         return _winograd_forward_cl(x, U, b, res, y, padding, tile, relu)
 
     variant.__name__ = variant.__qualname__ = name
@@ -452,15 +436,15 @@ def cl_gemm_t(x, w, b, stride, padding, dilation, groups, residual=None, relu=Fa
     """``cl_gemm`` with each product formed as filter . columns^T and stored transposed (see
     ``_gemm_forward_cl``); groups 1."""
     where = "conv2d_cl[cl_gemm_t]"
-    x, w, b, res, y, stride, padding, dilation, groups, wkey = _prepare_cl(
+    x, w, b, res, y, stride, padding, dilation, groups = _prepare_cl(
         x, w, b, stride, padding, dilation, groups, residual, where, out)
     if groups != 1:
         raise ValueError(f"{where}: needs groups 1, got {groups}")
     dt = x.dtype
     K, C, R, S = w.shape
-    wmat = _derived(w, wkey, ("cl_gemm_t", dt.str),
-                    lambda ww: np.array(np.asarray(ww, dtype=dt).transpose(0, 2, 3, 1).reshape(K, R * S * C),
-                                        order="C", copy=True))
+    wmat = _filters.derived(w, ("cl_gemm_t", dt.str),
+                            lambda: np.array(np.asarray(w, dtype=dt).transpose(0, 2, 3, 1).reshape(K, R * S * C),
+                                             order="C", copy=True))
     return _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, R, S, relu, transposed=True)
 
 
@@ -527,7 +511,7 @@ def conv2d_fused_forward_cl(x, w, b, stride, padding, dilation, groups, residual
     if int(groups) != 1:  # checked like the ungrouped layers (out= included), computed by the NCHW op
         from . import conv
 
-        x, w, b, res, y, stride, padding, dilation, groups, _ = _prepare_cl(
+        x, w, b, res, y, stride, padding, dilation, groups = _prepare_cl(
             x, w, b, stride, padding, dilation, groups, residual, "conv2d_cl", out)
         y[...] = conv.conv2d_fused_forward(x.transpose(0, 3, 1, 2), w, b, stride, padding, dilation, groups,
                                            residual=None if res is None else res.transpose(0, 3, 1, 2),
