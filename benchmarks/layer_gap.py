@@ -66,11 +66,11 @@ def _recording(records, times):
     record = records is not None
     inside = []  # non-empty while a stem's pooled() runs (channels-last: its conv is an ordinary call)
 
-    def rec_call(self, x, ctx, residual=None):
+    def rec_call(self, x, ctx, residual=None, epilogue=True):
         if inside:
-            return call(self, x, ctx, residual)
+            return call(self, x, ctx, residual, epilogue)
         t = time.perf_counter()
-        y = call(self, x, ctx, residual)
+        y = call(self, x, ctx, residual, epilogue)
         times.setdefault(self.name, []).append(time.perf_counter() - t)
         if record:
             w, b = self.arrays(ctx.be)
@@ -96,13 +96,13 @@ def _recording(records, times):
             conv_shape = (x.shape[0], w.shape[0],
                           (H + 2 * self.padding[0] - w.shape[2]) // self.stride[0] + 1,
                           (W + 2 * self.padding[1] - w.shape[3]) // self.stride[1] + 1)
-            if ctx.cl:  # the conv the autotuner picked, then the channels-last max pool
-                conv_fn = self.chosen.get(self.tune_key(x, ctx, False), ("op", ctx.fused))[1]
+            if ctx.cl:  # the bare conv the autotuner picked, then the max pool with bias and ReLU
+                conv_fn = self.chosen.get(self.tune_key(x, ctx, False, False), ("op", ctx.fused))[1]
                 be = ctx.be
 
                 def fn(x, w, b, stride, padding, dilation, groups, relu, pk, ps, pp, pd, out, conv_fn=conv_fn):
-                    h = conv_fn(x, w, b, stride, padding, dilation, groups, None, relu)
-                    return be.maxpool2d_forward_cl(h, pk, ps, pp, pd, out=out)
+                    h = conv_fn(x, w, None, stride, padding, dilation, groups, None, False)
+                    return be.maxpool2d_forward_cl(h, pk, ps, pp, pd, out=out, bias=b, relu=relu)
 
             records.append((self.name, "conv+maxpool", fn, args, {"out": np.empty_like(y)}, conv_shape, w.shape))
         return y

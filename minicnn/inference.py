@@ -216,13 +216,18 @@ class _FusedConv:
             self._dev[be.NAME] = (be.asarray(w), None if b is None else be.asarray(b))
         return self._dev[be.NAME]
 
-    def __call__(self, x, ctx, residual=None):
+    def __call__(self, x, ctx, residual=None, epilogue=True):
+        """The conv with its folded bias, the residual and ReLU; ``epilogue=False``: the bare
+        conv (no bias, no ReLU), for a caller that applies them later (the channels-last stem)."""
         w, b = self.arrays(ctx.be)
         kwargs = {"out": ctx.pool.take(self._out_shape(x, w, ctx.cl), x.dtype, ctx.be)}
-        args = (x, w, b, self.stride, self.padding, self.dilation, self.groups, residual, self.relu)
+        relu = self.relu
+        if not epilogue:
+            b, relu = None, False
+        args = (x, w, b, self.stride, self.padding, self.dilation, self.groups, residual, relu)
         fn = ctx.fused
         if ctx.tune:
-            key = self.tune_key(x, ctx, residual is not None)
+            key = self.tune_key(x, ctx, residual is not None, epilogue)
             pick = self.chosen.get(key)
             if pick is None:
                 with self._tune_lock:
@@ -235,10 +240,10 @@ class _FusedConv:
         return fn(*args, **kwargs)
 
     @staticmethod
-    def tune_key(x, ctx, has_residual):
+    def tune_key(x, ctx, has_residual, epilogue=True):
         """The key of an autotuned pick in ``chosen``: what decides which variant wins."""
         return (tuple(x.shape), x.dtype.str, ctx.be.NAME, ctx.threads, ctx.be.tuning_key(), has_residual,
-                "cl" if ctx.cl else "nchw")
+                *(() if epilogue else ("bare",)), "cl" if ctx.cl else "nchw")
 
     def _out_shape(self, x, w, cl=False):
         """y's shape: (N, K, P, Q), or (N, P, Q, K) for channels-last x (N, H, W, C)."""
@@ -249,14 +254,18 @@ class _FusedConv:
 
     def pooled(self, x, ctx, fn, pool_args):
         """maxpool(relu(conv(x) + b)) through the backend's fused kernel ``fn``, into a pool buffer.
-        Channels-last: the conv (autotuned like any other) into a pool buffer, then the backend's
-        ``maxpool2d_forward_cl``."""
+        Channels-last: the bare conv (autotuned like any other) into a pool buffer, then the
+        backend's ``maxpool2d_forward_cl`` with the bias and ReLU, relu(maxpool(conv(x)) + b): the
+        same numbers (a max commutes with adding a per-channel constant and with ReLU), with the
+        epilogue on a quarter of the values."""
         pk, ps, pp, pd = ((a, a) if isinstance(a, int) else tuple(a) for a in pool_args)
         if ctx.cl:
-            y = self(x, ctx)
+            y = self(x, ctx, epilogue=False)
             N, P, Q, K = y.shape
             shape = (N, *conv_output_size(P, Q, pk[0], pk[1], ps, pp, pd), K)
-            out = ctx.be.maxpool2d_forward_cl(y, pk, ps, pp, pd, out=ctx.pool.take(shape, x.dtype, ctx.be))
+            _, b = self.arrays(ctx.be)
+            out = ctx.be.maxpool2d_forward_cl(y, pk, ps, pp, pd, out=ctx.pool.take(shape, x.dtype, ctx.be),
+                                              bias=b, relu=self.relu)
             ctx.done_with(y)
             return out
         w, b = self.arrays(ctx.be)
@@ -499,8 +508,8 @@ class CompiledModel:
     def _features_map(self, x, ctx):
         """layer4's output: (N, C, H, W), or (N, H, W, C) when ``ctx.cl``."""
         if ctx.cl:  # one transposing copy in; every layer after reads and writes channels-last
-            xc = ctx.pool.take((x.shape[0], x.shape[2], x.shape[3], x.shape[1]), x.dtype, ctx.be)
-            xc[...] = x.transpose(0, 2, 3, 1)
+            xc = ctx.be.to_channels_last(x, out=ctx.pool.take((x.shape[0], x.shape[2], x.shape[3], x.shape[1]),
+                                                              x.dtype, ctx.be))
             x = self.stem.pooled(xc, ctx, None, self.pool_args)
             ctx.done_with(xc)
         else:

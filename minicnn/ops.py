@@ -151,9 +151,14 @@ conv2d_fused_forward_cl(x, w, b, stride, padding, dilation, groups, residual, re
 conv_variants_cl(x_shape, w_shape, stride, padding, dilation, groups) -> {name: fn}
                              ``conv_variants`` for ``conv2d_fused_forward_cl`` (x_shape (N,H,W,C));
                              default: none
-maxpool2d_forward_cl(x, kernel_size, stride, padding, dilation=(1, 1), ceil_mode=False, out=None) -> y
+to_channels_last(x, out=None) -> y  x (N,C,H,W) copied to (N,H,W,C), the layout the ``*_cl``
+                             entries read (a compiled model's input); ``out``: a C-contiguous array of
+                             that shape and x's dtype to write to. Default: numpy-style transposing copy
+maxpool2d_forward_cl(x, kernel_size, stride, padding, dilation=(1, 1), ceil_mode=False, out=None,
+                     bias=None, relu=False) -> y
                              ``maxpool2d_forward``'s values (no argmax) on channels-last x (N,H,W,C) ->
-                             (N,P,Q,C). Default: the NCHW op through transposes
+                             (N,P,Q,C), then + bias (C,) and ReLU when given (a ResNet stem's conv
+                             epilogue moved after its pool). Default: the NCHW op through transposes
 capture_graph(fn, example) -> replay
                              record the device work of ``fn(x)`` once, for inputs of ``example``'s
                              shape and dtype (an array of this backend), and return
@@ -235,7 +240,7 @@ ARRAY_FUNCS = ("asarray", "is_native", "to_numpy", "empty")
 # entries a backend may leave out; backends.load fills them from backends/_defaults.py
 OPTIONAL = ("generator", "threads", "conv_variants", "release_unpicked", "conv2d_maxpool_fused", "capture_graph",
             "synchronize", "tuning_key", "compiled_only", "map_one_thread", "channels_last",
-            "conv2d_fused_forward_cl", "conv_variants_cl", "maxpool2d_forward_cl")
+            "conv2d_fused_forward_cl", "conv_variants_cl", "maxpool2d_forward_cl", "to_channels_last")
 
 TABLE = OP_NAMES + ARRAY_FUNCS + OPTIONAL
 

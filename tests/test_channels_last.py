@@ -515,6 +515,45 @@ def test_maxpool_cl_matches_the_reference(case, dtype, kernel_form):
     np.testing.assert_array_equal(out, want)
 
 
+def _bias_relu(y, b, relu):
+    """The reference epilogue on a pooled (N, P, Q, C) array: + b, then max(., 0) with NaN kept."""
+    y = y + b if b is not None else y.copy()
+    return np.where(y < 0, y.dtype.type(0), y) if relu else y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias,relu", [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize("case", POOL_CASES[:4], ids=str)
+def test_maxpool_cl_with_bias_and_relu(case, bias, relu, dtype, kernel_form):
+    k, s, p, d, ceil = case
+    rng = np.random.default_rng(44)
+    x = _pool_input(rng, (2, 11, 10, 5), dtype)
+    b = rng.standard_normal(5).astype(dtype) if bias else None
+    want = _bias_relu(ref_maxpool_cl(x, k, s, p, d, ceil), b, relu)
+    got = cl.maxpool2d_forward_cl(x, k, s, p, d, ceil_mode=ceil, bias=b, relu=relu)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got).any() and (not relu or np.nanmin(got) == 0)
+    out = np.full(want.shape, 7.0, dtype)
+    assert cl.maxpool2d_forward_cl(x, k, s, p, d, ceil, out=out, bias=b, relu=relu) is out
+    np.testing.assert_array_equal(out, want)
+    with mc.backend("numpy"):
+        kk, ss, pp, dd = (_pairs(a)[0] for a in (k, s, p, d))
+        np.testing.assert_array_equal(
+            _defaults.maxpool2d_forward_cl(x, kk, ss, pp, dd, ceil_mode=ceil, bias=b, relu=relu), want)
+
+
+def test_maxpool_cl_epilogue_after_the_pool_is_the_stems_epilogue_before_it():
+    # relu(maxpool(h) + b) == maxpool(relu(h + b)) bit for bit: what the compiled stem relies on
+    rng = np.random.default_rng(45)
+    h = (rng.standard_normal((3, 17, 15, 64)) * 3).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    before = cl.maxpool2d_forward_cl(np.maximum(h + b, 0), 3, 2, 1)
+    after = cl.maxpool2d_forward_cl(h, 3, 2, 1, bias=b, relu=True)
+    np.testing.assert_array_equal(after, before)
+    with pytest.raises(ValueError, match=r"maxpool2d_cl: bias must have shape \(64,\), got \(63,\)"):
+        cl.maxpool2d_forward_cl(h, 3, 2, 1, bias=b[:63])
+
+
 def test_maxpool_cl_nan_and_inf_rules():
     x = np.full((1, 2, 4, 3), -np.inf, np.float32)
     x[0, 0, 0, 0] = np.nan      # channel 0, first window: NaN first, then real values
@@ -553,6 +592,39 @@ def test_maxpool_cl_stride_none_integers_and_refusals():
         cl.maxpool2d_forward_cl(x, 9, 1, 0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 5), (1, 1, 4, 9), (3, 8, 1, 1)])
+def test_to_channels_last_is_the_transposing_copy(shape, dtype, kernel_form):
+    x = (np.random.default_rng(46).standard_normal(shape) * 10).astype(dtype)
+    want = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    got = cl.to_channels_last(x)
+    assert got.dtype == dtype and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+    out = np.full(want.shape, 7, dtype)
+    assert cl.to_channels_last(x, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    strided = np.repeat(x, 2, axis=3)[..., ::2]  # not C-ordered: the numpy copy
+    np.testing.assert_array_equal(cl.to_channels_last(strided), want)
+    with mc.backend("numpy"):
+        np.testing.assert_array_equal(_defaults.to_channels_last(x), want)
+        out2 = np.empty_like(want)
+        assert _defaults.to_channels_last(x, out=out2) is out2
+        np.testing.assert_array_equal(out2, want)
+
+
+def test_to_channels_last_refusals():
+    x = np.zeros((2, 3, 4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"to_channels_last: expected input of shape \(N, C, H, W\), got shape \(3, 4, 5\)"):
+        cl.to_channels_last(x[0])
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous writeable float32 array of shape \(2, 4, 5, 3\)"):
+        cl.to_channels_last(x, out=np.empty((2, 3, 4, 5), np.float32))
+    with pytest.raises(ValueError, match="out must be a C-contiguous"):
+        cl.to_channels_last(x, out=np.empty((2, 4, 5, 3), np.float64))
+    sq = np.zeros((1, 4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="out must not overlap the input"):
+        cl.to_channels_last(sq, out=sq)
+
+
 # -- the defaults (backends without channels-last kernels) ---------------------------------------------
 
 
@@ -565,6 +637,8 @@ def test_channels_last_entries_of_the_tables():
     assert numpy_be.OPS["conv_variants_cl"]((1, 8, 8, 64), (64, 64, 3, 3), 1, 1, 1, 1) == {}
     assert numba_be.OPS["conv2d_fused_forward_cl"] is cl.conv2d_fused_forward_cl
     assert numba_be.OPS["maxpool2d_forward_cl"] is cl.maxpool2d_forward_cl
+    assert numpy_be.OPS["to_channels_last"] is _defaults.to_channels_last
+    assert numba_be.OPS["to_channels_last"] is cl.to_channels_last
     assert set(numba_be.OPS["conv_variants_cl"]((1, 8, 8, 64), (64, 64, 3, 3), 1, 1, 1, 1)) == ALL_VARIANTS
 
 

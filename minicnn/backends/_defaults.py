@@ -86,13 +86,28 @@ def conv_variants_cl(x_shape, w_shape, stride, padding, dilation, groups) -> dic
     return {}
 
 
-def maxpool2d_forward_cl(x, kernel_size, stride, padding, dilation=(1, 1), ceil_mode=False, out=None):
-    """The backend's NCHW ``maxpool2d_forward`` (no argmax) through transposes."""
+def maxpool2d_forward_cl(x, kernel_size, stride, padding, dilation=(1, 1), ceil_mode=False, out=None,
+                         bias=None, relu=False):
+    """The backend's NCHW ``maxpool2d_forward`` (no argmax) through transposes, then ``+ bias``
+    (broadcast along the last axis, the channels) and the backend's ``relu_forward``."""
     from .. import ops
 
     y, _ = ops.maxpool2d_forward(x.transpose(0, 3, 1, 2), kernel_size, stride, padding, dilation,
                                  need_argmax=False, ceil_mode=ceil_mode)
     y = y.transpose(0, 2, 3, 1)
+    if bias is not None or relu:
+        y = y + bias if bias is not None else y.copy()  # C-ordered for the relu kernel
+        if relu:
+            y = ops.relu_forward(y)
+    if out is None:
+        return y.copy()
+    out[...] = y
+    return out
+
+
+def to_channels_last(x, out=None):
+    """x (N, C, H, W) as a new (N, H, W, C) array (or into ``out``) by a transposing copy."""
+    y = x.transpose(0, 2, 3, 1)
     if out is None:
         return y.copy()
     out[...] = y
@@ -133,4 +148,5 @@ DEFAULTS = {
     "conv2d_fused_forward_cl": conv2d_fused_forward_cl,
     "conv_variants_cl": conv_variants_cl,
     "maxpool2d_forward_cl": maxpool2d_forward_cl,
+    "to_channels_last": to_channels_last,
 }
