@@ -280,6 +280,12 @@ class _FusedConv:
 # (docs/kernels.md, "A batch split across threads"): slices of 4 to 16 images beat one two-thread
 # pass; slices of 1 or 2 images did not.
 BATCH_SPLIT_MIN_IMAGES = 4
+# ... and joins again at this ResNet stage (``layer4``'s first block, numbered as the model's
+# ``layerN``): the blocks from there on run once on the whole batch with every thread. layer4's
+# convs read 2.4-9.4 MB of filters (37.7 MB as F(4x4) Winograd transforms) for 7x7 maps, so slice
+# by slice each filter was read once per slice and the products were bound by reading them
+# (docs/kernels.md, "A batch split across threads"). None: the slices run to the end.
+BATCH_JOIN_STAGE = 4
 
 # A variant whose output differs from the op's own choice by more than this (relative to the
 # output's largest magnitude) is never picked; the kernels' tests hold them to 1.5e-5.
@@ -455,6 +461,10 @@ class CompiledModel:
             raise ValueError(f"compile_inference: expected maxpool to be MaxPool2d, got {type(mp).__name__}")
         self.pool_args = (mp.kernel_size, mp.stride, mp.padding, mp.dilation)
         self.blocks = [_Block(b, f"layer{i}.{j}") for i in range(1, 5) for j, b in enumerate(getattr(model, f"layer{i}"))]
+        # stage i (layer{i}) -> the index of its first block in self.blocks
+        self._stage_start = {}
+        for k, blk in enumerate(self.blocks):
+            self._stage_start.setdefault(int(blk.name[len("layer"):blk.name.index(".")]), k)
         if not isinstance(model.avgpool, AdaptiveAvgPool2d):
             raise ValueError(f"compile_inference: expected avgpool to be AdaptiveAvgPool2d, got {type(model.avgpool).__name__}")
         self.avg_size = model.avgpool.output_size
@@ -505,21 +515,43 @@ class CompiledModel:
             x = x.astype(self.dtype)
         return x
 
-    def _features_map(self, x, ctx):
-        """layer4's output: (N, C, H, W), or (N, H, W, C) when ``ctx.cl``."""
-        if ctx.cl:  # one transposing copy in; every layer after reads and writes channels-last
-            xc = ctx.be.to_channels_last(x, out=ctx.pool.take((x.shape[0], x.shape[2], x.shape[3], x.shape[1]),
-                                                              x.dtype, ctx.be))
-            x = self.stem.pooled(xc, ctx, None, self.pool_args)
-            ctx.done_with(xc)
-        else:
-            # the stem conv's output goes into the max pool (numba: a cached image at a time, never stored)
-            x = self.stem.pooled(x, ctx, ctx.be.conv2d_maxpool_fused, self.pool_args)
-        for blk in self.blocks:
+    # CompiledVGG has no stages: a split batch runs to the end slice by slice
+    _stage_start: dict = {}
+
+    def _join_at(self):
+        """The index in ``blocks`` where a split batch joins again (``BATCH_JOIN_STAGE``), or None."""
+        return None if BATCH_JOIN_STAGE is None else self._stage_start.get(BATCH_JOIN_STAGE)
+
+    def _blocks_map(self, x, ctx, blocks, stem):
+        """The stem when ``stem`` (x the NCHW input), then ``blocks``."""
+        if stem:
+            if ctx.cl:  # one transposing copy in; every layer after reads and writes channels-last
+                xc = ctx.be.to_channels_last(x, out=ctx.pool.take((x.shape[0], x.shape[2], x.shape[3], x.shape[1]),
+                                                                  x.dtype, ctx.be))
+                x = self.stem.pooled(xc, ctx, None, self.pool_args)
+                ctx.done_with(xc)
+            else:
+                # the stem conv's output goes into the max pool (numba: a cached image at a time, never stored)
+                x = self.stem.pooled(x, ctx, ctx.be.conv2d_maxpool_fused, self.pool_args)
+        for blk in blocks:
             out = blk(x, ctx)
             ctx.done_with(x)  # a no-op for arrays the pool did not hand out (the maxpool output)
             x = out
         return x
+
+    def _features_map(self, x, ctx, joined=None):
+        """layer4's output: (N, C, H, W), or (N, H, W, C) when ``ctx.cl``. ``joined``: the input of
+        block ``_join_at()`` for the whole batch, stacked from the slices' ``_up_to_join`` (in this
+        pass's layout); the stem and the blocks before it have run then."""
+        if joined is None:
+            return self._blocks_map(x, ctx, self.blocks, True)
+        return self._blocks_map(joined, ctx, self.blocks[self._join_at():], False)
+
+    def _up_to_join(self, x):
+        """A slice's stem and blocks before ``_join_at()``, in a pass of its own: a copy of their
+        output (the pass's buffers go back to its pool)."""
+        with self._pass() as ctx:
+            return self._blocks_map(x, ctx, self.blocks[:self._join_at()], True).copy()
 
     @contextmanager
     def _pass(self):
@@ -547,6 +579,10 @@ class CompiledModel:
         one pass over the whole batch meets one at every kernel (three per Winograd conv). Each part
         is a call of this model like any other (its own buffers; its own autotuned picks, keyed by
         the part's shape and one thread). A backend on one thread (``threads()`` 1) never splits.
+
+        A ResNet's slices run only up to ``BATCH_JOIN_STAGE`` (``_up_to_join``); their outputs, stacked,
+        go through the rest of the network as one batch on every thread (``method(x, joined)``),
+        so that each of the last stage's large filters is read once per call.
         """
         be = backends.current()
         x = self._check(x)
@@ -556,16 +592,18 @@ class CompiledModel:
         if parts < 2 or n < BATCH_SPLIT_MIN_IMAGES * parts:
             return method(x)
         bounds = [n * i // parts for i in range(parts + 1)]
+        join = self._join_at()
+        run = method if join is None else self._up_to_join
 
         def part(lo_hi):
             with backends.backend(be.NAME):  # the backend in force is per thread
-                return method(x[lo_hi[0]:lo_hi[1]])
+                return run(x[lo_hi[0]:lo_hi[1]])
 
         outs = be.map_one_thread(part, list(zip(bounds, bounds[1:])))
         y = be.empty((n, *outs[0].shape[1:]), outs[0].dtype)
         for lo, hi, o in zip(bounds, bounds[1:], outs):
             y[lo:hi] = o
-        return y
+        return y if join is None else method(x, y)
 
     def forward_features(self, x):
         """The last feature map, layer4's output (N, 512, ceil(H/32), ceil(W/32)), as ``model.forward_features``."""
@@ -581,20 +619,20 @@ class CompiledModel:
 
     __call__ = forward
 
-    def _forward_features(self, x):
+    def _forward_features(self, x, joined=None):
         with self._pass() as ctx:
             # the caller keeps this array, so it must not be a pool buffer the next call overwrites
-            fmap = self._features_map(self._check(x), ctx)
+            fmap = self._features_map(self._check(x), ctx, joined)
             return (fmap.transpose(0, 3, 1, 2) if ctx.cl else fmap).copy()
 
-    def _embed(self, x):
+    def _embed(self, x, joined=None):
         with self._pass() as ctx:
-            fmap = self._features_map(self._check(x), ctx)
+            fmap = self._features_map(self._check(x), ctx, joined)
             y = ops.adaptive_avgpool2d_forward(fmap.transpose(0, 3, 1, 2) if ctx.cl else fmap, self.avg_size)
         return y.reshape(y.shape[0], -1)
 
-    def _forward(self, x):
-        feats = self._embed(x)
+    def _forward(self, x, joined=None):
+        feats = self._embed(x, joined)
         kind = self.fc[0]
         if kind == "identity":
             return feats

@@ -3,7 +3,8 @@
 ``CompiledModel._in_parts`` hands the slices to the backend's ``map_one_thread``. Each slice must be
 exactly what the model computes for that slice called on its own on one thread (no buffer or
 workspace shared between the slices, no image mixed into another slice), and the whole must agree
-with the eval model. The backend's thread count is set to 2 here so that the split happens on any
+with the eval model. A ResNet's slices join again at ``inference.BATCH_JOIN_STAGE`` and run the
+rest as one batch; the tests of whole slices turn the join off. The backend's thread count is set to 2 here so that the split happens on any
 machine, one core or many.
 """
 from __future__ import annotations
@@ -30,7 +31,8 @@ def seeded_resnet():
 
 
 @pytest.mark.parametrize("method", ["forward", "embed", "forward_features"])
-def test_split_batch_is_each_slice_computed_alone(method, seeded_resnet, two_threads):
+def test_split_batch_is_each_slice_computed_alone(method, seeded_resnet, two_threads, monkeypatch):
+    monkeypatch.setattr(inference, "BATCH_JOIN_STAGE", None)
     x = np.random.default_rng(2).standard_normal((9, 3, 32, 32)).astype(np.float32)
     fast = inference.compile_inference(seeded_resnet)
     with mc.backend("numba"):
@@ -43,6 +45,39 @@ def test_split_batch_is_each_slice_computed_alone(method, seeded_resnet, two_thr
     with mc.no_grad():
         eager = mc.to_numpy(getattr(seeded_resnet, method)(x))
     np.testing.assert_allclose(y, eager, rtol=1e-4, atol=1e-4)
+
+
+def _stage(conv_name):
+    """0 for the stem, i for a conv of layer{i}."""
+    return int(conv_name[len("layer")]) if conv_name.startswith("layer") else 0
+
+
+@pytest.mark.parametrize("stage", [None, 1, 3, 4])
+def test_a_split_batch_joins_for_the_last_stages(stage, seeded_resnet, two_threads, monkeypatch):
+    """Up to ``BATCH_JOIN_STAGE`` each slice runs alone; from there the stacked slices run as one
+    batch: the convs before the join are tuned for the slices' shapes (4 and 5 images), the ones
+    after it for the whole batch (9)."""
+    monkeypatch.setattr(inference, "BATCH_JOIN_STAGE", stage)
+    x = np.random.default_rng(3).standard_normal((9, 3, 32, 32)).astype(np.float32)
+    fast = inference.compile_inference(seeded_resnet)
+    with mc.backend("numba"):
+        y = fast(x)
+        emb = fast.embed(x)
+        feats = fast.forward_features(x)
+    assert two_threads == [[(0, 4), (4, 9)]] * 3
+    for conv in fast.convs():
+        batches = {key[0][0] for key in conv.chosen}
+        joined = stage is not None and _stage(conv.name) >= stage
+        assert batches == ({9} if joined else {4, 5}), conv.name
+    if stage is not None:
+        # the same numbers as the slices' heads computed alone, stacked, then the rest as one batch
+        heads = np.concatenate([on_one_thread(fast._up_to_join, x[lo:hi]) for lo, hi in two_threads[0]])
+        with mc.backend("numba"):
+            np.testing.assert_array_equal(y, fast._forward(x, heads))
+    with mc.no_grad():
+        np.testing.assert_allclose(y, mc.to_numpy(seeded_resnet(x)), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(emb, mc.to_numpy(seeded_resnet.embed(x)), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(feats, mc.to_numpy(seeded_resnet.forward_features(x)), rtol=1e-4, atol=1e-4)
 
 
 def test_split_vgg_is_each_slice_computed_alone(two_threads):

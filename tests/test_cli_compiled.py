@@ -44,9 +44,9 @@ def compiled_passes(monkeypatch):
     seen = []
     original = inference.CompiledModel._features_map
 
-    def spy(self, x, ctx):
+    def spy(self, x, ctx, joined=None):
         seen.append(int(x.shape[0]))
-        return original(self, x, ctx)
+        return original(self, x, ctx, joined)
 
     monkeypatch.setattr(inference.CompiledModel, "_features_map", spy)
     return seen
