@@ -815,7 +815,9 @@ class CompiledVGG(CompiledModel):
                              f"2x2 max pools need H and W of at least {side} (and a batch of at least 1)")
         return x
 
-    def _features_map(self, x, ctx):
+    def _features_map(self, x, ctx, joined=None):
+        """The last feature map (NCHW). ``joined`` is always None here: a VGG has no stages, so a
+        split batch runs to the end slice by slice (``_join_at``)."""
         for step in self.steps:
             kind = step[0]
             if kind == "conv":
