@@ -9,8 +9,9 @@ For each batch size, in one process and on the same number of threads:
   pass": its weights and input come from wherever the pass left them), and each conv is re-run
   on its recorded input ``--rounds`` times on its own ("alone": weights and workspaces warm in
   cache, as the autotuner times it). Of the rounds the best is kept (``--stat median``: the
-  median). The stem row is the stem conv with its fused max pool; "rest" is the whole forward
-  (same summary) minus the in-pass convs' sum (average pool, fc, Python between layers).
+  median). The stem row is the stem conv with its fused max pool; "rest" is, per timed pass, the
+  pass's time minus its convs' times (the input's layout copy, average pool, fc, Python between
+  layers), summarised the same way; "whole forward" comes from passes run without the timing.
 - ONNX Runtime: the same weights (through the PyTorch reference model and ``torch.onnx.export``)
   in a session with ``enable_profiling``; every node's kernel time is collected over
   ``--rounds`` runs after two warm-up runs, summarised the same way. ORT's node names
@@ -130,8 +131,9 @@ def _time_ms(fn, rounds, clock=time.perf_counter):
 
 
 def minicnn_layers(sd, n, rounds, size=224, channels_last=None):
-    """[(conv name, variant, in-pass ms, isolated ms, MACs)], the whole forward's ms and its CPU
-    ms on the calling thread, at batch ``n``, without the batch split (one pass over the batch)."""
+    """[(conv name, variant, in-pass ms, isolated ms, MACs)], the whole forward's ms, its CPU ms on
+    the calling thread, and the "rest" of the timed passes (each pass's time minus its convs'), at
+    batch ``n``, without the batch split (one pass over the batch)."""
     from minicnn import inference
 
     x = np.random.default_rng(n).standard_normal((n, 3, size, size)).astype(np.float32)
@@ -158,15 +160,20 @@ def _minicnn_layers(sd, x, rounds, channels_last=None):
         records, times = [], {}
         with _recording(records, {}):
             fast(x)
+        passes = []
         with _recording(None, times):
             for _ in range(rounds):
+                t = time.perf_counter()
                 fast(x)
+                passes.append(time.perf_counter() - t)
+        # every conv runs once per pass (no split here): entry i of each list is pass i's
+        rest = 1e3 * _stat([p - sum(ts[i] for ts in times.values()) for i, p in enumerate(passes)])
         rows = []
         for name, variant, fn, args, kwargs, y_shape, w_shape in records:
             fn(*args, **kwargs)
             rows.append((name, variant, 1e3 * _stat(times[name]), _time_ms(lambda: fn(*args, **kwargs), rounds),
                          _conv_macs(args[0].shape, w_shape, y_shape)))
-    return rows, total, cpu
+    return rows, total, cpu, rest
 
 
 def _ort_name(node: str, op: str) -> str | None:
@@ -232,7 +239,7 @@ def ort_layers(torch_model, n, threads, rounds, tmp, size=224):
     return {k: _stat(list(v.values())) for k, v in per_run.items()}, _stat(run_ms), _stat(cpu_ms)
 
 
-def table(rows, total, ort, ort_total, n, cpu=None, ort_cpu=None, peak=float("nan")):
+def table(rows, total, ort, ort_total, n, cpu=None, ort_cpu=None, peak=float("nan"), rest=None):
     lines = ["| conv | minicnn variant | minicnn ms in pass | alone | ORT ms | ratio | minicnn GFLOP/s | ORT GFLOP/s "
              "| minicnn % of sgemm | ORT % of sgemm |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -246,7 +253,8 @@ def table(rows, total, ort, ort_total, n, cpu=None, ort_cpu=None, peak=float("na
         lines.append(f"| {name} | {variant} | {ms:.2f} | {alone:.2f} | {o:.2f} | {ms / o:.2f} | "
                      f"{mine:.0f} | {theirs:.0f} | {100 * mine / peak:.0f} | {100 * theirs / peak:.0f} |")
     lines.append(f"| convs | | {conv_sum:.2f} | {alone_sum:.2f} | {ort_sum:.2f} | {conv_sum / ort_sum:.2f} | | | | |")
-    lines.append(f"| rest | | {total - conv_sum:.2f} | | {ort.get('rest', 0.0):.2f} | | | | | |")
+    rest = total - conv_sum if rest is None else rest
+    lines.append(f"| rest | | {rest:.2f} | | {ort.get('rest', 0.0):.2f} | | | | | |")
     lines.append(f"| whole forward | | {total:.2f} | | {ort_total:.2f} | {total / ort_total:.2f} | | | | |")
     if cpu is not None:  # one thread: all work on the calling thread, so CPU time leaves out waiting for a core
         lines.append(f"| whole forward, CPU time | | {cpu:.2f} | | {ort_cpu:.2f} | {cpu / ort_cpu:.2f} | | | | |")
@@ -292,14 +300,14 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="minicnn-layer-gap-") as tmp:
         for n in batches:
             layout = {"auto": None, "nchw": False, "cl": True}[args.layout]
-            rows, total, cpu = minicnn_layers(sd, n, args.rounds, channels_last=layout)
+            rows, total, cpu, rest = minicnn_layers(sd, n, args.rounds, channels_last=layout)
             if args.skip_ort:
                 ort, ort_total, ort_cpu = {}, float("nan"), float("nan")
             else:
                 ort, ort_total, ort_cpu = ort_layers(torch_model, n, args.threads, args.rounds, tmp)
             one = args.threads == 1
-            print(table(rows, total, ort, ort_total, n, cpu if one else None, ort_cpu if one else None, peak) + "\n",
-                  flush=True)
+            print(table(rows, total, ort, ort_total, n, cpu if one else None, ort_cpu if one else None, peak,
+                        rest) + "\n", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
