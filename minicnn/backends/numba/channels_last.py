@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from . import _filters, _threads, winograd
+from . import _filters, _threads, _tiles, winograd
 from ._util import check_conv, compute_dtype, empty_like_ndim, prepare
 from .conv import _check_out
 from ...shapes import pair
@@ -328,12 +328,14 @@ COLS_CHUNK_BYTES = 2 * 1024 * 1024
 MIN_CHUNK_ROWS = 256
 
 
-def _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, R, S, relu, transposed=False):
+def _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, R, S, relu, transposed=False, tiles=False):
     """y (N, P, Q, K) = unfold(x) . wmat (R*S*C, K), + bias (+ residual), ReLU; chunks of rows.
 
     ``transposed``: wmat is (K, R*S*C) (the filter as stored) and each chunk's product is formed
     as wmat . cols^T, (K, rows), then stored transposed with the epilogue: for few rows and many
-    channels (layer4 of a ResNet at batch 1) BLAS runs that orientation faster."""
+    channels (layer4 of a ResNet at batch 1) BLAS runs that orientation faster.
+    ``tiles``: each chunk's product by ``_tiles.matmul`` (accumulators in registers) instead of
+    OpenBLAS: faster for short rows, as a 7x7 stem's 147 (docs/kernels.md)."""
     N, H, W, C = x.shape
     _, P, Q, K = y.shape
     rows = N * P * Q
@@ -359,7 +361,10 @@ def _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, R, S, relu, 
             _threads.run(_epilogue_transposed, prod, y2, r0, bb, b is not None, res2, res is not None, bool(relu),
                          work=nr * K)
             continue
-        _threads.matmul(cols, wmat, y2[r0:r0 + nr])
+        if tiles:
+            _tiles.matmul(cols, wmat, y2[r0:r0 + nr])
+        else:
+            _threads.matmul(cols, wmat, y2[r0:r0 + nr])
         if needs_epilogue:
             _threads.run(_epilogue_rows, y2, r0, nr, bb, b is not None, res2, res is not None, bool(relu),
                          work=nr * K)
@@ -423,6 +428,19 @@ def cl_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=Fals
     return _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, w.shape[2], w.shape[3], relu)
 
 
+def cl_tiles(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
+    """``cl_gemm`` with each product by ``_tiles.matmul`` (its accumulators in vector registers)
+    instead of OpenBLAS; groups 1."""
+    where = "conv2d_cl[cl_tiles]"
+    x, w, b, res, y, stride, padding, dilation, groups = _prepare_cl(
+        x, w, b, stride, padding, dilation, groups, residual, where, out)
+    if groups != 1:
+        raise ValueError(f"{where}: needs groups 1, got {groups}")
+    dt = x.dtype
+    wmat = _filters.derived(w, ("cl_tiles", dt.str), lambda: _tiles.pack(_gemm_matrix(w, dt)))
+    return _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, w.shape[2], w.shape[3], relu, tiles=True)
+
+
 def _cl_winograd(tile):
     name = f"cl_winograd_f{tile}x{tile}_3x3"
 
@@ -461,7 +479,7 @@ def cl_gemm_t(x, w, b, stride, padding, dilation, groups, residual=None, relu=Fa
 cl_winograd_f2x2_3x3 = _cl_winograd(2)
 cl_winograd_f4x4_3x3 = _cl_winograd(4)
 
-VARIANTS = {"cl_gemm": cl_gemm, "cl_gemm_t": cl_gemm_t, "cl_winograd_f2x2_3x3": cl_winograd_f2x2_3x3,
+VARIANTS = {"cl_gemm": cl_gemm, "cl_gemm_t": cl_gemm_t, "cl_tiles": cl_tiles, "cl_winograd_f2x2_3x3": cl_winograd_f2x2_3x3,
             "cl_winograd_f4x4_3x3": cl_winograd_f4x4_3x3}
 
 
@@ -474,7 +492,7 @@ def conv_variants_cl(x_shape, w_shape, stride, padding, dilation, groups) -> dic
     """The channels-last variants that can compute this shape (x_shape is (N, H, W, C))."""
     if groups != 1:
         return {}
-    out = {"cl_gemm": cl_gemm, "cl_gemm_t": cl_gemm_t}
+    out = {"cl_gemm": cl_gemm, "cl_gemm_t": cl_gemm_t, "cl_tiles": cl_tiles}
     if _winograd_ok(x_shape, w_shape, pair(stride, "stride"), pair(dilation, "dilation"), groups):
         out["cl_winograd_f2x2_3x3"] = cl_winograd_f2x2_3x3
         if x_shape[3] <= WINOGRAD_F4_MAX_CHANNELS:
@@ -499,7 +517,8 @@ GEMM_T_MAX_ROWS = 128
 
 def choose_variant_cl(x_shape, w_shape, stride, padding, dilation, groups) -> str:
     """The variant ``conv2d_fused_forward_cl`` runs without autotuning (the picks the autotuner made
-    on ResNet-18 at batch 1 and 8; docs/kernels.md, "Channels last")."""
+    on ResNet-18 at batch 1 and 8; docs/kernels.md, "Channels last" and "A product with its tile in
+    registers")."""
     N, H, W, C = x_shape
     K, _, R, S = w_shape
     stride, padding, dilation = pair(stride, "stride"), pair(padding, "padding"), pair(dilation, "dilation")
@@ -510,6 +529,8 @@ def choose_variant_cl(x_shape, w_shape, stride, padding, dilation, groups) -> st
         if P % 4 == 0 and Q % 4 == 0 and C <= WINOGRAD_F4_MAX_CHANNELS:
             return "cl_winograd_f4x4_3x3"
         return "cl_winograd_f2x2_3x3"
+    if _tiles.VECTOR_BYTES == 64:  # AVX-512: 1.05-1.4x OpenBLAS on ResNet-18's products; level with AVX2
+        return "cl_tiles"
     return "cl_gemm_t" if N * P * Q < GEMM_T_MAX_ROWS else "cl_gemm"
 
 

@@ -1,0 +1,246 @@
+"""A matrix product with its accumulators in vector registers: ``C = A . B`` for short products.
+
+What it is for: the product of a channels-last convolution whose unfolded rows are short, above
+all a ResNet's 7x7 stem (147 values per output pixel, 64 output channels). OpenBLAS runs that
+product well below its peak on this kind of shape; this kernel reads A's rows in place (no
+packing) and keeps a 6-row by ``tile_cols`` block of C in registers for the whole inner dimension.
+``tests/test_tiles.py`` checks it against numpy on random shapes; docs/kernels.md ("A product with
+its tile in registers") has the measurements and the shapes where it loses to OpenBLAS (long
+inner dimensions, where B no longer sits in the cache).
+
+How: numba cannot be made to keep an array of accumulators in registers from Python loops (its
+arrays live in memory and LLVM cannot prove they do not alias the inputs; docs/kernels.md, "A
+direct convolution over channel blocks"), so the inner block is written as LLVM IR by
+``_tile``, a numba intrinsic: a loop over k whose accumulators are SSA values (``phi`` nodes) of
+LLVM vector type, each step
+
+    for each of B's vectors v:  bv[v] = B[k, j0 + v*L : j0 + (v+1)*L]
+    for each row i of the block: a = A[i0 + i, k] broadcast to L lanes
+                                 acc[i][v] = fma(a, bv[v], acc[i][v])  for every v
+
+and at the end the accumulators stored to C's rows. In plain Python the block computes exactly
+
+    C[i0:i0+m, j0:j0+NV*L] = A[i0:i0+m, :] @ B[:, j0:j0+NV*L]
+
+with each C value summed over k in order, one fused multiply-add per term. The vectors are as
+wide as the machine's (64 bytes with AVX-512, else 32), and there are MR x NV of them: 6 x 4 with
+AVX-512 (24 of its 32 registers), 6 x 2 otherwise (12 of 16). The kernel is correct on any x86 or
+other CPU LLVM targets (a vector wider than the hardware's is split into several); it is fast
+only where the registers suffice.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import _threads
+
+# rows of C per register block
+MR = 6
+
+
+def _vector_bytes() -> int:
+    """64 where numba compiles for a CPU with AVX-512, else 32."""
+    from llvmlite import binding
+    from numba.core import config
+
+    name = config.CPU_NAME
+    if name and name != "host":  # numba told to compile for a named CPU: assume the narrower vectors
+        return 32
+    features = binding.get_host_cpu_features()
+    return 64 if features.get("avx512f", False) else 32
+
+
+VECTOR_BYTES = _vector_bytes()
+# vectors per row of the register block: MR x NV accumulators plus NV for B and one broadcast
+NV = 4 if VECTOR_BYTES == 64 else 2
+
+
+def tile_cols(dtype) -> int:
+    """C's columns per register block for this dtype (64 float32 or 32 float64 values with
+    AVX-512): the product needs N to be a multiple of it."""
+    return NV * (VECTOR_BYTES // np.dtype(dtype).itemsize)
+
+
+@intrinsic
+def _tile(typingctx, a, a_off, lda, m, b, b_off, ldb, c, c_off, ldc, K, accumulate):
+    """C[c_off + i*ldc + j] (+)= sum over k < K of A[a_off + i*lda + k] * B[b_off + k*ldb + j] for
+    rows i < m (m <= MR) and columns j < NV*L, on flat arrays; ``accumulate``: add to what C
+    holds instead of overwriting it. See the module docstring."""
+    arrays = (a, b, c)
+    if not all(isinstance(t, types.Array) and t.ndim == 1 and t.dtype in (types.float32, types.float64)
+               for t in arrays) or len({t.dtype for t in arrays}) != 1:
+        return None
+    sig = types.void(a, a_off, lda, m, b, b_off, ldb, c, c_off, ldc, K, accumulate)
+    L = VECTOR_BYTES // (a.dtype.bitwidth // 8)
+
+    def codegen(context, builder, signature, args):
+        a_, a_off_, lda_, m_, b_, b_off_, ldb_, c_, c_off_, ldc_, K_, accumulate_ = args
+        i64 = ir.IntType(64)
+        ints = [context.cast(builder, v, t, types.int64) for v, t in
+                zip((a_off_, lda_, m_, b_off_, ldb_, c_off_, ldc_, K_), (signature.args[i] for i in (1, 2, 3, 5, 6, 8, 9, 10)))]
+        a_off_, lda_, m_, b_off_, ldb_, c_off_, ldc_, K_ = ints
+        ad = context.make_array(signature.args[0])(context, builder, a_).data
+        bd = context.make_array(signature.args[4])(context, builder, b_).data
+        cd = context.make_array(signature.args[7])(context, builder, c_).data
+        elt = ad.type.pointee
+        vt = ir.VectorType(elt, L)
+        vptr = vt.as_pointer()
+        bits = a.dtype.bitwidth
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{L}f{bits}")
+        const = lambda v: ir.Constant(i64, v)  # noqa: E731
+        # row i of A; rows at or past m read row 0 instead (their sums are never stored)
+        arows = []
+        for i in range(MR):
+            row = builder.select(builder.icmp_signed("<", const(i), m_), const(i), const(0))
+            arows.append(builder.gep(ad, [builder.add(a_off_, builder.mul(row, lda_))]))
+        bbase = builder.gep(bd, [b_off_])
+        zero = ir.Constant(vt, [0.0] * L)
+        # C's rows (rows at or past m: row 0, whose values are loaded but never used)
+        crows = []
+        for i in range(MR):
+            row = builder.select(builder.icmp_signed("<", const(i), m_), const(i), const(0))
+            crows.append(builder.gep(cd, [builder.add(c_off_, builder.mul(row, ldc_))]))
+        # the accumulators' first values: zero, or C's
+        add = context.cast(builder, accumulate_, signature.args[11], types.boolean)
+        init = [[builder.select(add, builder.load(builder.bitcast(builder.gep(crows[i], [const(v * L)]), vptr),
+                                                  align=elt_align(bits)), zero)
+                 for v in range(NV)] for i in range(MR)]
+        lane0 = ir.Constant(ir.IntType(32), 0)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), L), [0] * L)
+        undef = ir.Constant(vt, None)
+
+        pre = builder.block
+        loop = builder.append_basic_block("tile.k")
+        done = builder.append_basic_block("tile.store")
+        builder.cbranch(builder.icmp_signed(">", K_, const(0)), loop, done)
+
+        builder.position_at_end(loop)
+        k = builder.phi(i64)
+        acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
+        brow = builder.gep(bbase, [builder.mul(k, ldb_)])
+        bv = [builder.load(builder.bitcast(builder.gep(brow, [const(v * L)]), vptr), align=elt_align(bits))
+              for v in range(NV)]
+        new = []
+        for i in range(MR):
+            s = builder.load(builder.gep(arows[i], [k]))
+            sv = builder.shuffle_vector(builder.insert_element(undef, s, lane0), undef, splat)
+            new.append([builder.call(fma, [sv, bv[v], acc[i][v]]) for v in range(NV)])
+        k1 = builder.add(k, const(1))
+        end = builder.block
+        k.add_incoming(const(0), pre)
+        k.add_incoming(k1, end)
+        for i in range(MR):
+            for v in range(NV):
+                acc[i][v].add_incoming(init[i][v], pre)
+                acc[i][v].add_incoming(new[i][v], end)
+        builder.cbranch(builder.icmp_signed("<", k1, K_), loop, done)
+
+        builder.position_at_end(done)
+        out = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
+        for i in range(MR):
+            for v in range(NV):
+                out[i][v].add_incoming(init[i][v], pre)
+                out[i][v].add_incoming(new[i][v], end)
+        for i in range(MR):
+            # row 0 always exists (m >= 1); the others only when i < m
+            with builder.if_then(builder.icmp_signed("<", const(i), m_), likely=True):
+                for v in range(NV):
+                    builder.store(out[i][v], builder.bitcast(builder.gep(crows[i], [const(v * L)]), vptr),
+                                  align=elt_align(bits))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def elt_align(bits: int) -> int:
+    """The alignment LLVM may assume of a vector load or store: one element's (rows of A, B and C
+    start anywhere a value can)."""
+    return bits // 8
+
+
+# The inner dimension in blocks of this many values: a block of B's panel (KC x nr values, 256 KB
+# of float32 with AVX-512) stays in L2 while a task's row blocks run over it, and the task's C
+# rows are reloaded once per block. 64 to 1024 measured within a few percent of each other on the
+# ResNet layers' products, 1024 slightly ahead (docs/kernels.md, "A product with its tile in registers").
+KC = 1024
+# row blocks per task: a task's share of A (GROUP * MR rows) and of C stay in cache across B's blocks
+GROUP = 8
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _product(a, b, c, nr, kc_max, group):  # pragma: no cover - jitted
+    """c (M, N) = a (M, K) . B, a and c C-contiguous, b = ``pack(B)`` (panels of nr columns).
+
+    One task per (block of nr columns, group of ``group`` row blocks), the groups of one column
+    block consecutive. A task runs B's rows kc_max at a time, each block of B over all of its row blocks,
+    accumulating into C. A column block past c's last column (N not a multiple of nr) is computed
+    into a scratch tile and its first columns copied."""
+    M, K = a.shape
+    N = c.shape[1]
+    af = a.reshape(M * K)
+    bf = b.reshape(b.size)
+    cf = c.reshape(M * N)
+    rows = group * MR
+    groups = (M + rows - 1) // rows
+    col_blocks = (N + nr - 1) // nr
+    for t in prange(groups * col_blocks):
+        jb = t // groups
+        g0 = (t - jb * groups) * rows
+        g1 = min(M, g0 + rows)
+        j0 = jb * nr
+        edge = j0 + nr > N
+        if edge:
+            scratch = np.empty((g1 - g0) * nr, c.dtype)
+        for k0 in range(0, max(K, 1), kc_max):
+            kc = min(kc_max, K - k0)
+            for i0 in range(g0, g1, MR):
+                m = min(MR, g1 - i0)
+                if edge:
+                    _tile(af, i0 * K + k0, K, m, bf, (jb * K + k0) * nr, nr, scratch, (i0 - g0) * nr, nr, kc, k0 > 0)
+                else:
+                    _tile(af, i0 * K + k0, K, m, bf, (jb * K + k0) * nr, nr, cf, i0 * N + j0, N, kc, k0 > 0)
+        if edge:
+            for i in range(g1 - g0):
+                for j in range(N - j0):
+                    cf[(g0 + i) * N + j0 + j] = scratch[i * nr + j]
+
+
+def pack(b):
+    """b (K, N) as the panels ``matmul`` reads: (ceil(N / nr), K, nr) with nr = ``tile_cols``,
+    panel j holding b's columns j*nr .. j*nr+nr-1 (zeros past N), each contiguous, so that a block
+    of B's rows is one run of memory rather than rows a whole row of b apart (which the cache
+    holds only a few of). A new array."""
+    K, N = b.shape
+    nr = tile_cols(b.dtype)
+    nb = -(-N // nr)
+    out = np.zeros((nb, K, nr), b.dtype)
+    for j in range(nb):
+        cols = b[:, j * nr:(j + 1) * nr]
+        out[j, :, :cols.shape[1]] = cols
+    return out
+
+
+def matmul(a, b, out):
+    """``out = a . b`` for 2-D float arrays a (M, K) and out (M, N), b given as ``pack(b)``; all
+    C-contiguous, one dtype (float32 or float64). By register blocks, on numba's threads. Returns
+    ``out``."""
+    if a.ndim != 2 or out.ndim != 2 or b.ndim != 3:
+        raise ValueError(f"_tiles.matmul: needs a (M, K), packed b (panels, K, width), out (M, N); got shapes "
+                         f"{a.shape}, {b.shape}, {out.shape}")
+    M, K = a.shape
+    N = out.shape[1]
+    if not (a.dtype == b.dtype == out.dtype and a.dtype in (np.float32, np.float64)):
+        raise ValueError(f"_tiles.matmul: needs one dtype, float32 or float64, got {a.dtype}, {b.dtype}, {out.dtype}")
+    nr = tile_cols(a.dtype)
+    if b.shape != (-(-N // nr), K, nr) or out.shape[0] != M:
+        raise ValueError(f"_tiles.matmul: shapes {a.shape} . packed {b.shape} -> {out.shape} do not match")
+    if not (a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous):
+        raise ValueError("_tiles.matmul: needs C-contiguous operands")
+    if out.size == 0:
+        return out
+    _threads.run(_product, a, b, out, nr, KC, GROUP, work=M * max(K, 1) * N // 64)
+    return out
