@@ -81,6 +81,14 @@ def _conv_arrays(rng, N, H, W, C, K, R, stride, padding, dilation, bias, residua
     return x, w, b, res
 
 
+@pytest.fixture(params=["tiles", "openblas"])
+def products(request, monkeypatch):
+    """Runs a test with the Winograd variants' products by ``_tiles.matmul`` and by OpenBLAS
+    (``PRODUCTS_BY_TILES``, which the host's vector width sets, patched either way)."""
+    monkeypatch.setattr(cl, "PRODUCTS_BY_TILES", request.param == "tiles")
+    yield request.param
+
+
 @pytest.fixture(params=["serial", "parallel"])
 def kernel_form(request):
     """Runs a test with every kernel call on its serial twin, then with every call on the
@@ -124,7 +132,7 @@ def _expected_variants(x_shape, w_shape, stride, dilation):
 
 @pytest.mark.parametrize("epilogue", EPILOGUES, ids=lambda e: "b%d-r%d-relu%d" % e)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
-def test_every_cl_variant_matches_the_nchw_reference(case, epilogue, kernel_form):
+def test_every_cl_variant_matches_the_nchw_reference(case, epilogue, kernel_form, products):
     N, H, W, C, K, R, s, p, d = case
     bias, residual, relu = epilogue
     rng = np.random.default_rng(sum(case) * 31 + 7 * bias + 3 * residual + relu)
@@ -182,7 +190,7 @@ def test_cl_variants_on_drawn_shapes(n, h, w_, c, k, r, s, p, d, bias, residual,
     (3, 9, 7, 5, 4, 3, 2, 1, 2),
     (2, 8, 8, 8, 8, 1, 1, 0, 1),
 ])
-def test_cl_variants_in_float64(case, kernel_form):
+def test_cl_variants_in_float64(case, kernel_form, products):
     N, H, W, C, K, R, s, p, d = case
     rng = np.random.default_rng(sum(case))
     x, w, b, res = _conv_arrays(rng, N, H, W, C, K, R, s, p, d, True, True, dtype=np.float64)
@@ -207,7 +215,7 @@ def test_float32_filter_on_float64_input_computes_in_float64():
         assert got.dtype == np.float64 and _rel(got, want) < F64_TOL, name
 
 
-def test_chunked_gemm_and_winograd_match_the_reference(monkeypatch, kernel_form):
+def test_chunked_gemm_and_winograd_match_the_reference(monkeypatch, kernel_form, products):
     """Chunks of 5 unfolded rows (boundaries inside output rows and across images) and one image
     per Winograd chunk: every chunk's rows and residual land where they belong."""
     monkeypatch.setattr(cl, "MIN_CHUNK_ROWS", 5)
@@ -423,6 +431,15 @@ CACHE_KEYS = {
 }
 
 
+def _cache_key(name):
+    """The filter cache's key of a variant's derived form (the Winograd transforms are cached as
+    panels, under their own key, when the products run by ``_tiles``)."""
+    key = CACHE_KEYS[name]
+    if key[0] == "cl_winograd" and cl.PRODUCTS_BY_TILES:
+        return ("cl_winograd_tiles", *key[1:])
+    return key
+
+
 def _cached(w):
     entry = _filters._table.get(id(w))
     if entry is None or entry[0]() is not w:
@@ -431,7 +448,7 @@ def _cached(w):
 
 
 @pytest.mark.parametrize("name", sorted(ALL_VARIANTS))
-def test_constant_filter_is_derived_once_and_reused(name):
+def test_constant_filter_is_derived_once_and_reused(name, products):
     rng = np.random.default_rng(31)
     x, w, b, res = _conv_arrays(rng, 2, 10, 9, 6, 5, 3, 1, 1, 1, True, True)
     w.flags.writeable = False
@@ -439,7 +456,7 @@ def test_constant_filter_is_derived_once_and_reused(name):
     fn = cl.VARIANTS[name]
     first = fn(x, w, b, 1, 1, 1, 1, residual=res, relu=True)
     cached = _cached(w)
-    key = CACHE_KEYS[name]
+    key = _cache_key(name)
     assert key in cached, cached.keys()
     derived = cached[key]
     assert not derived.flags.writeable
@@ -882,3 +899,26 @@ def test_a_cached_filter_matrix_does_not_keep_its_filter_alive(name):
     assert alive() is None
     assert _filters.cached_entries() < before
     _filters.clear()  # returns (no finalizer runs under the lock)
+
+
+def test_the_autotuner_keeps_only_the_filter_forms_of_its_picks(seeded_resnet):
+    """Each conv's autotuning tries every channels-last variant, and each derives a form of the
+    filter (the GEMM matrices, the packed panels, two Winograd transforms: up to 8x the filter);
+    afterwards only the forms of the variants picked for that conv stay cached."""
+    import gc
+
+    from minicnn.backends.numba import _variant_of
+
+    _filters.clear()
+    gc.collect()
+    fast = inference.compile_inference(seeded_resnet, channels_last=True, autotune="all")
+    x = np.random.default_rng(5).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    with mc.backend("numba"):
+        fast(x)
+    convs = [fast.stem] + [c for blk in fast.blocks for c in blk.chain + ([blk.down] if blk.down else [])]
+    for conv in convs:
+        picked = {name for name, _ in conv.chosen.values()}
+        assert picked and picked <= set(cl.VARIANTS), (conv.name, picked)
+        kept = _cached(conv._host[0])
+        # every variant derives a form, so the picks' forms are there; the others are gone
+        assert kept and {_variant_of(key) for key in kept} <= picked, (conv.name, picked, list(kept))

@@ -64,11 +64,27 @@ def conv_variants(x_shape, w_shape, stride, padding, dilation, groups) -> dict:
 conv2d_maxpool_fused = conv.conv2d_maxpool_fused
 
 
+def _variant_of(key):
+    """The variant a derived form of a filter (``_filters`` key) serves, or None (kept regardless)."""
+    kind = key[0]
+    if kind in ("winograd", "cl_winograd", "cl_winograd_tiles"):
+        prefix = "" if kind == "winograd" else "cl_"
+        return f"{prefix}winograd_f{key[1]}x{key[1]}_3x3"
+    if kind in ("cl_gemm", "cl_gemm_t", "cl_tiles"):
+        return kind
+    return None
+
+
 def release_unpicked(w, picked) -> int:
-    """Drop the cached Winograd transforms of constant filter ``w`` for tile sizes no variant in
-    ``picked`` uses (an autotuner tried them all; keeping them would hold up to 4x the filter)."""
+    """Drop the derived forms of constant filter ``w`` (Winograd transforms, the channels-last
+    GEMM matrices and packed panels) that no variant in ``picked`` uses: an autotuner tried them
+    all, and keeping them would hold up to 8x the filter. When the op's own choice was picked
+    ("op"), the channels-last forms stay (the op may use any of them)."""
     def keep(key):
-        return key[0] != "winograd" or f"winograd_f{key[1]}x{key[1]}_3x3" in picked
+        variant = _variant_of(key)
+        if variant is None or variant in picked:
+            return True
+        return "op" in picked and key[0] != "winograd"
 
     return _filters.drop(w, keep)
 

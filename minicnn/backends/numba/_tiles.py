@@ -173,25 +173,31 @@ GROUP = 8
 
 @njit(cache=True, nogil=True, parallel=True)
 def _product(a, b, c, nr, kc_max, group):  # pragma: no cover - jitted
-    """c (M, N) = a (M, K) . B, a and c C-contiguous, b = ``pack(B)`` (panels of nr columns).
+    """c[z] (M, N) = a[z] (M, K) . B[z] for each z < a.shape[0]: a and c C-contiguous, b =
+    ``pack(B)`` (B[z]'s panels of nr columns).
 
-    One task per (block of nr columns, group of ``group`` row blocks), the groups of one column
-    block consecutive. A task runs B's rows kc_max at a time, each block of B over all of its row blocks,
-    accumulating into C. A column block past c's last column (N not a multiple of nr) is computed
-    into a scratch tile and its first columns copied."""
-    M, K = a.shape
-    N = c.shape[1]
-    af = a.reshape(M * K)
+    One task per (product z, block of nr columns, group of ``group`` row blocks), the groups of
+    one column block consecutive. A task runs B's rows kc_max at a time, each block of B over all
+    of its row blocks, accumulating into C. A column block past c's last column (N not a multiple
+    of nr) is computed into a scratch tile and its first columns copied."""
+    Z, M, K = a.shape
+    N = c.shape[2]
+    af = a.reshape(a.size)
     bf = b.reshape(b.size)
-    cf = c.reshape(M * N)
+    cf = c.reshape(c.size)
     rows = group * MR
     groups = (M + rows - 1) // rows
     col_blocks = (N + nr - 1) // nr
-    for t in prange(groups * col_blocks):
-        jb = t // groups
-        g0 = (t - jb * groups) * rows
+    per_product = groups * col_blocks
+    for t in prange(Z * per_product):
+        z = t // per_product
+        jb = (t - z * per_product) // groups
+        g0 = (t - z * per_product - jb * groups) * rows
         g1 = min(M, g0 + rows)
         j0 = jb * nr
+        a0 = z * M * K  # where product z's a, panels and c start
+        b0 = (z * col_blocks + jb) * K * nr
+        c0 = z * M * N
         edge = j0 + nr > N
         if edge:
             scratch = np.empty((g1 - g0) * nr, c.dtype)
@@ -200,47 +206,57 @@ def _product(a, b, c, nr, kc_max, group):  # pragma: no cover - jitted
             for i0 in range(g0, g1, MR):
                 m = min(MR, g1 - i0)
                 if edge:
-                    _tile(af, i0 * K + k0, K, m, bf, (jb * K + k0) * nr, nr, scratch, (i0 - g0) * nr, nr, kc, k0 > 0)
+                    _tile(af, a0 + i0 * K + k0, K, m, bf, b0 + k0 * nr, nr, scratch, (i0 - g0) * nr, nr, kc, k0 > 0)
                 else:
-                    _tile(af, i0 * K + k0, K, m, bf, (jb * K + k0) * nr, nr, cf, i0 * N + j0, N, kc, k0 > 0)
+                    _tile(af, a0 + i0 * K + k0, K, m, bf, b0 + k0 * nr, nr, cf, c0 + i0 * N + j0, N, kc, k0 > 0)
         if edge:
             for i in range(g1 - g0):
                 for j in range(N - j0):
-                    cf[(g0 + i) * N + j0 + j] = scratch[i * nr + j]
+                    cf[c0 + (g0 + i) * N + j0 + j] = scratch[i * nr + j]
 
 
 def pack(b):
-    """b (K, N) as the panels ``matmul`` reads: (ceil(N / nr), K, nr) with nr = ``tile_cols``,
-    panel j holding b's columns j*nr .. j*nr+nr-1 (zeros past N), each contiguous, so that a block
-    of B's rows is one run of memory rather than rows a whole row of b apart (which the cache
-    holds only a few of). A new array."""
-    K, N = b.shape
+    """b (K, N), or a stack (Z, K, N), as the panels ``matmul`` reads: (ceil(N / nr), K, nr)
+    (a stack: (Z, ceil(N / nr), K, nr)) with nr = ``tile_cols``, panel j holding b's columns
+    j*nr .. j*nr+nr-1 (zeros past N), each contiguous, so that a block of B's rows is one run of
+    memory rather than rows a whole row of b apart (which the cache holds only a few of). A new
+    array."""
+    if b.ndim not in (2, 3):
+        raise ValueError(f"_tiles.pack: needs b (K, N) or a stack (Z, K, N), got shape {b.shape}")
+    K, N = b.shape[-2:]
     nr = tile_cols(b.dtype)
     nb = -(-N // nr)
-    out = np.zeros((nb, K, nr), b.dtype)
+    out = np.zeros((*b.shape[:-2], nb, K, nr), b.dtype)
     for j in range(nb):
-        cols = b[:, j * nr:(j + 1) * nr]
-        out[j, :, :cols.shape[1]] = cols
+        cols = b[..., j * nr:(j + 1) * nr]
+        out[..., j, :, :cols.shape[-1]] = cols
     return out
 
 
 def matmul(a, b, out):
-    """``out = a . b`` for 2-D float arrays a (M, K) and out (M, N), b given as ``pack(b)``; all
-    C-contiguous, one dtype (float32 or float64). By register blocks, on numba's threads. Returns
-    ``out``."""
-    if a.ndim != 2 or out.ndim != 2 or b.ndim != 3:
-        raise ValueError(f"_tiles.matmul: needs a (M, K), packed b (panels, K, width), out (M, N); got shapes "
-                         f"{a.shape}, {b.shape}, {out.shape}")
-    M, K = a.shape
-    N = out.shape[1]
+    """``out = a . b`` for float arrays a (M, K) and out (M, N), b given as ``pack(b)``, or a
+    stack of such products: a (Z, M, K), out (Z, M, N), b as ``pack`` of (Z, K, N). All
+    C-contiguous, one dtype (float32 or float64). By register blocks, on numba's threads.
+    Returns ``out``."""
+    if not (a.ndim == out.ndim == b.ndim - 1 and a.ndim in (2, 3)):
+        raise ValueError(f"_tiles.matmul: needs a (M, K), packed b (panels, K, width), out (M, N), or stacks of "
+                         f"them; got shapes {a.shape}, {b.shape}, {out.shape}")
+    Z = a.shape[0] if a.ndim == 3 else 1
+    M, K = a.shape[-2:]
+    N = out.shape[-1]
     if not (a.dtype == b.dtype == out.dtype and a.dtype in (np.float32, np.float64)):
         raise ValueError(f"_tiles.matmul: needs one dtype, float32 or float64, got {a.dtype}, {b.dtype}, {out.dtype}")
     nr = tile_cols(a.dtype)
-    if b.shape != (-(-N // nr), K, nr) or out.shape[0] != M:
+    lead = a.shape[:-2]
+    if b.shape != (*lead, -(-N // nr), K, nr) or out.shape != (*lead, M, N):
         raise ValueError(f"_tiles.matmul: shapes {a.shape} . packed {b.shape} -> {out.shape} do not match")
     if not (a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous):
         raise ValueError("_tiles.matmul: needs C-contiguous operands")
     if out.size == 0:
         return out
-    _threads.run(_product, a, b, out, nr, KC, GROUP, work=M * max(K, 1) * N // 64)
+    if a.ndim == 2:
+        a, b, out3 = a[None], b[None], out[None]
+    else:
+        out3 = out
+    _threads.run(_product, a, b, out3, nr, KC, GROUP, work=Z * M * max(K, 1) * N // 64)
     return out

@@ -205,9 +205,10 @@ def _output_transform_cl(M, y, n0, nc, m, TH, TW, b, has_b, res, has_res, relu):
                     yr[base + k] = zero if (relu and val < 0) else val
 
 
-def _winograd_forward_cl(x, U, b, res, y, padding, tile, relu):
+def _winograd_forward_cl(x, U, b, res, y, padding, tile, relu, tiles=False):
     """Fill y (N, P, Q, K) with the 3x3 stride-1 convolution of x (N, H, W, C) by F(tile x tile, 3x3);
-    U is (alpha^2, C, K). Chunks of images as the NCHW forward's (``winograd._tiling``)."""
+    U is (alpha^2, C, K), or with ``tiles`` its panels (``_tiles.pack(U)``) for ``_tiles.matmul``.
+    Chunks of images as the NCHW forward's (``winograd._tiling``)."""
     N, _, _, C = x.shape
     _, P, Q, K = y.shape
     m, A2, TH, TW, nc = winograd._tiling(N, C, K, P, Q, tile, 3, x.dtype, winograd.TARGET_TILES)
@@ -220,7 +221,10 @@ def _winograd_forward_cl(x, U, b, res, y, padding, tile, relu):
         V = _threads.workspace("cl.V", (A2, T, C), dt)
         _threads.run(_input_transform_cl, x, n0, mc, V, m, TH, TW, padding[0], padding[1], weight=_threads.HEAVY)
         Mw = _threads.workspace("cl.M", (A2, T, K), dt)
-        _threads.matmul(V, U, Mw)
+        if tiles:
+            _tiles.matmul(V, U, Mw)
+        else:
+            _threads.matmul(V, U, Mw)
         _threads.run(_output_transform_cl, Mw, y, n0, mc, m, TH, TW, bb, b is not None, rr, res is not None,
                      bool(relu), weight=_threads.HEAVY)
     return y
@@ -321,6 +325,13 @@ def _epilogue_transposed(src, y2, r0, b, has_b, res2, has_res, relu):  # pragma:
                 val += res2[r0 + i, k]
             yr[k] = zero if (relu and val < 0) else val
 
+
+# With AVX-512 the register-block product (``_tiles``) ran 1.05-1.9x as fast as OpenBLAS on every
+# product ResNet-18's channels-last convs make (``python -m benchmarks.tiles_ab``; docs/kernels.md,
+# "A product with its tile in registers"): there the Winograd variants multiply with it and
+# ``choose_variant_cl`` names ``cl_tiles`` for the other layers. With AVX2 the two were level, and
+# OpenBLAS stays.
+PRODUCTS_BY_TILES = _tiles.VECTOR_BYTES == 64
 
 # rows of unfolded input per GEMM: the chunk's columns within this many bytes (about an L2)
 COLS_CHUNK_BYTES = 2 * 1024 * 1024
@@ -452,8 +463,12 @@ def _cl_winograd(tile):
             raise ValueError(f"{where}: needs a 3x3 kernel, stride 1, dilation 1, groups 1; got weight "
                              f"{tuple(w.shape)}, stride {stride}, dilation {dilation}, groups {groups}")
         dt = x.dtype
-        U = _filters.derived(w, ("cl_winograd", tile, dt.str), lambda: _winograd_matrix(w, tile, dt))
-        return _winograd_forward_cl(x, U, b, res, y, padding, tile, relu)
+        if PRODUCTS_BY_TILES:
+            U = _filters.derived(w, ("cl_winograd_tiles", tile, dt.str),
+                                 lambda: _tiles.pack(_winograd_matrix(w, tile, dt)))
+        else:
+            U = _filters.derived(w, ("cl_winograd", tile, dt.str), lambda: _winograd_matrix(w, tile, dt))
+        return _winograd_forward_cl(x, U, b, res, y, padding, tile, relu, tiles=PRODUCTS_BY_TILES)
 
     variant.__name__ = variant.__qualname__ = name
     variant.__doc__ = f"Channels-last Winograd F({tile}x{tile}, 3x3): 3x3, stride 1, dilation 1, groups 1 only."
@@ -529,7 +544,7 @@ def choose_variant_cl(x_shape, w_shape, stride, padding, dilation, groups) -> st
         if P % 4 == 0 and Q % 4 == 0 and C <= WINOGRAD_F4_MAX_CHANNELS:
             return "cl_winograd_f4x4_3x3"
         return "cl_winograd_f2x2_3x3"
-    if _tiles.VECTOR_BYTES == 64:  # AVX-512: 1.05-1.4x OpenBLAS on ResNet-18's products; level with AVX2
+    if PRODUCTS_BY_TILES:
         return "cl_tiles"
     return "cl_gemm_t" if N * P * Q < GEMM_T_MAX_ROWS else "cl_gemm"
 
