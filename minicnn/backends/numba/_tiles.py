@@ -176,8 +176,8 @@ def _product(a, b, c, nr, kc_max, group):  # pragma: no cover - jitted
     """c[z] (M, N) = a[z] (M, K) . B[z] for each z < a.shape[0]: a and c C-contiguous, b =
     ``pack(B)`` (B[z]'s panels of nr columns).
 
-    One task per (product z, block of nr columns, group of ``group`` row blocks), the groups of
-    one column block consecutive. A task runs B's rows kc_max at a time, each block of B over all
+    One task per (product z, block of nr columns, group of about ``group`` row blocks), the groups
+    of one column block consecutive. A task runs B's rows kc_max at a time, each block of B over all
     of its row blocks, accumulating into C. A column block past c's last column (N not a multiple
     of nr) is computed into a scratch tile and its first columns copied."""
     Z, M, K = a.shape
@@ -185,7 +185,11 @@ def _product(a, b, c, nr, kc_max, group):  # pragma: no cover - jitted
     af = a.reshape(a.size)
     bf = b.reshape(b.size)
     cf = c.reshape(c.size)
-    rows = group * MR
+    # about ``group`` row blocks per task, as many in each: 49 rows (9 blocks) are one group, not
+    # a group of 8 blocks and one of a single row that would read B's panels a second time
+    row_blocks = (M + MR - 1) // MR
+    groups = max(1, (row_blocks + group // 2) // group)
+    rows = -(-row_blocks // groups) * MR
     groups = (M + rows - 1) // rows
     col_blocks = (N + nr - 1) // nr
     per_product = groups * col_blocks
