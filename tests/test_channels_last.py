@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import minicnn as mc
 from minicnn import backends, inference
@@ -103,6 +103,8 @@ def kernel_form(request):
 CONV_CASES = [
     (1, 13, 11, 3, 8, 7, 2, 3, 1),     # a stem: 7x7 stride 2, C = 3
     (2, 21, 19, 3, 70, 7, 2, 3, 1),    # a stem with 70 channels: cl_tiles' full panels and a partial one
+    (1, 9, 121, 3, 64, 7, 2, 3, 1),    # a stem with output rows of 61: cl_tiles' direct form
+    (2, 5, 58, 6, 128, 3, 1, 1, 1),    # 3x3 stride 1, rows of 58: the direct form, two panels
     (1, 15, 14, 20, 128, 3, 2, 1, 1),  # 128 channels, 3x3 stride 2
     (2, 9, 11, 3, 5, 7, 1, 2, 1),
     (2, 13, 9, 16, 12, 3, 1, 1, 1),    # 3x3 stride 1: both Winograds
@@ -922,3 +924,32 @@ def test_the_autotuner_keeps_only_the_filter_forms_of_its_picks(seeded_resnet):
         kept = _cached(conv._host[0])
         # every variant derives a form, so the picks' forms are there; the others are gone
         assert kept and {_variant_of(key) for key in kept} <= picked, (conv.name, picked, list(kept))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 2), h=st.integers(1, 12), w_=st.integers(1, 20), c=st.sampled_from([1, 3, 8]),
+       panels=st.integers(1, 2), r=st.integers(1, 7), s_=st.integers(1, 7), stride=st.sampled_from([1, 2, 3]),
+       ph=st.integers(0, 8), pw=st.integers(0, 8), epilogue=st.sampled_from(EPILOGUES), f64=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_cl_tiles_direct_form_on_drawn_shapes(n, h, w_, c, panels, r, s_, stride, ph, pw, epilogue, f64, seed):
+    """``cl_tiles``' direct form (``_direct_tiles_cl``) on every output width (``DIRECT_MIN_WIDTH``
+    lowered to 1): windows partly or wholly in the padding on any side, rectangular filters,
+    strides up to 3, one and two panels of output channels."""
+    dtype = np.float64 if f64 else np.float32
+    P, Q = _out_hw(h, w_, r, s_, stride, (ph, pw), 1)
+    if P < 1 or Q < 1:
+        return
+    bias, residual, relu = epilogue
+    K = panels * _tiles.tile_cols(dtype)
+    rng = np.random.default_rng(seed)
+    x, w, b, res = _conv_arrays(rng, n, h, w_, c, K, r, stride, (ph, pw), 1, bias, residual, dtype=dtype, S=s_)
+    want = ref_conv_cl(x, w, b, stride, (ph, pw), 1, 1, res, relu)
+    scale = max(float(np.abs(ref_conv_cl(x, w, b, stride, (ph, pw), 1, 1, res, False)).max()), 1e-3)
+    saved = cl.DIRECT_MIN_WIDTH
+    cl.DIRECT_MIN_WIDTH = 1
+    try:
+        got = cl.cl_tiles(x, w, b, stride, (ph, pw), 1, 1, residual=res, relu=relu)
+    finally:
+        cl.DIRECT_MIN_WIDTH = saved
+    err = float(np.abs(got.astype(np.float64) - want).max()) / scale
+    assert err < (F64_TOL if f64 else F32_TOL["cl_tiles"]), f"relative error {err:.3g}"

@@ -1,17 +1,19 @@
-"""A matrix product with its accumulators in vector registers: ``C = A . B`` for short products.
+"""A matrix product with its accumulators in vector registers: ``C = A . B`` for the products of
+channels-last convolutions.
 
-What it is for: the product of a channels-last convolution whose unfolded rows are short, above
-all a ResNet's 7x7 stem (147 values per output pixel, 64 output channels). OpenBLAS runs that
-product well below its peak on this kind of shape; this kernel reads A's rows in place (no
-packing) and keeps a 6-row by ``tile_cols`` block of C in registers for the whole inner dimension.
-``tests/test_tiles.py`` checks it against numpy on random shapes; docs/kernels.md ("A product with
-its tile in registers") has the measurements and the shapes where it loses to OpenBLAS (long
-inner dimensions, where B no longer sits in the cache).
+What it is for: the products a compiled ResNet's convs make, from the 7x7 stem's (147 values per
+output pixel, 64 output channels) to layer4's (4608 by 512) and the Winograd convs' stacks of 16
+or 36. OpenBLAS ran them at 69-79% of its large-GEMM rate; this kernel ran all but one 1.1-1.7x as fast
+on AVX-512 (``python -m benchmarks.tiles_ab``; docs/kernels.md, "A product with its tile in
+registers", has the measurements and how the form below was arrived at). It reads A's rows in
+place (no packing), takes B as panels packed once (``pack``: a conv's filter, cached with it), and
+keeps a 6-row by ``tile_cols`` block of C in registers for the whole inner dimension.
+``tests/test_tiles.py`` checks it against numpy.
 
 How: numba cannot be made to keep an array of accumulators in registers from Python loops (its
 arrays live in memory and LLVM cannot prove they do not alias the inputs; docs/kernels.md, "A
 direct convolution over channel blocks"), so the inner block is written as LLVM IR by
-``_tile``, a numba intrinsic: a loop over k whose accumulators are SSA values (``phi`` nodes) of
+``tile``, a numba intrinsic: a loop over k whose accumulators are SSA values (``phi`` nodes) of
 LLVM vector type, each step
 
     for each of B's vectors v:  bv[v] = B[k, j0 + v*L : j0 + (v+1)*L]
@@ -66,100 +68,117 @@ def tile_cols(dtype) -> int:
 
 
 @intrinsic
-def _tile(typingctx, a, a_off, lda, m, b, b_off, ldb, c, c_off, ldc, K, accumulate):
-    """C[c_off + i*ldc + j] (+)= sum over k < K of A[a_off + i*lda + k] * B[b_off + k*ldb + j] for
-    rows i < m (m <= MR) and columns j < NV*L, on flat arrays; ``accumulate``: add to what C
-    holds instead of overwriting it. See the module docstring."""
+def tile(typingctx, a, a_off, lda, m, b, b_off, ldb, c, c_off, ldc, K, nseg, seg_stride, accumulate):
+    """One register block, on flat arrays: for rows i < m (1 <= m <= MR) and columns j < NV*L,
+
+        C[c_off + i*ldc + j] (+)= sum over r < nseg, k < K of
+                                  A[a_off + i*lda + r*seg_stride + k] * B[b_off + (r*K + k)*ldb + j]
+
+    the terms in that order (r, then k), one fused multiply-add each. With ``nseg`` 1 it is a plain
+    product of A's rows (K values each) and B's rows; with more, each row of A is ``nseg`` runs of K
+    values ``seg_stride`` apart, as a convolution window's rows lie in an image (``channels_last``'s
+    direct form). ``accumulate``: add to what C holds instead of overwriting it. See the module
+    docstring."""
     arrays = (a, b, c)
     if not all(isinstance(t, types.Array) and t.ndim == 1 and t.dtype in (types.float32, types.float64)
                for t in arrays) or len({t.dtype for t in arrays}) != 1:
         return None
-    sig = types.void(a, a_off, lda, m, b, b_off, ldb, c, c_off, ldc, K, accumulate)
+    sig = types.void(a, a_off, lda, m, b, b_off, ldb, c, c_off, ldc, K, nseg, seg_stride, accumulate)
     L = VECTOR_BYTES // (a.dtype.bitwidth // 8)
 
     def codegen(context, builder, signature, args):
-        a_, a_off_, lda_, m_, b_, b_off_, ldb_, c_, c_off_, ldc_, K_, accumulate_ = args
         i64 = ir.IntType(64)
-        ints = [context.cast(builder, v, t, types.int64) for v, t in
-                zip((a_off_, lda_, m_, b_off_, ldb_, c_off_, ldc_, K_), (signature.args[i] for i in (1, 2, 3, 5, 6, 8, 9, 10)))]
-        a_off_, lda_, m_, b_off_, ldb_, c_off_, ldc_, K_ = ints
-        ad = context.make_array(signature.args[0])(context, builder, a_).data
-        bd = context.make_array(signature.args[4])(context, builder, b_).data
-        cd = context.make_array(signature.args[7])(context, builder, c_).data
+        const = lambda v: ir.Constant(i64, v)  # noqa: E731
+        ints = {name: context.cast(builder, args[i], signature.args[i], types.int64) for i, name in
+                ((1, "a_off"), (2, "lda"), (3, "m"), (5, "b_off"), (6, "ldb"), (8, "c_off"), (9, "ldc"), (10, "K"),
+                 (11, "nseg"), (12, "seg_stride"))}
+        ad = context.make_array(signature.args[0])(context, builder, args[0]).data
+        bd = context.make_array(signature.args[4])(context, builder, args[4]).data
+        cd = context.make_array(signature.args[7])(context, builder, args[7]).data
+        add = context.cast(builder, args[13], signature.args[13], types.boolean)
         elt = ad.type.pointee
         vt = ir.VectorType(elt, L)
         vptr = vt.as_pointer()
         bits = a.dtype.bitwidth
+        align = bits // 8  # rows start anywhere a value can: one value's alignment
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{L}f{bits}")
-        const = lambda v: ir.Constant(i64, v)  # noqa: E731
-        # row i of A; rows at or past m read row 0 instead (their sums are never stored)
-        arows = []
-        for i in range(MR):
-            row = builder.select(builder.icmp_signed("<", const(i), m_), const(i), const(0))
-            arows.append(builder.gep(ad, [builder.add(a_off_, builder.mul(row, lda_))]))
-        bbase = builder.gep(bd, [b_off_])
+        m_ = ints["m"]
+        # rows at or past m read and load row 0 instead (their sums are never stored)
+        rows = [builder.select(builder.icmp_signed("<", const(i), m_), const(i), const(0)) for i in range(MR)]
+        arows = [builder.gep(ad, [builder.add(ints["a_off"], builder.mul(r, ints["lda"]))]) for r in rows]
+        crows = [builder.gep(cd, [builder.add(ints["c_off"], builder.mul(r, ints["ldc"]))]) for r in rows]
+        bbase = builder.gep(bd, [ints["b_off"]])
         zero = ir.Constant(vt, [0.0] * L)
-        # C's rows (rows at or past m: row 0, whose values are loaded but never used)
-        crows = []
-        for i in range(MR):
-            row = builder.select(builder.icmp_signed("<", const(i), m_), const(i), const(0))
-            crows.append(builder.gep(cd, [builder.add(c_off_, builder.mul(row, ldc_))]))
+
+        def cvec(i, v):  # pointer to vector v of C's row i
+            return builder.bitcast(builder.gep(crows[i], [const(v * L)]), vptr)
+
         # the accumulators' first values: zero, or C's
-        add = context.cast(builder, accumulate_, signature.args[11], types.boolean)
-        init = [[builder.select(add, builder.load(builder.bitcast(builder.gep(crows[i], [const(v * L)]), vptr),
-                                                  align=elt_align(bits)), zero)
-                 for v in range(NV)] for i in range(MR)]
+        init = [[builder.select(add, builder.load(cvec(i, v), align=align), zero) for v in range(NV)]
+                for i in range(MR)]
         lane0 = ir.Constant(ir.IntType(32), 0)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), L), [0] * L)
         undef = ir.Constant(vt, None)
+        K_, nseg_ = ints["K"], ints["nseg"]
 
         pre = builder.block
+        seg = builder.append_basic_block("tile.segment")
         loop = builder.append_basic_block("tile.k")
+        latch = builder.append_basic_block("tile.next_segment")
         done = builder.append_basic_block("tile.store")
-        builder.cbranch(builder.icmp_signed(">", K_, const(0)), loop, done)
+        work = builder.and_(builder.icmp_signed(">", K_, const(0)), builder.icmp_signed(">", nseg_, const(0)))
+        builder.cbranch(work, seg, done)
 
+        # segment r: its rows of A start r*seg_stride further on, its rows of B r*K further down
+        builder.position_at_end(seg)
+        r = builder.phi(i64)
+        acc_seg = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
+        a_seg = [builder.gep(row, [builder.mul(r, ints["seg_stride"])]) for row in arows]
+        b_seg = builder.gep(bbase, [builder.mul(builder.mul(r, K_), ints["ldb"])])
+        builder.branch(loop)
+
+        # one k: NV vectors of B's row, each row of A's value broadcast, MR x NV fused multiply-adds
         builder.position_at_end(loop)
         k = builder.phi(i64)
         acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
-        brow = builder.gep(bbase, [builder.mul(k, ldb_)])
-        bv = [builder.load(builder.bitcast(builder.gep(brow, [const(v * L)]), vptr), align=elt_align(bits))
-              for v in range(NV)]
+        brow = builder.gep(b_seg, [builder.mul(k, ints["ldb"])])
+        bv = [builder.load(builder.bitcast(builder.gep(brow, [const(v * L)]), vptr), align=align) for v in range(NV)]
         new = []
         for i in range(MR):
-            s = builder.load(builder.gep(arows[i], [k]))
+            s = builder.load(builder.gep(a_seg[i], [k]))
             sv = builder.shuffle_vector(builder.insert_element(undef, s, lane0), undef, splat)
             new.append([builder.call(fma, [sv, bv[v], acc[i][v]]) for v in range(NV)])
         k1 = builder.add(k, const(1))
-        end = builder.block
-        k.add_incoming(const(0), pre)
-        k.add_incoming(k1, end)
+        builder.cbranch(builder.icmp_signed("<", k1, K_), loop, latch)
+        k.add_incoming(const(0), seg)
+        k.add_incoming(k1, loop)
+
+        builder.position_at_end(latch)
+        r1 = builder.add(r, const(1))
+        builder.cbranch(builder.icmp_signed("<", r1, nseg_), seg, done)
+        r.add_incoming(const(0), pre)
+        r.add_incoming(r1, latch)
         for i in range(MR):
             for v in range(NV):
-                acc[i][v].add_incoming(init[i][v], pre)
-                acc[i][v].add_incoming(new[i][v], end)
-        builder.cbranch(builder.icmp_signed("<", k1, K_), loop, done)
+                acc_seg[i][v].add_incoming(init[i][v], pre)
+                acc_seg[i][v].add_incoming(new[i][v], latch)
+                acc[i][v].add_incoming(acc_seg[i][v], seg)
+                acc[i][v].add_incoming(new[i][v], loop)
 
         builder.position_at_end(done)
         out = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
         for i in range(MR):
             for v in range(NV):
                 out[i][v].add_incoming(init[i][v], pre)
-                out[i][v].add_incoming(new[i][v], end)
+                out[i][v].add_incoming(new[i][v], latch)
         for i in range(MR):
             # row 0 always exists (m >= 1); the others only when i < m
             with builder.if_then(builder.icmp_signed("<", const(i), m_), likely=True):
                 for v in range(NV):
-                    builder.store(out[i][v], builder.bitcast(builder.gep(crows[i], [const(v * L)]), vptr),
-                                  align=elt_align(bits))
+                    builder.store(out[i][v], cvec(i, v), align=align)
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-def elt_align(bits: int) -> int:
-    """The alignment LLVM may assume of a vector load or store: one element's (rows of A, B and C
-    start anywhere a value can)."""
-    return bits // 8
 
 
 # The inner dimension in blocks of this many values: a block of B's panel (KC x nr values, 256 KB
@@ -210,9 +229,9 @@ def _product(a, b, c, nr, kc_max, group):  # pragma: no cover - jitted
             for i0 in range(g0, g1, MR):
                 m = min(MR, g1 - i0)
                 if edge:
-                    _tile(af, a0 + i0 * K + k0, K, m, bf, b0 + k0 * nr, nr, scratch, (i0 - g0) * nr, nr, kc, k0 > 0)
+                    tile(af, a0 + i0 * K + k0, K, m, bf, b0 + k0 * nr, nr, scratch, (i0 - g0) * nr, nr, kc, 1, 0, k0 > 0)
                 else:
-                    _tile(af, a0 + i0 * K + k0, K, m, bf, b0 + k0 * nr, nr, cf, c0 + i0 * N + j0, N, kc, k0 > 0)
+                    tile(af, a0 + i0 * K + k0, K, m, bf, b0 + k0 * nr, nr, cf, c0 + i0 * N + j0, N, kc, 1, 0, k0 > 0)
         if edge:
             for i in range(g1 - g0):
                 for j in range(N - j0):

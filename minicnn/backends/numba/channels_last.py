@@ -326,8 +326,9 @@ def _epilogue_transposed(src, y2, r0, b, has_b, res2, has_res, relu):  # pragma:
             yr[k] = zero if (relu and val < 0) else val
 
 
-# With AVX-512 the register-block product (``_tiles``) ran 1.05-1.9x as fast as OpenBLAS on every
-# product ResNet-18's channels-last convs make (``python -m benchmarks.tiles_ab``; docs/kernels.md,
+# With AVX-512 the register-block product (``_tiles``) ran 1.1-1.7x as fast as OpenBLAS on the
+# products ResNet-18's channels-last convs make, on one thread and two, but for layer1's Winograd
+# stack at batch 1 on one thread (0.9x) (``python -m benchmarks.tiles_ab``; docs/kernels.md,
 # "A product with its tile in registers"): there the Winograd variants multiply with it and
 # ``choose_variant_cl`` names ``cl_tiles`` for the other layers. With AVX2 the two were level, and
 # OpenBLAS stays.
@@ -380,6 +381,87 @@ def _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, R, S, relu, 
             _threads.run(_epilogue_rows, y2, r0, nr, bb, b is not None, res2, res is not None, bool(relu),
                          work=nr * K)
     return y
+
+
+# --------------------------------------------------------------------------------------------
+# Direct: the register blocks read the image itself
+
+
+@njit(cache=True, nogil=True)
+def _tile_unfolded(xf, H, W, C, n, h0, q_lo, q_hi, R, S, sw, pw, buf, wf, b_off, nr, yf, y_off, K):  # pragma: no cover
+    """Output pixels q_lo .. q_hi-1 of one output row (window rows from image row h0, zeros outside
+    the image), at most MR of them: unfolded into buf, then one register block of the product."""
+    RSC = R * S * C
+    zero = buf.dtype.type(0)
+    for i in range(q_hi - q_lo):
+        w0 = (q_lo + i) * sw - pw
+        for r in range(R):
+            h = h0 + r
+            for s_ in range(S):
+                w = w0 + s_
+                d = i * RSC + (r * S + s_) * C
+                if 0 <= h < H and 0 <= w < W:
+                    src = ((n * H + h) * W + w) * C
+                    for c in range(C):
+                        buf[d + c] = xf[src + c]
+                else:
+                    for c in range(C):
+                        buf[d + c] = zero
+    _tiles.tile(buf, 0, RSC, q_hi - q_lo, wf, b_off, nr, yf, y_off, K, RSC, 1, 0, False)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _direct_tiles_cl(x, wp, y, R, S, sh, sw, ph, pw, nr):  # pragma: no cover - jitted
+    """y (N, P, Q, K) = the convolution of x (N, H, W, C) with wp, the (R*S*C, K) filter matrix
+    packed by ``_tiles.pack``; dilation 1, K a multiple of nr (``_tiles.tile_cols``), no epilogue.
+
+    One task per (output row, panel of nr channels). A window inside the image horizontally is
+    read where it lies: its filter rows inside the image are runs of S*C values of x, W*C apart,
+    and the runs of consecutive output pixels start sw*C apart, so ``_tiles.tile`` takes MR such
+    pixels as its rows (row stride sw*C) and the filter rows as its segments (stride W*C), with
+    the filter rows outside the image (top and bottom padding) left out of the sum. Pixels whose
+    window crosses the left or right edge are unfolded into a buffer of the task's first, zeros
+    outside, as ``_unfold_cl`` does."""
+    N, H, W, C = x.shape
+    _, P, Q, K = y.shape
+    SC = S * C
+    RSC = R * SC
+    xf = x.reshape(x.size)
+    wf = wp.reshape(wp.size)
+    yf = y.reshape(y.size)
+    panels = K // nr
+    # the output columns whose window lies inside the image horizontally (q*sw - pw >= 0 and
+    # q*sw - pw + S <= W): q_in_lo .. q_in_hi-1
+    q_in_lo = min(Q, (pw + sw - 1) // sw)
+    q_in_hi = max(q_in_lo, min(Q, (W - S + pw) // sw + 1))
+    for t in prange(N * P * panels):
+        img_row = t // panels
+        jb = t - img_row * panels
+        n = img_row // P
+        h0 = (img_row - n * P) * sh - ph
+        r_lo = max(0, -h0)
+        nseg = max(0, min(R, H - h0) - r_lo)
+        y_row = img_row * Q * K + jb * nr
+        b_off = jb * RSC * nr
+        for q0 in range(q_in_lo, q_in_hi, _tiles.MR):
+            m = min(_tiles.MR, q_in_hi - q0)
+            a_off = ((n * H + h0 + r_lo) * W + q0 * sw - pw) * C
+            _tiles.tile(xf, a_off, sw * C, m, wf, b_off + r_lo * SC * nr, nr, yf, y_row + q0 * K, K, SC, nseg,
+                        W * C, False)
+        if q_in_lo > 0 or q_in_hi < Q:
+            buf = np.empty(_tiles.MR * RSC, x.dtype)
+            for q0 in range(0, q_in_lo, _tiles.MR):
+                _tile_unfolded(xf, H, W, C, n, h0, q0, min(q_in_lo, q0 + _tiles.MR), R, S, sw, pw, buf, wf, b_off,
+                               nr, yf, y_row + q0 * K, K)
+            for q0 in range(q_in_hi, Q, _tiles.MR):
+                _tile_unfolded(xf, H, W, C, n, h0, q0, min(Q, q0 + _tiles.MR), R, S, sw, pw, buf, wf, b_off,
+                               nr, yf, y_row + q0 * K, K)
+
+
+# Output rows at least this wide run ``cl_tiles``' direct form (``_direct_tiles_cl``): a register
+# block takes pixels of one output row only, so on narrow rows its last block is mostly empty
+# (a row of 7: blocks of 6 and 1), and there the unfolded rows, blocked across output rows, win.
+DIRECT_MIN_WIDTH = 56
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,15 +523,28 @@ def cl_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=Fals
 
 def cl_tiles(x, w, b, stride, padding, dilation, groups, residual=None, relu=False, out=None):
     """``cl_gemm`` with each product by ``_tiles.matmul`` (its accumulators in vector registers)
-    instead of OpenBLAS; groups 1."""
+    instead of OpenBLAS; groups 1. Output rows of at least ``DIRECT_MIN_WIDTH`` pixels (dilation 1,
+    output channels a multiple of the tile width) are computed from x itself, unfolding only the
+    pixels at the left and right edges (``_direct_tiles_cl``)."""
     where = "conv2d_cl[cl_tiles]"
     x, w, b, res, y, stride, padding, dilation, groups = _prepare_cl(
         x, w, b, stride, padding, dilation, groups, residual, where, out)
     if groups != 1:
         raise ValueError(f"{where}: needs groups 1, got {groups}")
     dt = x.dtype
+    K, _, R, S = w.shape
     wmat = _filters.derived(w, ("cl_tiles", dt.str), lambda: _tiles.pack(_gemm_matrix(w, dt)))
-    return _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, w.shape[2], w.shape[3], relu, tiles=True)
+    nr = _tiles.tile_cols(dt)
+    if dilation == (1, 1) and y.shape[2] >= DIRECT_MIN_WIDTH and K % nr == 0:
+        _threads.run(_direct_tiles_cl, x, wmat, y, R, S, stride[0], stride[1], padding[0], padding[1], nr,
+                     work=y.size * R * S * w.shape[1] // 64)
+        if b is not None or res is not None or relu:
+            rows = y.shape[0] * y.shape[1] * y.shape[2]
+            _threads.run(_epilogue_rows, y.reshape(rows, K), 0, rows, b if b is not None else empty_like_ndim(1, dt),
+                         b is not None, res.reshape(rows, K) if res is not None else empty_like_ndim(2, dt),
+                         res is not None, bool(relu), work=rows * K)
+        return y
+    return _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, R, S, relu, tiles=True)
 
 
 def _cl_winograd(tile):
