@@ -68,7 +68,7 @@ def main(argv=None):
           + " | ".join(f"{f} / {forms[0]}" for f in forms[1:]) + " | max rel diff |")
     print("|---|---|---:|" + "---:|" * len(forms) + "---:|" * (len(forms) - 1) + "---:|")
     rng = np.random.default_rng(0)
-    saved_kc, saved_threads = _tiles.KC, numba.get_num_threads()
+    saved_threads = numba.get_num_threads()
     try:
         for name, Z, pixels, K, N in SHAPES:
             M = pixels * args.batch
@@ -81,11 +81,10 @@ def main(argv=None):
             def run(form):
                 if form == "openblas":
                     _threads.matmul(a, b, outs[form])
+                elif form.startswith("tiles kc="):
+                    _tiles.matmul(a, packed, outs[form], kc=int(form.split("=")[1]))
                 else:
-                    if form.startswith("tiles kc="):
-                        _tiles.KC = int(form.split("=")[1])
                     _tiles.matmul(a, packed, outs[form])
-                    _tiles.KC = saved_kc
 
             for t in threads:
                 numba.set_num_threads(t)
@@ -103,7 +102,6 @@ def main(argv=None):
                 print(f"| {name} | {f'{Z} x ' if Z else ''}{M} x {K} x {N} | {t} | " + " | ".join(f"{flops / best[f] / 1e9:.0f}" for f in forms)
                       + " | " + " | ".join(f"{best[f] / best[forms[0]]:.3f}" for f in forms[1:]) + f" | {diff:.1e} |")
     finally:
-        _tiles.KC = saved_kc
         numba.set_num_threads(saved_threads)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 

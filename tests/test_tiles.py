@@ -19,9 +19,9 @@ from minicnn.backends.numba import _threads, _tiles
 TOL = {np.float32: 1e-5, np.float64: 1e-13}
 
 
-def _check(a, b, dtype):
+def _check(a, b, dtype, **blocks):
     out = np.full((a.shape[0], b.shape[1]), np.nan, dtype)
-    assert _tiles.matmul(a, _tiles.pack(b), out) is out
+    assert _tiles.matmul(a, _tiles.pack(b), out, **blocks) is out
     want = a.astype(np.float64) @ b.astype(np.float64)
     bound = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
     scale = max(float(bound.max()) if bound.size else 0.0, 1e-30)
@@ -54,15 +54,15 @@ def test_matmul_matches_numpy(M, K, cols, dtype, kernel_form):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_k_blocks_and_row_groups_accumulate(dtype, kernel_form, monkeypatch):
-    """Blocks of 7 inner values (so 100 runs as 15 blocks, the last one short) and one row block
-    per task: every block's sum is added once, to the rows it belongs to."""
-    monkeypatch.setattr(_tiles, "KC", 7)
-    monkeypatch.setattr(_tiles, "GROUP", 1)
+def test_k_blocks_and_row_groups_accumulate(dtype, kernel_form):
+    """Blocks of 7 inner values (so 100 runs as 15 blocks, the last one short) and one or three
+    row blocks per task: every block's sum is added once, to the rows it belongs to."""
     rng = np.random.default_rng(3)
     nr = _tiles.tile_cols(dtype)
-    for M, K, N in [(20, 100, nr + 3), (6, 7, nr), (1, 8, 2 * nr), (31, 14, nr // 2)]:
-        _check(rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((K, N)).astype(dtype), dtype)
+    for group in (1, 3):
+        for M, K, N in [(20, 100, nr + 3), (6, 7, nr), (1, 8, 2 * nr), (31, 14, nr // 2), (49, 30, nr)]:
+            _check(rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((K, N)).astype(dtype), dtype,
+                   kc=7, group=group)
 
 
 @settings(max_examples=40, deadline=None)
@@ -124,6 +124,14 @@ def test_matmul_refuses_what_it_cannot_compute(a_shape, b_shape, out_shape, dtyp
     out = np.zeros(out_shape, kinds[dtypes[2]])
     with pytest.raises(ValueError, match=match):
         _tiles.matmul(a, bp, out)
+
+
+def test_matmul_refuses_empty_blocks():
+    a, out = np.zeros((4, 5), np.float32), np.zeros((4, 8), np.float32)
+    bp = _tiles.pack(np.zeros((5, 8), np.float32))
+    for kc, group in ((0, 8), (64, 0)):
+        with pytest.raises(ValueError, match="kc and group must be at least 1"):
+            _tiles.matmul(a, bp, out, kc=kc, group=group)
 
 
 def test_matmul_refuses_an_unpacked_or_strided_operand():

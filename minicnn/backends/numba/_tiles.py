@@ -256,11 +256,14 @@ def pack(b):
     return out
 
 
-def matmul(a, b, out):
+def matmul(a, b, out, kc: int = KC, group: int = GROUP):
     """``out = a . b`` for float arrays a (M, K) and out (M, N), b given as ``pack(b)``, or a
     stack of such products: a (Z, M, K), out (Z, M, N), b as ``pack`` of (Z, K, N). All
     C-contiguous, one dtype (float32 or float64). By register blocks, on numba's threads.
-    Returns ``out``."""
+    ``kc`` and ``group``: the k-block length and row blocks per task (``KC``, ``GROUP``; other
+    values for tests and ``benchmarks/tiles_ab.py``). Returns ``out``."""
+    if int(kc) < 1 or int(group) < 1:
+        raise ValueError(f"_tiles.matmul: kc and group must be at least 1, got {kc} and {group}")
     if not (a.ndim == out.ndim == b.ndim - 1 and a.ndim in (2, 3)):
         raise ValueError(f"_tiles.matmul: needs a (M, K), packed b (panels, K, width), out (M, N), or stacks of "
                          f"them; got shapes {a.shape}, {b.shape}, {out.shape}")
@@ -281,5 +284,5 @@ def matmul(a, b, out):
         a, b, out3 = a[None], b[None], out[None]
     else:
         out3 = out
-    _threads.run(_product, a, b, out3, nr, KC, GROUP, work=Z * M * max(K, 1) * N // 64)
+    _threads.run(_product, a, b, out3, nr, int(kc), int(group), work=Z * M * max(K, 1) * N // 64)
     return out
