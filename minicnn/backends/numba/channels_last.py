@@ -492,6 +492,16 @@ def _prepare_cl(x, w, b, stride, padding, dilation, groups, residual, where, out
     return x, w, b, res, y, stride, padding, dilation, groups
 
 
+def _prepare_ungrouped(x, w, b, stride, padding, dilation, groups, residual, where, out):
+    """``_prepare_cl`` for the GEMM variants, which take groups 1 only: (x, w, b, res, y, stride,
+    padding, dilation)."""
+    x, w, b, res, y, stride, padding, dilation, groups = _prepare_cl(
+        x, w, b, stride, padding, dilation, groups, residual, where, out)
+    if groups != 1:
+        raise ValueError(f"{where}: needs groups 1, got {groups}")
+    return x, w, b, res, y, stride, padding, dilation
+
+
 # The filter forms below are cached per constant filter (``_filters.derived``). Each is a new array,
 # never a view of w: a cached view would keep its filter alive through the cache.
 
@@ -512,10 +522,8 @@ def cl_gemm(x, w, b, stride, padding, dilation, groups, residual=None, relu=Fals
     """Channels-last convolution as unfolded rows times the filter matrix; any stride, padding and
     dilation; groups 1 (``conv2d_fused_forward_cl`` routes grouped layers through the NCHW op)."""
     where = "conv2d_cl[cl_gemm]"
-    x, w, b, res, y, stride, padding, dilation, groups = _prepare_cl(
-        x, w, b, stride, padding, dilation, groups, residual, where, out)
-    if groups != 1:
-        raise ValueError(f"{where}: needs groups 1, got {groups}")
+    x, w, b, res, y, stride, padding, dilation = _prepare_ungrouped(x, w, b, stride, padding, dilation, groups,
+                                                                    residual, where, out)
     dt = x.dtype
     wmat = _filters.derived(w, ("cl_gemm", dt.str), lambda: _gemm_matrix(w, dt))
     return _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, w.shape[2], w.shape[3], relu)
@@ -527,10 +535,8 @@ def cl_tiles(x, w, b, stride, padding, dilation, groups, residual=None, relu=Fal
     output channels a multiple of the tile width) are computed from x itself, unfolding only the
     pixels at the left and right edges (``_direct_tiles_cl``)."""
     where = "conv2d_cl[cl_tiles]"
-    x, w, b, res, y, stride, padding, dilation, groups = _prepare_cl(
-        x, w, b, stride, padding, dilation, groups, residual, where, out)
-    if groups != 1:
-        raise ValueError(f"{where}: needs groups 1, got {groups}")
+    x, w, b, res, y, stride, padding, dilation = _prepare_ungrouped(x, w, b, stride, padding, dilation, groups,
+                                                                    residual, where, out)
     dt = x.dtype
     K, _, R, S = w.shape
     wmat = _filters.derived(w, ("cl_tiles", dt.str), lambda: _tiles.pack(_gemm_matrix(w, dt)))
@@ -574,10 +580,8 @@ def cl_gemm_t(x, w, b, stride, padding, dilation, groups, residual=None, relu=Fa
     """``cl_gemm`` with each product formed as filter . columns^T and stored transposed (see
     ``_gemm_forward_cl``); groups 1."""
     where = "conv2d_cl[cl_gemm_t]"
-    x, w, b, res, y, stride, padding, dilation, groups = _prepare_cl(
-        x, w, b, stride, padding, dilation, groups, residual, where, out)
-    if groups != 1:
-        raise ValueError(f"{where}: needs groups 1, got {groups}")
+    x, w, b, res, y, stride, padding, dilation = _prepare_ungrouped(x, w, b, stride, padding, dilation, groups,
+                                                                    residual, where, out)
     dt = x.dtype
     K, C, R, S = w.shape
     wmat = _filters.derived(w, ("cl_gemm_t", dt.str),
