@@ -63,7 +63,7 @@ NV = 4 if VECTOR_BYTES == 64 else 2
 
 def tile_cols(dtype) -> int:
     """C's columns per register block for this dtype (64 float32 or 32 float64 values with
-    AVX-512): the product needs N to be a multiple of it."""
+    AVX-512): the width of ``pack``'s panels."""
     return NV * (VECTOR_BYTES // np.dtype(dtype).itemsize)
 
 
@@ -222,16 +222,15 @@ def _product(a, b, c, nr, kc_max, group):  # pragma: no cover - jitted
         b0 = (z * col_blocks + jb) * K * nr
         c0 = z * M * N
         edge = j0 + nr > N
-        if edge:
-            scratch = np.empty((g1 - g0) * nr, c.dtype)
+        # where the task's block of C goes: C itself, or for a partial panel a scratch block
+        scratch = np.empty((g1 - g0) * nr if edge else 0, c.dtype)
+        dst = scratch if edge else cf
+        d0, ldd = (-g0 * nr, nr) if edge else (c0 + j0, N)  # row i of C at dst[d0 + i * ldd]
         for k0 in range(0, max(K, 1), kc_max):
             kc = min(kc_max, K - k0)
             for i0 in range(g0, g1, MR):
-                m = min(MR, g1 - i0)
-                if edge:
-                    tile(af, a0 + i0 * K + k0, K, m, bf, b0 + k0 * nr, nr, scratch, (i0 - g0) * nr, nr, kc, 1, 0, k0 > 0)
-                else:
-                    tile(af, a0 + i0 * K + k0, K, m, bf, b0 + k0 * nr, nr, cf, c0 + i0 * N + j0, N, kc, 1, 0, k0 > 0)
+                tile(af, a0 + i0 * K + k0, K, min(MR, g1 - i0), bf, b0 + k0 * nr, nr, dst, d0 + i0 * ldd, ldd, kc,
+                     1, 0, k0 > 0)
         if edge:
             for i in range(g1 - g0):
                 for j in range(N - j0):

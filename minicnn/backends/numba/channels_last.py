@@ -326,6 +326,13 @@ def _epilogue_transposed(src, y2, r0, b, has_b, res2, has_res, relu):  # pragma:
             yr[k] = zero if (relu and val < 0) else val
 
 
+def _epilogue_operands(b, res, rows, K, dt):
+    """The bias and residual arguments of ``_epilogue_rows`` and ``_epilogue_transposed`` for y's
+    (rows, K) rows: (b, has_b, res2, has_res), an empty placeholder for what is absent."""
+    return (b if b is not None else empty_like_ndim(1, dt), b is not None,
+            res.reshape(rows, K) if res is not None else empty_like_ndim(2, dt), res is not None)
+
+
 # With AVX-512 the register-block product (``_tiles``) ran 1.1-1.7x as fast as OpenBLAS on the
 # products ResNet-18's channels-last convs make, on one thread and two, but for layer1's Winograd
 # stack at batch 1 on one thread (0.9x) (``python -m benchmarks.tiles_ab``; docs/kernels.md,
@@ -346,8 +353,8 @@ def _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, R, S, relu, 
     ``transposed``: wmat is (K, R*S*C) (the filter as stored) and each chunk's product is formed
     as wmat . cols^T, (K, rows), then stored transposed with the epilogue: for few rows and many
     channels (layer4 of a ResNet at batch 1) BLAS runs that orientation faster.
-    ``tiles``: each chunk's product by ``_tiles.matmul`` (accumulators in registers) instead of
-    OpenBLAS: faster for short rows, as a 7x7 stem's 147 (docs/kernels.md)."""
+    ``tiles``: wmat is packed (``_tiles.pack``) and each chunk's product is formed by
+    ``_tiles.matmul`` (accumulators in registers) instead of OpenBLAS (``cl_tiles``)."""
     N, H, W, C = x.shape
     _, P, Q, K = y.shape
     rows = N * P * Q
@@ -355,8 +362,7 @@ def _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, R, S, relu, 
     dt = x.dtype
     y2 = y.reshape(rows, K)
     direct = R == 1 and S == 1 and stride == (1, 1) and padding == (0, 0)
-    res2 = res.reshape(rows, K) if res is not None else empty_like_ndim(2, dt)
-    bb = b if b is not None else empty_like_ndim(1, dt)
+    epilogue = _epilogue_operands(b, res, rows, K, dt)
     needs_epilogue = b is not None or res is not None or relu
     chunk = rows if direct else max(MIN_CHUNK_ROWS, COLS_CHUNK_BYTES // (RSC * dt.itemsize))
     for r0 in range(0, rows, chunk):
@@ -370,16 +376,14 @@ def _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, R, S, relu, 
         if transposed:
             prod = _threads.workspace("cl.prod", (wmat.shape[0], nr), dt)
             _threads.matmul(wmat, cols.T, prod)
-            _threads.run(_epilogue_transposed, prod, y2, r0, bb, b is not None, res2, res is not None, bool(relu),
-                         work=nr * K)
+            _threads.run(_epilogue_transposed, prod, y2, r0, *epilogue, bool(relu), work=nr * K)
             continue
         if tiles:
             _tiles.matmul(cols, wmat, y2[r0:r0 + nr])
         else:
             _threads.matmul(cols, wmat, y2[r0:r0 + nr])
         if needs_epilogue:
-            _threads.run(_epilogue_rows, y2, r0, nr, bb, b is not None, res2, res is not None, bool(relu),
-                         work=nr * K)
+            _threads.run(_epilogue_rows, y2, r0, nr, *epilogue, bool(relu), work=nr * K)
     return y
 
 
@@ -546,9 +550,8 @@ def cl_tiles(x, w, b, stride, padding, dilation, groups, residual=None, relu=Fal
                      work=y.size * R * S * w.shape[1] // 64)
         if b is not None or res is not None or relu:
             rows = y.shape[0] * y.shape[1] * y.shape[2]
-            _threads.run(_epilogue_rows, y.reshape(rows, K), 0, rows, b if b is not None else empty_like_ndim(1, dt),
-                         b is not None, res.reshape(rows, K) if res is not None else empty_like_ndim(2, dt),
-                         res is not None, bool(relu), work=rows * K)
+            _threads.run(_epilogue_rows, y.reshape(rows, K), 0, rows, *_epilogue_operands(b, res, rows, K, dt),
+                         bool(relu), work=rows * K)
         return y
     return _gemm_forward_cl(x, wmat, b, res, y, stride, padding, dilation, R, S, relu, tiles=True)
 
