@@ -308,6 +308,18 @@ def test_tiny_end_to_end_run_cross_checks_frameworks(tmp_path, env):
     assert payload["inference"][0]["reference"] == "pytorch"
 
 
+@pytest.mark.torch
+def test_pytorch_is_the_reference_of_every_batch_even_when_not_timed(env):
+    # with torch installed, a run that times only minicnn is still checked at batches the numpy
+    # reference would not run (here above numpy_max_batch=1); PyTorch's child is not reported
+    pytest.importorskip("torch")
+    rows = end_to_end.inference(env, batches=(1, 2), log=lambda *_: None, numpy_max_batch=1, size=32,
+                                frameworks=["minicnn numba compiled"])
+    assert [(r["framework"], r["batch"], r["status"], r["reference"]) for r in rows] == [
+        ("minicnn numba compiled", 1, "ok", "pytorch"), ("minicnn numba compiled", 2, "ok", "pytorch")]
+    assert all(r["max_rel_err"] < 1e-4 for r in rows)
+
+
 def test_a_batch_the_reference_did_not_run_is_refused_not_timed(tmp_path, env):
     # the numpy reference runs only the small batches (no PyTorch): a larger batch has nothing to be
     # checked against, so it fails in one line instead of raising KeyError or passing unchecked
@@ -717,6 +729,10 @@ def test_an_installed_wheel_runs_the_bench_outside_the_checkout(tmp_path):
     data = json.loads((out / "e2e.json").read_text())
     (row,) = data["inference"]
     assert (row["framework"], row["batch"], row["size"], row["status"]) == ("minicnn numpy", 1, 224, "ok")
-    assert row["max_rel_err"] == 0.0 and row["median_ms"] > 0  # the reference itself: checked against its own logits
+    # checked against PyTorch's logits where torch is importable (the venv sees the site packages),
+    # else the reference itself, checked against its own
+    torch_here = importlib.util.find_spec("torch") is not None
+    assert row["reference"] == ("pytorch" if torch_here else "minicnn numpy") and row["median_ms"] > 0
+    assert row["max_rel_err"] < 1e-4 if torch_here else row["max_rel_err"] == 0.0
     assert "| 1 | minicnn numpy |" in (out / "e2e.md").read_text()
     assert list(work.iterdir()) == [] and list(scratch.iterdir()) == []

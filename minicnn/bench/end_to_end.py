@@ -192,10 +192,12 @@ def _child_env(threads, quick, quiet_wait_s) -> harness.Env:
 
 
 def child_infer(framework, batches, size, threads, quick, quiet_wait_s, ref_path=None, save_path=None,
-                tol=1e-3) -> list[dict]:
+                tol=1e-3, timed=True) -> list[dict]:
     """In a fresh process: validate ``framework``'s logits against the reference file, then time it.
 
-    The reference framework's own child writes its logits to ``save_path`` instead.
+    The reference framework's own child writes its logits to ``save_path`` instead; with
+    ``timed=False`` it only writes them (the reference of a run that does not time it) and its
+    rows say "reference".
     """
     from minicnn.models.resnet import seeded_state_dict
 
@@ -220,6 +222,9 @@ def child_infer(framework, batches, size, threads, quick, quiet_wait_s, ref_path
                                            f"smaller batches; with PyTorch installed it is the reference at every batch)")
             continue
         row["max_rel_err"] = 0.0 if ref is None else _rel(y, ref[f"n{n}"])
+        if not timed:
+            row["status"] = "reference"
+            continue
         if not row["max_rel_err"] <= tol:
             row.update(status="FAIL", note=f"logits differ from the reference: max rel error {row['max_rel_err']:.3g} > {tol:g}")
             continue
@@ -259,6 +264,8 @@ def inference(env: harness.Env, batches=(1, 8, 32), log=print, numpy_max_batch=8
     another computes, which on a 2-core machine slowed minicnn's numba kernels several-fold when
     they shared a process with PyTorch. The reference framework (PyTorch, else the numpy backend)
     runs first and writes its logits; every other child checks its own against them before timing.
+    With PyTorch installed it is the reference even when ``frameworks`` leaves it out: its child then
+    only writes the logits (the numpy backend, the fallback, stops at ``numpy_max_batch``).
     ``size`` is the image side (224 for the real benchmark; tests use a tiny one); ``frameworks``
     a subset of ``inference_frameworks()``.
 
@@ -271,7 +278,7 @@ def inference(env: harness.Env, batches=(1, 8, 32), log=print, numpy_max_batch=8
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     available = inference_frameworks()
     frameworks = available if frameworks is None else [f for f in available if f in frameworks]
-    ref_fw = "pytorch" if "pytorch" in frameworks else "minicnn numpy"
+    ref_fw = "pytorch" if "pytorch" in available else "minicnn numpy"
     with tempfile.TemporaryDirectory(prefix="minicnn-bench-") as tmp:
         kept = _inference_rounds(env, batches, size, rounds, tol, numpy_max_batch, frameworks, ref_fw,
                                  os.path.join(tmp, "reference_logits.npz"), log)
@@ -284,11 +291,16 @@ def _inference_rounds(env, batches, size, rounds, tol, numpy_max_batch, framewor
     order = [ref_fw] + [f for f in frameworks if f != ref_fw]
     for rnd in range(rounds):
         for fw in order:
+            timed = fw in frameworks
+            if not (timed or rnd == 0):
+                continue
             run_batches = [n for n in batches if not (fw.startswith("minicnn numpy") and n > numpy_max_batch)]
             args = ["--child", "infer", "--framework", fw, "--batches", ",".join(map(str, run_batches)),
                     "--size", str(size), "--threads", str(env.threads), "--quiet-wait", str(env.quiet_wait_s),
                     "--tol", str(tol)]
             args += (["--save", ref_path] if fw == ref_fw and rnd == 0 else ["--ref", ref_path])
+            if not timed:
+                args.append("--untimed")
             if env.quick:
                 args.append("--quick")
             try:
@@ -298,6 +310,8 @@ def _inference_rounds(env, batches, size, rounds, tol, numpy_max_batch, framewor
                 log(f"inference {fw:<28} FAIL {str(e)[:200]}")
                 if fw == ref_fw and rnd == 0:
                     raise RuntimeError(f"the reference framework {fw} failed, nothing can be checked: {e}") from e
+            if not timed:
+                continue
             for r in got:
                 r["reference"] = ref_fw
                 _merge_round(kept, r)
@@ -306,7 +320,7 @@ def _inference_rounds(env, batches, size, rounds, tol, numpy_max_batch, framewor
 
 def _inference_rows(kept, frameworks, ref_fw, batches, size, numpy_max_batch, rounds, log) -> list[dict]:
     """The rows of ``inference``, sorted and logged, with skip rows for what was not timed."""
-    order = [ref_fw] + [f for f in frameworks if f != ref_fw]
+    order = [ref_fw] * (ref_fw in frameworks) + [f for f in frameworks if f != ref_fw]
     rows = list(kept.values())
     for fw in order:
         run_batches = [n for n in batches if not (fw.startswith("minicnn numpy") and n > numpy_max_batch)]
@@ -848,12 +862,13 @@ def main(argv=None) -> int:
     ap.add_argument("--tol", type=float, default=1e-3, help=argparse.SUPPRESS)
     ap.add_argument("--ref", help=argparse.SUPPRESS)
     ap.add_argument("--save", help=argparse.SUPPRESS)
+    ap.add_argument("--untimed", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--ref-loss", type=float, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child == "infer":
         batches = [int(b) for b in a.batches.split(",") if b]
         print(json.dumps(child_infer(a.framework, batches, a.size, a.threads, a.quick, a.wait_quiet, a.ref, a.save,
-                                     a.tol)))
+                                     a.tol, timed=not a.untimed)))
         return 0
     if a.child == "train":
         print(json.dumps(child_train(a.framework, a.model, int(a.batches), a.size, a.threads, a.quick, a.wait_quiet,

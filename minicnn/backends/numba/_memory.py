@@ -36,8 +36,12 @@ import threading
 
 import numpy as np
 
-# requests smaller than this come from numpy as usual (malloc keeps small blocks mapped itself)
-POOL_MIN_BYTES = 1 << 20
+# requests smaller than this come from numpy as usual. It is glibc's default mmap threshold: from
+# there up malloc may map and unmap an array by itself (fresh pages, a fault per page, every step),
+# and arrays left on malloc's heap at these sizes made its top grow and shrink within each training
+# step (malloc hands the top back to the system once more than 128 KiB of it is free), with the
+# same faults (docs/kernels.md, "Memory that stays mapped").
+POOL_MIN_BYTES = 128 << 10
 # free blocks kept for reuse, in bytes; beyond this the largest free blocks are unmapped
 POOL_IDLE_MAX_BYTES = 2 << 30
 
