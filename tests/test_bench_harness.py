@@ -387,6 +387,28 @@ def test_tiny_end_to_end_run_in_rounds(tmp_path, env):
         end_to_end.inference(env, (1,), rounds=0)
 
 
+def test_training_in_rounds_keeps_each_frameworks_best_round(env):
+    """Two rounds of the training part (ResNet-18 at 32x32, batch 2): each (model, framework) row
+    is its best round, both rounds' medians kept; minicnn's first loss checked against PyTorch's."""
+    rows = end_to_end.training(env, log=lambda *_: None, resnet_batch=2, resnet_size=32, rounds=2)
+    torch_here = end_to_end.torch_resnet_module() is not None
+    fws = (["pytorch"] if torch_here else []) + ["minicnn numba"]
+    assert sorted((r["model"], r["framework"]) for r in rows) == sorted(
+        (m, fw) for m in ("digits convnet", "resnet18") for fw in fws)
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert len(r["rounds_ms"]) == 2 and r["median_ms"] == min(r["rounds_ms"])
+        if torch_here and r["framework"] != "pytorch":
+            assert r["loss_rel_err_vs_pytorch"] < 1e-3
+    md = end_to_end.markdown({"training": rows})
+    assert "2 rounds per model, the frameworks' processes taking turns" in md
+    row = next(r for r in rows if r["model"] == "resnet18" and r["framework"] == "minicnn numba")
+    assert md.splitlines()[-1].count("|") == 11  # ten columns and the round medians
+    assert " / ".join(f"{v:.1f}" for v in row["rounds_ms"]) in md
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        end_to_end.training(env, rounds=0)
+
+
 def test_quietly_redoes_disturbed_measurements_and_keeps_the_least_disturbed(monkeypatch):
     loads = iter([1.5, 0.9, 1.2, 1.4, 0.1])
     monkeypatch.setattr(harness, "wait_for_quiet", lambda *a, **k: None)

@@ -246,9 +246,10 @@ def _fail_rows(fw, batches, size, note):
 
 
 def _merge_round(kept: dict, row: dict) -> None:
-    """Fold one round's row for (framework, batch) into ``kept``: a failure in any round stands,
-    else the round with the lowest median is kept; every round's median goes in ``rounds_ms``."""
-    key = (row["framework"], row["batch"])
+    """Fold one round's row for (framework, batch), and model for a training row, into ``kept``: a
+    failure in any round stands, else the round with the lowest median is kept; every round's
+    median goes in ``rounds_ms``."""
+    key = (row["framework"], row["batch"]) + ((row["model"],) if "model" in row else ())
     old = kept.get(key)
     history = (old or {}).get("rounds_ms", []) + [row.get("median_ms")]
     if old is None or (old["status"] == "ok" and (row["status"] != "ok" or row["median_ms"] < old["median_ms"])):
@@ -466,38 +467,44 @@ def child_train(framework, model_name, batch, size, threads, quick, quiet_wait_s
     return row
 
 
-def training(env: harness.Env, log=print, resnet_batch=16, digits_batch=64, resnet_size=224) -> list[dict]:
+def training(env: harness.Env, log=print, resnet_batch=16, digits_batch=64, resnet_size=224, rounds: int = 1) -> list[dict]:
     """Time one SGD step of the digits convnet and of ResNet-18, minicnn vs PyTorch, each in its own process.
 
     minicnn runs on its fastest CPU backend; PyTorch runs first and its first-step loss is what
-    minicnn's must match (to 1e-3) before it is timed.
+    minicnn's must match (to 1e-3) before it is timed. ``rounds`` > 1: the two take that many
+    turns per model and each row is the framework's round with the lowest median (all of them in
+    ``rounds_ms``), as in ``inference``.
     """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     be = ([b for b in minicnn_backends() if b not in ("numpy", "cupy")] or ["numpy"])[0]
     frameworks = (["pytorch"] if torch_resnet_module() is not None else []) + [f"minicnn {be}"]
-    rows = []
+    kept: dict = {}
     for model_name, n in (("digits convnet", digits_batch), ("resnet18", resnet_batch)):
         ref_loss = None
-        for fw in frameworks:
-            args = ["--child", "train", "--framework", fw, "--model", model_name, "--batches", str(n),
-                    "--size", str(resnet_size), "--threads", str(env.threads), "--quiet-wait", str(env.quiet_wait_s)]
-            if ref_loss is not None:
-                args += ["--ref-loss", repr(ref_loss)]
-            if env.quick:
-                args.append("--quick")
-            try:
-                row, _ = _child(args, timeout=3600)
-            except Exception as e:  # noqa: BLE001
-                row = {"model": model_name, "batch": n, "framework": fw, "status": "FAIL", "note": str(e)[:200],
-                       "first_loss": None, "loss_rel_err_vs_pytorch": None, "median_ms": None, "img_per_s": None}
-            if fw == "pytorch" and row["status"] == "ok":
-                ref_loss = row["first_loss"]
-            rows.append(row)
-            if row["status"] == "ok":
-                log(f"training {model_name:<15} n={n:<3} {fw:<16} {row['median_ms']:9.2f} ms/step  "
-                    f"{row['img_per_s']:7.1f} img/s  first loss {row['first_loss']:.5f}")
-            else:
-                log(f"training {model_name:<15} n={n:<3} {fw:<16} FAIL {row.get('note', '')}")
-    return rows
+        for _ in range(rounds):
+            for fw in frameworks:
+                args = ["--child", "train", "--framework", fw, "--model", model_name, "--batches", str(n),
+                        "--size", str(resnet_size), "--threads", str(env.threads),
+                        "--quiet-wait", str(env.quiet_wait_s)]
+                if ref_loss is not None and fw != "pytorch":
+                    args += ["--ref-loss", repr(ref_loss)]
+                if env.quick:
+                    args.append("--quick")
+                try:
+                    row, _ = _child(args, timeout=3600)
+                except Exception as e:  # noqa: BLE001
+                    row = {"model": model_name, "batch": n, "framework": fw, "status": "FAIL", "note": str(e)[:200],
+                           "first_loss": None, "loss_rel_err_vs_pytorch": None, "median_ms": None, "img_per_s": None}
+                if fw == "pytorch" and row["status"] == "ok" and ref_loss is None:
+                    ref_loss = row["first_loss"]
+                _merge_round(kept, row)
+                if row["status"] == "ok":
+                    log(f"training {model_name:<15} n={n:<3} {fw:<16} {row['median_ms']:9.2f} ms/step  "
+                        f"{row['img_per_s']:7.1f} img/s  first loss {row['first_loss']:.5f}")
+                else:
+                    log(f"training {model_name:<15} n={n:<3} {fw:<16} FAIL {row.get('note', '')}")
+    return list(kept.values())
 
 
 # -- memory and startup (subprocesses) ---------------------------------------------------------
@@ -742,14 +749,20 @@ def markdown(payload: dict) -> str:
                          f"| {_f(r.get('other_load'), '.2f')} | {r['status']} | {per_round} |")
         lines.append("")
     if payload.get("training"):
-        lines += ["### Training step (SGD, momentum 0.9)", "",
-                  "| model | batch | framework | median ms/step | img/s | first loss | rel err vs PyTorch | other load "
-                  "| status |",
-                  "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+        n_rounds = max(len(r.get("rounds_ms") or [None]) for r in payload["training"])
+        lines += ["### Training step (SGD, momentum 0.9)", ""]
+        if n_rounds > 1:
+            lines += [f"{n_rounds} rounds per model, the frameworks' processes taking turns; each row is its "
+                      "framework's round with the lowest median, and the last column lists every round's median.", ""]
+        lines += ["| model | batch | framework | median ms/step | img/s | first loss | rel err vs PyTorch | other load "
+                  "| status |" + (" round medians ms |" if n_rounds > 1 else ""),
+                  "|---|---:|---|---:|---:|---:|---:|---:|---|" + ("---|" if n_rounds > 1 else "")]
         for r in payload["training"]:
+            per_round = (" " + " / ".join(_f(v, ".1f") for v in (r.get("rounds_ms") or [])) + " |") if n_rounds > 1 else ""
             lines.append(f"| {r['model']} | {r['batch']} | {r['framework']} | {_f(r['median_ms'], '.1f')} "
                          f"| {_f(r['img_per_s'], '.1f')} | {_f(r['first_loss'], '.5f')} "
-                         f"| {_f(r['loss_rel_err_vs_pytorch'], '.1e')} | {_f(r.get('other_load'), '.2f')} | {r['status']} |")
+                         f"| {_f(r['loss_rel_err_vs_pytorch'], '.1e')} | {_f(r.get('other_load'), '.2f')} | {r['status']} |"
+                         + per_round)
         lines.append("")
     if payload.get("memory"):
         lines += ["### Peak memory, batch-1 inference (own process each)", "",
@@ -803,7 +816,8 @@ def run(quick: bool = False, out_dir: str | None = None, threads: int = 2, parts
     """Run the chosen parts; print the markdown tables; write ``e2e.json`` and ``e2e.md`` to ``out_dir``.
 
     ``env`` reuses a ``harness.Env`` already set up in this process (thread pinning, ceilings);
-    ``rounds`` is the number of turns each framework's inference process takes (see ``inference``);
+    ``rounds`` is the number of turns each framework's inference and training processes take (see
+    ``inference`` and ``training``);
     ``frameworks`` limits the inference and memory parts to a subset of ``inference_frameworks()``.
     """
     parts = check_parts(parts)
@@ -816,7 +830,7 @@ def run(quick: bool = False, out_dir: str | None = None, threads: int = 2, parts
         payload["inference"] = inference(env, batches or ((1,) if quick else (1, 8, 32)), log=log, size=size,
                                          frameworks=frameworks, rounds=rounds)
     if "training" in parts:
-        payload["training"] = training(env, log=log, resnet_batch=2 if quick else 16)
+        payload["training"] = training(env, log=log, resnet_batch=2 if quick else 16, rounds=rounds)
     if "memory" in parts:
         payload["memory"] = memory(env, log=log, frameworks=frameworks)
     if "startup" in parts:
@@ -850,7 +864,7 @@ def main(argv=None) -> int:
     ap.add_argument("--wait-quiet", "--quiet-wait", type=float, default=0.0, metavar="S",
                     help="first wait up to S seconds for other processes to leave the CPUs")
     ap.add_argument("--rounds", type=int, default=1,
-                    help="inference: turns each framework's process takes; the best round is reported")
+                    help="inference and training: turns each framework's process takes; the best round is reported")
     ap.add_argument("--frameworks", default=None,
                     help="inference and memory: comma-separated subset, e.g. 'minicnn numba compiled,onnxruntime'")
     ap.add_argument("--child", choices=["memory", "classify", "infer", "train"], help=argparse.SUPPRESS)

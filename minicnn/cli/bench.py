@@ -45,8 +45,8 @@ def register(subparsers) -> None:
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                    help="first wait up to S seconds for other processes to leave the CPUs")
     p.add_argument("--rounds", type=int, default=1, metavar="N",
-                   help="e2e inference: each framework's process takes N turns, frameworks alternating; "
-                        "the round with the lowest median is reported (default 1)")
+                   help="e2e inference and training: each framework's process takes N turns, frameworks "
+                        "alternating; the round with the lowest median is reported (default 1)")
     p.add_argument("--target", type=float, default=None, metavar="ACC",
                    help="fashion only: the test accuracy to reach (default 0.90; 0.80 with --quick)")
     p.add_argument("--max-epochs", type=int, default=None, metavar="N",
