@@ -432,8 +432,12 @@ def matmul(a, b, out):
         return np.matmul(a, b, out=out)
     macs = out.size * a.shape[-1]
     # no more slices than this thread's kernels may use (numba's count is per thread: a
-    # ``map_one_thread`` worker runs everything on itself)
-    parts = max(1, min(threads, numba.get_num_threads(), macs // SPLIT_MIN_MACS))
+    # ``map_one_thread`` worker runs everything on itself); asked only for a product large enough
+    # to split, as numba answers under a lock
+    parts = min(threads, macs // SPLIT_MIN_MACS)
+    if parts > 1:
+        parts = min(parts, numba.get_num_threads())
+    parts = max(1, parts)
     with _blas.single_threaded():
         if parts == 1:
             return np.matmul(a, b, out=out)
