@@ -758,8 +758,10 @@ def markdown(payload: dict) -> str:
                   "| status |" + (" round medians ms |" if n_rounds > 1 else ""),
                   "|---|---:|---|---:|---:|---:|---:|---:|---|" + ("---|" if n_rounds > 1 else "")]
         for r in payload["training"]:
-            per_round = (" " + " / ".join(_f(v, ".1f") for v in (r.get("rounds_ms") or [])) + " |") if n_rounds > 1 else ""
-            lines.append(f"| {r['model']} | {r['batch']} | {r['framework']} | {_f(r['median_ms'], '.1f')} "
+            # a step of a few ms (the digits convnet) needs its second decimal to be compared
+            ms = ".2f" if (r.get("median_ms") or 0) < 10 else ".1f"
+            per_round = (" " + " / ".join(_f(v, ms) for v in (r.get("rounds_ms") or [])) + " |") if n_rounds > 1 else ""
+            lines.append(f"| {r['model']} | {r['batch']} | {r['framework']} | {_f(r['median_ms'], ms)} "
                          f"| {_f(r['img_per_s'], '.1f')} | {_f(r['first_loss'], '.5f')} "
                          f"| {_f(r['loss_rel_err_vs_pytorch'], '.1e')} | {_f(r.get('other_load'), '.2f')} | {r['status']} |"
                          + per_round)
