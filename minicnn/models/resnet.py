@@ -68,6 +68,23 @@ def _residual_join(block, out, x):
     return y
 
 
+def _join_grads(d_main, d_short):
+    """dL/dx of a residual block: the main path's gradient plus the shortcut's, summed into
+    ``d_main``. That is an array the main path's backward made in this call, or the block's own g
+    when the path returns what it gets (then the sum is g + g, or g + the downsample's gradient,
+    computed from g already, as it should be). numpy's ``+`` would take a new block-sized array
+    from malloc at every step, outside the backend's pool: fresh pages, a fault each (docs/kernels.md,
+    "Memory that stays mapped"). Gradients of different shapes or dtypes, or a read-only one,
+    get ``+`` and its result, as before."""
+    if d_main.shape != d_short.shape or d_main.dtype != d_short.dtype:
+        return d_main + d_short
+    try:
+        d_main += d_short
+    except ValueError:  # read-only
+        return d_main + d_short
+    return d_main
+
+
 class BasicBlock(Module):
     """Two 3x3 convolutions with batchnorm, plus the shortcut: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + identity)``.
 
@@ -107,7 +124,7 @@ class BasicBlock(Module):
         g = ops.relu_backward(dy, y)
         d_main = self.conv1.backward(self.bn1.backward(self.relu.backward(self.conv2.backward(self.bn2.backward(g)))))
         d_short = self.downsample.backward(g) if self.downsample is not None else g
-        return d_main + d_short
+        return _join_grads(d_main, d_short)
 
 
 class Bottleneck(Module):
@@ -153,7 +170,7 @@ class Bottleneck(Module):
         d = self.relu.backward(self.conv3.backward(self.bn3.backward(g)))
         d_main = self.conv1.backward(self.bn1.backward(self.relu.backward(self.conv2.backward(self.bn2.backward(d)))))
         d_short = self.downsample.backward(g) if self.downsample is not None else g
-        return d_main + d_short
+        return _join_grads(d_main, d_short)
 
 
 class ResNet(Module):
