@@ -3,11 +3,11 @@ channels-last convolutions.
 
 What it is for: the products a compiled ResNet's convs make, from the 7x7 stem's (147 values per
 output pixel, 64 output channels) to layer4's (4608 by 512) and the Winograd convs' stacks of 16
-or 36. OpenBLAS ran them at 69-79% of its large-GEMM rate; this kernel ran all but one 1.1-1.7x as fast
-on AVX-512 (``python -m benchmarks.tiles_ab``; docs/kernels.md, "A product with its tile in
-registers", has the measurements and how the form below was arrived at). It reads A's rows in
-place (no packing), takes B as panels packed once (``pack``: a conv's filter, cached with it), and
-keeps a 6-row by ``tile_cols`` block of C in registers for the whole inner dimension.
+or 36. OpenBLAS runs these short or narrow products below its large-GEMM rate, and on AVX-512 this
+kernel runs them faster (timed by ``python -m benchmarks.tiles_ab``; docs/kernels.md, "A product
+with its tile in registers", has the numbers and how the form below was arrived at). It reads A's
+rows in place (no packing), takes B as panels packed once (``pack``: a conv's filter, cached with
+it), and keeps a 6-row by ``tile_cols`` block of C in registers for the whole inner dimension.
 ``tests/test_tiles.py`` checks it against numpy.
 
 How: numba cannot be made to keep an array of accumulators in registers from Python loops (its

