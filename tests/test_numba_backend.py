@@ -25,6 +25,8 @@ float64 agreement uses 1e-10 everywhere (F(4x4) included: its amplification is ~
 """
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -33,7 +35,7 @@ from hypothesis import strategies as st
 import minicnn as mc
 import minicnn.backends.numba as nbk
 from minicnn import backends
-from minicnn.backends.numba import _filters, _threads, conv, pool, winograd
+from minicnn.backends.numba import _filters, _threads, _tiles, conv, pool, winograd
 from minicnn.models import resnet
 from minicnn.ops import ARRAY_FUNCS, OP_NAMES, OPTIONAL
 
@@ -562,6 +564,9 @@ def test_readonly_filter_gives_identical_results_and_is_cached(dtype):
     assert _filters.cached_entries() == 2  # the F(2x2) and F(4x4) transforms; GEMM paths use w itself
     assert not wr.flags.writeable  # the op never unlocks the caller's array
     del wr
+    # a kernel numba compiles during a call can leave the calling frames (and so wr) in a
+    # reference cycle until the cycle collector runs; the entry must go when the array does
+    gc.collect()
     assert _filters.cached_entries() == 0  # dropped with the array
 
 
@@ -922,6 +927,43 @@ def test_max_pool_takes_the_2x2_kernel_only_for_the_2x2_stride_2_unpadded_pool(m
     assert [kernel.__name__ for kernel in ran] == [form]
     ry, ram = REF["maxpool2d_forward"](x, *((v, v) if isinstance(v, int) else v for v in (k, stride, padding)))
     assert np.array_equal(y, ry) and np.array_equal(am, ram)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("by_tiles", [True, False])
+@pytest.mark.parametrize("n,c,hw,k,r,stride,padding", [
+    (64, 16, (4, 4), 32, 3, 1, 1),    # the digits convnet's second layer: its whole batch in one product
+    (64, 1, (8, 8), 16, 3, 1, 1),     # its first (9 values per column)
+    (3, 5, (20, 18), 7, 3, 2, 1),     # strided, a partial last panel of columns
+    (2, 8, (30, 30), 12, 1, 2, 0),    # a 1x1 stride-2 layer (pointwise_gemm's chunked path)
+])
+def test_im2col_conv_products_by_register_blocks_or_blas(n, c, hw, k, r, stride, padding, by_tiles, dtype,
+                                                         monkeypatch):
+    """The im2col convolution's forward and dX products go to the register blocks (``_tiles``)
+    where ``conv._product``'s rule sends them, which every shape here meets, else to OpenBLAS:
+    both give the reference's y, dx, dw and db, and the spy shows which one ran."""
+    monkeypatch.setattr(_tiles, "FASTER_THAN_BLAS", by_tiles)
+    real, seen = _tiles.matmul, []
+
+    def spy(a, b, out, *args, **kwargs):
+        seen.append(b.shape)
+        return real(a, b, out, *args, **kwargs)
+
+    monkeypatch.setattr(_tiles, "matmul", spy)
+    rng = np.random.default_rng(n * 10 + c)
+    x = rng.standard_normal((n, c) + hw).astype(dtype)
+    w = rng.standard_normal((k, c, r, r)).astype(dtype)
+    b = rng.standard_normal(k).astype(dtype)
+    args = ((stride, stride), (padding, padding), (1, 1), 1)
+    want = REF["conv2d_forward"](x, w, b, *args)
+    tol = tol_for(dtype)
+    assert_close(NB["conv2d_forward"](x, w, b, *args), want, tol, "y")
+    dy = rng.standard_normal(want.shape).astype(dtype)
+    for got, ref, name in zip(NB["conv2d_backward"](dy, x, w, *args), REF["conv2d_backward"](dy, x, w, *args),
+                              ("dx", "dw", "db")):
+        assert_close(got, ref, tol, name)
+    # the forward's and dX's products (one per chunk of images), or none
+    assert len(seen) >= 2 if by_tiles else not seen
 
 
 def test_maxpool_backward_rejects_foreign_argmax():

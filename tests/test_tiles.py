@@ -20,15 +20,21 @@ TOL = {np.float32: 1e-5, np.float64: 1e-13}
 
 
 def _check(a, b, dtype, **blocks):
-    out = np.full((a.shape[0], b.shape[1]), np.nan, dtype)
-    assert _tiles.matmul(a, _tiles.pack(b), out, **blocks) is out
+    """The product from B's panels and from B read in place: each within TOL of numpy's, and the
+    two bit for bit equal (the same sums in the same order)."""
     want = a.astype(np.float64) @ b.astype(np.float64)
     bound = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
     scale = max(float(bound.max()) if bound.size else 0.0, 1e-30)
-    assert not np.isnan(out).any()
-    err = float(np.abs(out - want).max()) / scale if out.size else 0.0
-    assert err < TOL[dtype], f"{a.shape} . {b.shape} {np.dtype(dtype).name}: relative error {err:.3g}"
-    return out
+    outs = []
+    for form, bb in (("packed", _tiles.pack(b)), ("plain", b)):
+        out = np.full((a.shape[0], b.shape[1]), np.nan, dtype)
+        assert _tiles.matmul(a, bb, out, **blocks) is out
+        assert not np.isnan(out).any()
+        err = float(np.abs(out - want).max()) / scale if out.size else 0.0
+        assert err < TOL[dtype], f"{a.shape} . {form} {b.shape} {np.dtype(dtype).name}: relative error {err:.3g}"
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    return outs[0]
 
 
 @pytest.fixture(params=["serial", "parallel"])
@@ -86,6 +92,20 @@ def test_the_serial_and_parallel_forms_agree_bit_for_bit():
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_stack_of_products_from_panels_or_in_place(dtype, kernel_form):
+    """Three products at once (the Winograd convs' stacks), B packed or read in place, with a
+    partial last panel: each equals its own product."""
+    rng = np.random.default_rng(5)
+    nr = _tiles.tile_cols(dtype)
+    a = rng.standard_normal((3, 13, 40)).astype(dtype)
+    b = rng.standard_normal((3, 40, nr + 5)).astype(dtype)
+    for bb in (_tiles.pack(b), b):
+        out = _tiles.matmul(a, bb, np.full((3, 13, nr + 5), np.nan, dtype))
+        np.testing.assert_allclose(out, a.astype(np.float64) @ b.astype(np.float64), rtol=0,
+                                   atol=TOL[dtype] * 100)
+
+
 def test_pack_lays_out_panels_with_zeros_past_the_last_column():
     b = np.arange(5 * 70, dtype=np.float32).reshape(5, 70)
     nr = _tiles.tile_cols(np.float32)
@@ -134,12 +154,16 @@ def test_matmul_refuses_empty_blocks():
             _tiles.matmul(a, bp, out, kc=kc, group=group)
 
 
-def test_matmul_refuses_an_unpacked_or_strided_operand():
+def test_matmul_refuses_a_mismatched_or_strided_operand():
     a = np.zeros((4, 5), np.float32)
     b = np.zeros((5, 8), np.float32)
     out = np.zeros((4, 8), np.float32)
-    with pytest.raises(ValueError, match="packed b"):
-        _tiles.matmul(a, b, out)
+    with pytest.raises(ValueError, match="do not match"):
+        _tiles.matmul(a, np.zeros((5, 9), np.float32), out)
+    with pytest.raises(ValueError, match="or packed"):
+        _tiles.matmul(a, b[None, None], out)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _tiles.matmul(a, np.zeros((5, 16), np.float32)[:, ::2], out)
     with pytest.raises(ValueError, match="C-contiguous"):
         _tiles.matmul(np.zeros((5, 4), np.float32).T, _tiles.pack(b), out)
     wide = np.zeros((4, 16), np.float32)

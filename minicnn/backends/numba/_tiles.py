@@ -57,6 +57,11 @@ def _vector_bytes() -> int:
 
 
 VECTOR_BYTES = _vector_bytes()
+# With AVX-512 this product runs the convolutions' products faster than OpenBLAS: the
+# channels-last convs' (docs/kernels.md, "A product with its tile in registers") and the NCHW
+# im2col convs' with their columns read in place (docs/kernels.md, "NCHW convs' products in
+# registers"). With AVX2 the two were level on the channels-last products, and OpenBLAS stays.
+FASTER_THAN_BLAS = VECTOR_BYTES == 64
 # vectors per row of the register block: MR x NV accumulators plus NV for B and one broadcast
 NV = 4 if VECTOR_BYTES == 64 else 2
 
@@ -191,14 +196,17 @@ GROUP = 8
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _product(a, b, c, nr, kc_max, group):  # pragma: no cover - jitted
-    """c[z] (M, N) = a[z] (M, K) . B[z] for each z < a.shape[0]: a and c C-contiguous, b =
-    ``pack(B)`` (B[z]'s panels of nr columns).
+def _product(a, b, c, nr, kc_max, group, packed):  # pragma: no cover - jitted
+    """c[z] (M, N) = a[z] (M, K) . B[z] for each z < a.shape[0]: a and c C-contiguous; b either
+    ``pack(B)`` (``packed``: B[z]'s panels of nr columns, flattened to (Z, panels*K, nr)) or B
+    itself, (Z, K, N) C-contiguous.
 
     One task per (product z, block of nr columns, group of about ``group`` row blocks), the groups
     of one column block consecutive. A task runs B's rows kc_max at a time, each block of B over all
     of its row blocks, accumulating into C. A column block past c's last column (N not a multiple
-    of nr) is computed into a scratch tile and its first columns copied."""
+    of nr) is computed into a scratch tile and its first columns copied; from a plain B that block
+    is first copied into a zero-padded (K, nr) panel (read in place, its rows would run past B's
+    last row)."""
     Z, M, K = a.shape
     N = c.shape[2]
     af = a.reshape(a.size)
@@ -218,10 +226,19 @@ def _product(a, b, c, nr, kc_max, group):  # pragma: no cover - jitted
         g0 = (t - z * per_product - jb * groups) * rows
         g1 = min(M, g0 + rows)
         j0 = jb * nr
-        a0 = z * M * K  # where product z's a, panels and c start
-        b0 = (z * col_blocks + jb) * K * nr
+        a0 = z * M * K  # where product z's a and c start
         c0 = z * M * N
         edge = j0 + nr > N
+        # where the task's block of B is read: a panel, B's own rows, or a copy of a partial block
+        src, b0, ldb = bf, (z * col_blocks + jb) * K * nr, nr
+        if not packed:
+            if edge:
+                src, b0 = np.zeros(K * nr, b.dtype), 0
+                for k in range(K):
+                    for j in range(N - j0):
+                        src[k * nr + j] = bf[(z * K + k) * N + j0 + j]
+            else:
+                b0, ldb = z * K * N + j0, N
         # where the task's block of C goes: C itself, or for a partial panel a scratch block
         scratch = np.empty((g1 - g0) * nr if edge else 0, c.dtype)
         dst = scratch if edge else cf
@@ -229,7 +246,7 @@ def _product(a, b, c, nr, kc_max, group):  # pragma: no cover - jitted
         for k0 in range(0, max(K, 1), kc_max):
             kc = min(kc_max, K - k0)
             for i0 in range(g0, g1, MR):
-                tile(af, a0 + i0 * K + k0, K, min(MR, g1 - i0), bf, b0 + k0 * nr, nr, dst, d0 + i0 * ldd, ldd, kc,
+                tile(af, a0 + i0 * K + k0, K, min(MR, g1 - i0), src, b0 + k0 * ldb, ldb, dst, d0 + i0 * ldd, ldd, kc,
                      1, 0, k0 > 0)
         if edge:
             for i in range(g1 - g0):
@@ -256,16 +273,19 @@ def pack(b):
 
 
 def matmul(a, b, out, kc: int = KC, group: int = GROUP):
-    """``out = a . b`` for float arrays a (M, K) and out (M, N), b given as ``pack(b)``, or a
-    stack of such products: a (Z, M, K), out (Z, M, N), b as ``pack`` of (Z, K, N). All
-    C-contiguous, one dtype (float32 or float64). By register blocks, on numba's threads.
+    """``out = a . B`` for float arrays a (M, K) and out (M, N), b either B (K, N) itself or its
+    panels ``pack(B)``; or a stack of such products: a (Z, M, K), out (Z, M, N), b (Z, K, N) or
+    ``pack`` of it. All C-contiguous, one dtype (float32 or float64). By register blocks, on
+    numba's threads. Panels suit a B used many times (a filter, packed once); a B made for one
+    product (a conv's unfolded columns) is read in place, its rows ``N`` values apart.
     ``kc`` and ``group``: the k-block length and row blocks per task (``KC``, ``GROUP``; other
     values for tests and ``benchmarks/tiles_ab.py``). Returns ``out``."""
     if int(kc) < 1 or int(group) < 1:
         raise ValueError(f"_tiles.matmul: kc and group must be at least 1, got {kc} and {group}")
-    if not (a.ndim == out.ndim == b.ndim - 1 and a.ndim in (2, 3)):
-        raise ValueError(f"_tiles.matmul: needs a (M, K), packed b (panels, K, width), out (M, N), or stacks of "
-                         f"them; got shapes {a.shape}, {b.shape}, {out.shape}")
+    packed = b.ndim == a.ndim + 1
+    if not (a.ndim == out.ndim and a.ndim in (2, 3) and (packed or b.ndim == a.ndim)):
+        raise ValueError(f"_tiles.matmul: needs a (M, K), b (K, N) or packed (panels, K, width), out (M, N), or "
+                         f"stacks of them; got shapes {a.shape}, {b.shape}, {out.shape}")
     Z = a.shape[0] if a.ndim == 3 else 1
     M, K = a.shape[-2:]
     N = out.shape[-1]
@@ -273,15 +293,16 @@ def matmul(a, b, out, kc: int = KC, group: int = GROUP):
         raise ValueError(f"_tiles.matmul: needs one dtype, float32 or float64, got {a.dtype}, {b.dtype}, {out.dtype}")
     nr = tile_cols(a.dtype)
     lead = a.shape[:-2]
-    if b.shape != (*lead, -(-N // nr), K, nr) or out.shape != (*lead, M, N):
-        raise ValueError(f"_tiles.matmul: shapes {a.shape} . packed {b.shape} -> {out.shape} do not match")
+    want = (*lead, -(-N // nr), K, nr) if packed else (*lead, K, N)
+    if b.shape != want or out.shape != (*lead, M, N):
+        raise ValueError(f"_tiles.matmul: shapes {a.shape} . {'packed ' if packed else ''}{b.shape} -> {out.shape} "
+                         "do not match")
     if not (a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous):
         raise ValueError("_tiles.matmul: needs C-contiguous operands")
     if out.size == 0:
         return out
-    if a.ndim == 2:
-        a, b, out3 = a[None], b[None], out[None]
-    else:
-        out3 = out
-    _threads.run(_product, a, b, out3, nr, int(kc), int(group), work=Z * M * max(K, 1) * N // 64)
+    # one specialisation for both forms of B: (Z, rows, columns)
+    a3, out3 = (a[None], out[None]) if a.ndim == 2 else (a, out)
+    b3 = b.reshape(Z, -(-N // nr) * K, nr) if packed else b.reshape(Z, K, N)
+    _threads.run(_product, a3, b3, out3, nr, int(kc), int(group), packed, work=Z * M * max(K, 1) * N // 64)
     return out

@@ -162,7 +162,8 @@ def channel_sums(mode, a3, b3, center):  # pragma: no cover - jitted
 
     CENTERED_MOMENTS: s1 = sum(a - center[k]), s2 = sum((a - center[k])^2)   (b3 unused)
     GRAD_MOMENTS:     s1 = sum(b),             s2 = sum(b * (a - center[k]))
-    SUM_ONLY:         s1 = sum(a),             s2 = 0                 (b3 and center unused)
+    SUM_ONLY:         s1 = sum(a),             s2 = 0                 (b3 and center unused;
+                      each row of L values summed in four interleaved partial sums)
     """
     N, K, L = a3.shape
     s1 = np.empty(K, dtype=np.float64)
@@ -178,8 +179,18 @@ def channel_sums(mode, a3, b3, center):  # pragma: no cover - jitted
                     acc1 += d
                     acc2 += d * d
             elif mode == SUM_ONLY:
-                for j in range(L):
-                    acc1 += np.float64(a3[n, k, j])
+                # four running sums, not one: each add waits only for the one four values back
+                # (a single chain of float64 adds runs at the adder's latency, not its rate)
+                p0 = p1 = p2 = p3 = 0.0
+                j4 = L - L % 4
+                for j in range(0, j4, 4):
+                    p0 += np.float64(a3[n, k, j])
+                    p1 += np.float64(a3[n, k, j + 1])
+                    p2 += np.float64(a3[n, k, j + 2])
+                    p3 += np.float64(a3[n, k, j + 3])
+                for j in range(j4, L):
+                    p0 += np.float64(a3[n, k, j])
+                acc1 += (p0 + p1) + (p2 + p3)
             else:
                 for j in range(L):
                     g = np.float64(b3[n, k, j])

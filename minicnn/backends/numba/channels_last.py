@@ -333,12 +333,10 @@ def _epilogue_operands(b, res, rows, K, dt):
             res.reshape(rows, K) if res is not None else empty_like_ndim(2, dt), res is not None)
 
 
-# With AVX-512 the register-block product (``_tiles``) is faster than OpenBLAS on the products
-# ResNet-18's channels-last convs make (``python -m benchmarks.tiles_ab``; docs/kernels.md, "A
-# product with its tile in registers", has the numbers): there the Winograd variants multiply with
-# it and ``choose_variant_cl`` names ``cl_tiles`` for the other layers. With AVX2 the two were
-# level, and OpenBLAS stays.
-PRODUCTS_BY_TILES = _tiles.VECTOR_BYTES == 64
+# Where the register-block product (``_tiles``) is faster than OpenBLAS (AVX-512; ``python -m
+# benchmarks.tiles_ab``), the Winograd variants multiply with it and ``choose_variant_cl`` names
+# ``cl_tiles`` for the other layers. A name of this module's own so tests can patch it either way.
+PRODUCTS_BY_TILES = _tiles.FASTER_THAN_BLAS
 
 # rows of unfolded input per GEMM: the chunk's columns within this many bytes (about an L2)
 COLS_CHUNK_BYTES = 2 * 1024 * 1024

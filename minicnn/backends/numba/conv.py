@@ -48,7 +48,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from . import _filters, _memory, _threads, conv_images, winograd
+from . import _filters, _memory, _threads, _tiles, conv_images, winograd
 from .im2col import col2im, geometry, im2col, q_range
 from ._util import (Rows, check_conv, compute_dtype, empty_like_ndim, nkl, pair, prepare, run_epilogue,
                     sum_over_n_l)
@@ -60,6 +60,10 @@ __all__ = ["conv2d_forward", "conv2d_backward", "conv2d_fused_forward"]
 # winograd.TILES_CHUNK_BYTES).
 TARGET_COLUMNS = 2048
 COLUMNS_CHUNK_BYTES = 32 * 1024 * 1024
+# ... and at least as many images as fit this many bytes of columns: a layer with few values per
+# column (the digits convnet's first, 9) then unfolds its whole batch for one product instead of
+# making several calls whose fixed costs outweigh their work
+SMALL_CHUNK_BYTES = 256 * 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,10 +200,38 @@ def _check_out(out, shape, dt, x, res3, where):
 
 
 def chunk_images(N, per_image_bytes, columns_per_image):
-    """How many images one GEMM covers: enough for TARGET_COLUMNS columns, within COLUMNS_CHUNK_BYTES."""
-    want = -(-TARGET_COLUMNS // max(columns_per_image, 1))
+    """How many images one GEMM covers: enough for TARGET_COLUMNS columns (or SMALL_CHUNK_BYTES),
+    within COLUMNS_CHUNK_BYTES."""
+    want = max(-(-TARGET_COLUMNS // max(columns_per_image, 1)), SMALL_CHUNK_BYTES // max(per_image_bytes, 1))
     fit = COLUMNS_CHUNK_BYTES // max(per_image_bytes, 1)
     return max(1, min(N, want, fit))
+
+
+# The register-block product (``_tiles``) reads a conv's unfolded columns (or packed dY) in place,
+# one row of B per step of the inner dimension. Against OpenBLAS it wins where that dimension is
+# short and the columns fill several of its panels (the digits convnet's layers, ResNet's 1x1 and
+# strided layers at batch 1), and loses where B's rows lie far apart along a long inner dimension
+# or the columns fill only a panel or two (docs/kernels.md, "NCHW convs' products in registers").
+TILES_MAX_INNER = 576
+TILES_MIN_PANELS = 4
+
+
+def _product(a, b, out):
+    """out = a . b for the (G, rows, inner) stacks of a conv's products whose ``b`` is made for this
+    one product (unfolded columns, packed dY): by ``_tiles`` where ``_tiles.FASTER_THAN_BLAS``,
+    there is one group and the shape is one it wins on (``TILES_MAX_INNER``, ``TILES_MIN_PANELS``),
+    else by OpenBLAS (``_threads.matmul``). ``a`` may be a transposed view (the filter in the
+    backward): the register blocks then read a C-contiguous copy of it in a workspace."""
+    G, inner, N = b.shape
+    if (_tiles.FASTER_THAN_BLAS and G == 1 and inner <= TILES_MAX_INNER
+            and N >= TILES_MIN_PANELS * _tiles.tile_cols(b.dtype) and b.flags.c_contiguous
+            and out.flags.c_contiguous):
+        a2 = a[0]
+        if not a2.flags.c_contiguous:
+            a2 = _threads.workspace("conv.a", a2.shape, a2.dtype)
+            a2[...] = a[0]
+        return _tiles.matmul(a2, b[0], out[0])
+    return _threads.matmul(a, b, out)
 
 
 def _gemm_forward(p: PreparedConv, relu):
@@ -229,13 +261,13 @@ def _gemm_forward(p: PreparedConv, relu):
             im2col(x, n0, m, cols, g)
         if m == 1:
             # a single image's (K, P*Q) result is already y's layout: GEMM straight into it
-            _threads.matmul(wg, cols.reshape(G, CRSg, PQ), y3[n0].reshape(G, Kg, PQ))
+            _product(wg, cols.reshape(G, CRSg, PQ), y3[n0].reshape(G, Kg, PQ))
             if needs_epilogue:
                 rows = nkl(y3, n0)
                 run_epilogue(rows, rows, 1, K, PQ, b=b, res=res, relu=relu)
         else:
             out = _threads.workspace("conv.gemm", (K, m * PQ), dt)
-            _threads.matmul(wg, cols.reshape(G, CRSg, m * PQ), out.reshape(G, Kg, m * PQ))
+            _product(wg, cols.reshape(G, CRSg, m * PQ), out.reshape(G, Kg, m * PQ))
             # the write-back from (K, m*P*Q) to y's (m, K, P*Q) carries the epilogue for free
             run_epilogue(Rows(out.reshape(-1), 0, PQ, m * PQ), nkl(y3, n0), m, K, PQ, b=b, res=res, relu=relu)
     return y
@@ -630,10 +662,10 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
                 dw += _threads.matmul(dyg, colsT, _threads.workspace("conv.dw", dw.shape, dt))
         if dx_by_col2im:
             if m == 1 and direct_cols:
-                _threads.matmul(wg.transpose(0, 2, 1), dyg, dx[n0].reshape(G, CRSg, PQ))
+                _product(wg.transpose(0, 2, 1), dyg, dx[n0].reshape(G, CRSg, PQ))
                 continue
             # cols (if any) is consumed: its workspace now takes the column gradients
             dcols = _threads.workspace("conv.cols", (C * R * S, m * PQ), dt)
-            _threads.matmul(wg.transpose(0, 2, 1), dyg, dcols.reshape(G, CRSg, m * PQ))
+            _product(wg.transpose(0, 2, 1), dyg, dcols.reshape(G, CRSg, m * PQ))
             col2im(dcols, dx, n0, m, g)
     return dx, (dw.reshape(K, Cg, R, S) if need_dw else None), db
