@@ -247,8 +247,6 @@ TABLE = OP_NAMES + ARRAY_FUNCS + OPTIONAL
 
 def _dispatcher(name: str):
     def op(*args, **kwargs):
-        from . import backends
-
         return backends.current().OPS[name](*args, **kwargs)
 
     op.__name__ = op.__qualname__ = name
@@ -259,3 +257,7 @@ def _dispatcher(name: str):
 for _name in OP_NAMES:
     globals()[_name] = _dispatcher(_name)
 del _name
+
+# last: the backends package reads this module's tables while it loads (imported here once, not
+# inside every op call)
+from . import backends  # noqa: E402

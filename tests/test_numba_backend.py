@@ -933,9 +933,9 @@ def test_max_pool_takes_the_2x2_kernel_only_for_the_2x2_stride_2_unpadded_pool(m
 @pytest.mark.parametrize("by_tiles", [True, False])
 @pytest.mark.parametrize("n,c,hw,k,r,stride,padding", [
     (64, 16, (4, 4), 32, 3, 1, 1),    # the digits convnet's second layer: its whole batch in one product
-    (64, 1, (8, 8), 16, 3, 1, 1),     # its first (9 values per column)
-    (3, 5, (20, 18), 7, 3, 2, 1),     # strided, a partial last panel of columns
-    (2, 8, (30, 30), 12, 1, 2, 0),    # a 1x1 stride-2 layer (pointwise_gemm's chunked path)
+    (64, 2, (8, 8), 16, 3, 1, 1),     # 18 values per column: its whole batch in one product
+    (3, 5, (20, 18), 16, 3, 2, 1),    # strided, a partial last panel of columns
+    (2, 16, (30, 30), 24, 1, 2, 0),   # a 1x1 stride-2 layer (pointwise_gemm's chunked path)
 ])
 def test_im2col_conv_products_by_register_blocks_or_blas(n, c, hw, k, r, stride, padding, by_tiles, dtype,
                                                          monkeypatch):
@@ -957,6 +957,8 @@ def test_im2col_conv_products_by_register_blocks_or_blas(n, c, hw, k, r, stride,
     args = ((stride, stride), (padding, padding), (1, 1), 1)
     want = REF["conv2d_forward"](x, w, b, *args)
     tol = tol_for(dtype)
+    # the forward's inner dimension (C*R*S) and dX's (K) both within the rule's bounds
+    assert conv.by_tiles(c * r * r, 256, dtype) == conv.by_tiles(k, 256, dtype) == by_tiles
     assert_close(NB["conv2d_forward"](x, w, b, *args), want, tol, "y")
     dy = rng.standard_normal(want.shape).astype(dtype)
     for got, ref, name in zip(NB["conv2d_backward"](dy, x, w, *args), REF["conv2d_backward"](dy, x, w, *args),

@@ -54,6 +54,9 @@ from . import _memory, _notice
 
 # A buffer larger than this is allocated per call instead of being kept around.
 MAX_CACHED_BYTES = 96 * 1024 * 1024
+# Views of the buffers handed out, kept per (tag, shape, dtype) for the next identical request;
+# past this many (inputs of ever new sizes) they are dropped and rebuilt on demand.
+MAX_CACHED_VIEWS = 256
 
 # How long GNU OpenMP's idle workers spin before they sleep (GOMP_SPINCOUNT; see _launch). A
 # fraction of a millisecond: enough to cover the Python between one kernel and the next, short
@@ -256,16 +259,26 @@ def run(kernel, *args, work=None, weight=1):
 _small_calls: dict = {}
 
 
+def _first_dtype(args):
+    """The dtype of the first array among ``args`` (None if there is none)."""
+    for a in args:
+        if type(a) is np.ndarray:
+            return a.dtype
+    return None
+
+
 def _small_call(kernel, args):
     """A small call of ``kernel``: the serial twin when it is compiled or cached, else the parallel
     form when that one is (up to ``TWIN_AFTER_CALLS`` times), else the twin, compiled now.
 
     Which forms are compiled is found by calling them inside ``_notice.compiled_only()`` at the
-    first small call with these argument types (a refused call raises before it runs anything)
-    and remembered. The two forms run the same source, one output per task, so they give the
+    first small call of the kernel in a dtype (its first array's: the kernels compute in one
+    float dtype, ``_util.prepare``) and remembered for that dtype, the key costing a dict lookup
+    per call rather than a look at every argument; a later call whose other arguments need
+    another specialisation compiles it then, as any first call does. The two forms run the same source, one output per task, so they give the
     same values: which one ran never changes a result.
     """
-    key = (kernel, *[a.dtype if type(a) is np.ndarray else type(a) for a in args])
+    key = (kernel, _first_dtype(args))
     state = _small_calls.get(key)
     if state is True:
         return serial_twin(kernel)(*args)
@@ -317,6 +330,15 @@ def workspace(tag: str, shape, dtype) -> np.ndarray:
     One growing buffer is kept per ``tag`` and thread; asking again with the same tag hands back
     the same memory, so a caller must not hold two workspaces of one tag at once.
     """
+    views = getattr(_local, "views", None)
+    if views is not None:
+        # the same request as before: the same view (no slicing and reshaping, which cost more
+        # than many of the kernels these workspaces serve)
+        try:
+            return views[(tag, shape, dtype)]
+        except (KeyError, TypeError):  # not asked before, or a shape that cannot be a key (a list)
+            pass
+    key = (tag, shape, dtype)
     dtype = np.dtype(dtype)
     n = math.prod(map(int, shape))
     nbytes = n * dtype.itemsize
@@ -325,17 +347,25 @@ def workspace(tag: str, shape, dtype) -> np.ndarray:
     cache = getattr(_local, "buffers", None)
     if cache is None:
         cache = _local.buffers = {}
+    if views is None or len(views) >= MAX_CACHED_VIEWS:
+        views = _local.views = {}
     buf = cache.get(tag)
     if buf is None or buf.nbytes < nbytes:
         # grow geometrically so a slowly growing shape does not reallocate every call
         size = max(nbytes, 0 if buf is None else min(2 * buf.nbytes, MAX_CACHED_BYTES))
         buf = cache[tag] = aligned_empty((size,), np.uint8)
-    return buf[:nbytes].view(dtype).reshape(shape)
+        for k in [k for k in views if k[0] == tag]:  # views of the buffer this one replaces
+            del views[k]
+    view = buf[:nbytes].view(dtype).reshape(shape)
+    if isinstance(shape, tuple):
+        views[key] = view
+    return view
 
 
 def clear_workspaces() -> None:
     """Release the calling thread's scratch buffers (they are rebuilt on demand)."""
     _local.buffers = {}
+    _local.views = {}
 
 
 def workspace_bytes() -> int:

@@ -28,6 +28,9 @@ FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 def compute_dtype(*arrays) -> np.dtype:
     """The dtype an op computes in: numpy's promotion of the inputs, held to float32 or float64."""
+    first = arrays[0].dtype
+    if first in FLOATS and all(a is None or a.dtype == first for a in arrays):
+        return first  # the common case, one float dtype throughout, without numpy's promotion
     dt = np.result_type(*[a.dtype for a in arrays if a is not None])
     if dt in FLOATS:
         return dt

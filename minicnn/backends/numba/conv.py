@@ -209,23 +209,31 @@ def chunk_images(N, per_image_bytes, columns_per_image):
 
 # The register-block product (``_tiles``) reads a conv's unfolded columns (or packed dY) in place,
 # one row of B per step of the inner dimension. Against OpenBLAS it wins where that dimension is
-# short and the columns fill several of its panels (the digits convnet's layers, ResNet's 1x1 and
-# strided layers at batch 1), and loses where B's rows lie far apart along a long inner dimension
-# or the columns fill only a panel or two (docs/kernels.md, "NCHW convs' products in registers").
-TILES_MAX_INNER = 576
+# short and the columns fill several of its panels (the digits convnet's second layer, ResNet's
+# stem, 1x1 layers and dX of its stride-2 layers), and loses where the inner dimension is long
+# (B's rows far apart), only a few values (the accumulators are set up and stored for little
+# work) or the columns fill only a panel or two (docs/kernels.md, "NCHW convs' products in
+# registers", has the table).
+TILES_MIN_INNER = 16
+TILES_MAX_INNER = 256
 TILES_MIN_PANELS = 4
+
+
+def by_tiles(inner, columns, dtype) -> bool:
+    """Whether ``_product`` gives a one-group product with this inner dimension and this many
+    columns to the register blocks."""
+    return (_tiles.FASTER_THAN_BLAS and TILES_MIN_INNER <= inner <= TILES_MAX_INNER
+            and columns >= TILES_MIN_PANELS * _tiles.tile_cols(dtype))
 
 
 def _product(a, b, out):
     """out = a . b for the (G, rows, inner) stacks of a conv's products whose ``b`` is made for this
-    one product (unfolded columns, packed dY): by ``_tiles`` where ``_tiles.FASTER_THAN_BLAS``,
-    there is one group and the shape is one it wins on (``TILES_MAX_INNER``, ``TILES_MIN_PANELS``),
-    else by OpenBLAS (``_threads.matmul``). ``a`` may be a transposed view (the filter in the
-    backward): the register blocks then read a C-contiguous copy of it in a workspace."""
+    one product (unfolded columns, packed dY): by ``_tiles`` where there is one group and
+    ``by_tiles`` takes the shape, else by OpenBLAS (``_threads.matmul``). ``a`` may be a
+    transposed view (the filter in the backward): the register blocks then read a C-contiguous
+    copy of it in a workspace."""
     G, inner, N = b.shape
-    if (_tiles.FASTER_THAN_BLAS and G == 1 and inner <= TILES_MAX_INNER
-            and N >= TILES_MIN_PANELS * _tiles.tile_cols(b.dtype) and b.flags.c_contiguous
-            and out.flags.c_contiguous):
+    if G == 1 and by_tiles(inner, N, b.dtype) and b.flags.c_contiguous and out.flags.c_contiguous:
         a2 = a[0]
         if not a2.flags.c_contiguous:
             a2 = _threads.workspace("conv.a", a2.shape, a2.dtype)
