@@ -604,6 +604,20 @@ def _dw_by_winograd(dy, x, w, stride, padding, dilation, groups):
     return winograd.backward_dw(x, dy, padding, tile, r)
 
 
+def _dw_product(dyg, colsg, out):
+    """out (G, Kg, CRSg) = dY_g . cols_g^T, the batch summed inside the product. With fewer
+    output channels than unfolded rows, OpenBLAS runs the transposed product, cols_g . dY_g^T,
+    faster (docs/kernels.md, "NCHW convs' products in registers"): that one goes to a workspace
+    and is copied back transposed."""
+    G, Kg, CRSg = out.shape
+    if Kg >= CRSg:
+        return _threads.matmul(dyg, colsg.transpose(0, 2, 1), out)
+    t = _threads.workspace("conv.dwT", (G, CRSg, Kg), out.dtype)
+    _threads.matmul(colsg, dyg.transpose(0, 2, 1), t)
+    out[...] = t.transpose(0, 2, 1)
+    return out
+
+
 def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, need_dw=True, need_db=True):
     """(dx, dw, db) of a convolution; entries not needed are None.
 
@@ -663,11 +677,11 @@ def conv2d_backward(dy, x, w, stride, padding, dilation, groups, need_dx=True, n
             else:
                 cols = _threads.workspace("conv.cols", (C * R * S, m * PQ), dt)
                 im2col(x, n0, m, cols, g)
-            colsT = cols.reshape(G, CRSg, m * PQ).transpose(0, 2, 1)
+            colsg = cols.reshape(G, CRSg, m * PQ)
             if n0 == 0:
-                _threads.matmul(dyg, colsT, dw)
+                _dw_product(dyg, colsg, dw)
             else:
-                dw += _threads.matmul(dyg, colsT, _threads.workspace("conv.dw", dw.shape, dt))
+                dw += _dw_product(dyg, colsg, _threads.workspace("conv.dw", dw.shape, dt))
         if dx_by_col2im:
             if m == 1 and direct_cols:
                 _product(wg.transpose(0, 2, 1), dyg, dx[n0].reshape(G, CRSg, PQ))
