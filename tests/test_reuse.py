@@ -376,12 +376,19 @@ def test_repeated_eval_forwards_do_not_grow_memory(which, backend_name):
 @contextlib.contextmanager
 def _memory_in_use(be):
     """A function giving the bytes the backend's arrays hold now: host memory traced by
-    tracemalloc where numpy arrays are the backend's own, else the device memory CuPy's pool
-    hands out (the only device backend)."""
+    tracemalloc in numpy's own domain (array data; not Python objects, which a kernel numba
+    compiles during the calls adds by the megabyte) where numpy arrays are the backend's own,
+    else the device memory CuPy's pool hands out (the only device backend)."""
     if be.is_native(np.empty(0)):
+        arrays = [tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)]
+
+        def held():
+            snap = tracemalloc.take_snapshot().filter_traces(arrays)
+            return sum(stat.size for stat in snap.statistics("filename"))
+
         tracemalloc.start()
         try:
-            yield lambda: tracemalloc.get_traced_memory()[0]
+            yield held
         finally:
             tracemalloc.stop()
     else:

@@ -1,5 +1,6 @@
 """A matrix product with its accumulators in vector registers: ``C = A . B`` for the products of
-channels-last convolutions.
+channels-last convolutions, and of the NCHW im2col convolutions where it beats OpenBLAS
+(``conv.by_tiles``).
 
 What it is for: the products a compiled ResNet's convs make, from the 7x7 stem's (147 values per
 output pixel, 64 output channels) to layer4's (4608 by 512) and the Winograd convs' stacks of 16
@@ -7,7 +8,8 @@ or 36. OpenBLAS runs these short or narrow products below its large-GEMM rate, a
 kernel runs them faster (timed by ``python -m benchmarks.tiles_ab``; docs/kernels.md, "A product
 with its tile in registers", has the numbers and how the form below was arrived at). It reads A's
 rows in place (no packing), takes B as panels packed once (``pack``: a conv's filter, cached with
-it), and keeps a 6-row by ``tile_cols`` block of C in registers for the whole inner dimension.
+it) or, for a B made for one product (the NCHW convs' unfolded columns), reads B's rows in place
+too, and keeps a 6-row by ``tile_cols`` block of C in registers for the whole inner dimension.
 ``tests/test_tiles.py`` checks it against numpy.
 
 How: numba cannot be made to keep an array of accumulators in registers from Python loops (its

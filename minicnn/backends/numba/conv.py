@@ -7,8 +7,10 @@ one on the same input::
     from minicnn.backends.numba.conv import VARIANTS
     y = VARIANTS["winograd_f2x2_3x3"](x, w, b, (1, 1), (1, 1), (1, 1), 1)
 
-``im2col_gemm``        unfold a chunk of images into columns (C*R*S, n*P*Q), one BLAS GEMM per
-                       group, then one pass that writes y with bias/residual/ReLU applied; or,
+``im2col_gemm``        unfold a chunk of images into columns (C*R*S, n*P*Q), one GEMM per group
+                       (OpenBLAS, or the register blocks of ``_tiles`` reading the columns in
+                       place where ``by_tiles`` takes the shape), then one pass that writes y
+                       with bias/residual/ReLU applied; or,
                        where ``conv_images.applies`` (ungrouped, small per-image columns, a
                        batch for every thread, no residual), each thread unfolds and multiplies
                        its own images one at a time in cache (``conv_images``).
@@ -27,8 +29,10 @@ gives the why and the measurements behind it. ``conv2d_maxpool_fused`` is the im
 a max pool read from its cached output (a ResNet stem).
 
 Backward, two forms of each gradient: by im2col, dW = dY . cols^T summed over the batch (one GEMM
-per chunk, or per image on each thread where ``conv_images.applies``, both gradients from one
-unfold) and dX = col2im(W^T . dY); or, for the 3x3 and 5x5 stride-1 layers the rule sends to
+per chunk, or its transpose cols . dY^T where that is the faster shape for OpenBLAS; or per image
+on each thread where ``conv_images.applies``, both gradients from one unfold) and
+dX = col2im(W^T . dY) (that product, like the forward's, by the register blocks where
+``by_tiles`` takes it); or, for the 3x3 and 5x5 stride-1 layers the rule sends to
 Winograd, dX as a Winograd forward convolution of dY and dW by Winograd's transposed form
 (``winograd.backward_dw``). db is a per-channel reduction.
 
@@ -37,7 +41,8 @@ Checked by ``python -m pytest -q tests/test_numba_backend.py -k "conv or winogra
 ``python -m pytest -q tests/test_conv_images.py`` (the per-image path) and
 ``python -m pytest -q tests/test_conformance.py -k "numba and conv"``; timed by
 ``python -m benchmarks.variant_sweep`` (every 3x3 variant forced on ResNet-18's layers, forward,
-dX and dW, with the rule's pick; ``--kernel 5`` for the 5x5 one) and ``minicnn bench ops`` (every variant on every ResNet-18 conv).
+dX and dW, with the rule's pick; ``--kernel 5`` for the 5x5 one), ``minicnn bench ops`` (every variant on every ResNet-18 conv)
+and ``python -m benchmarks.tiles_ab --nchw`` (the im2col products, register blocks against OpenBLAS).
 """
 from __future__ import annotations
 
