@@ -275,8 +275,9 @@ def _small_call(kernel, args):
     first small call of the kernel in a dtype (its first array's: the kernels compute in one
     float dtype, ``_util.prepare``) and remembered for that dtype, the key costing a dict lookup
     per call rather than a look at every argument; a later call whose other arguments need
-    another specialisation compiles it then, as any first call does. The two forms run the same source, one output per task, so they give the
-    same values: which one ran never changes a result.
+    another specialisation compiles it then, as any first call does. The two forms run the same
+    source, one output per task, so they give the same values: which one ran never changes a
+    result.
     """
     key = (kernel, _first_dtype(args))
     state = _small_calls.get(key)
@@ -328,7 +329,9 @@ def workspace(tag: str, shape, dtype) -> np.ndarray:
     """A C-contiguous scratch array of ``shape`` owned by the calling thread (contents undefined).
 
     One growing buffer is kept per ``tag`` and thread; asking again with the same tag hands back
-    the same memory, so a caller must not hold two workspaces of one tag at once.
+    the same memory, so a caller must not hold two workspaces of one tag at once. The same
+    request (tag, shape and dtype) gets the same array object back: callers must not change its
+    attributes (shape, flags).
     """
     views = getattr(_local, "views", None)
     if views is not None:
