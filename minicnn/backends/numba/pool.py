@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import njit, prange, uint64
 
@@ -201,9 +202,25 @@ def _max_table(x3, y3, am3, tab):  # pragma: no cover - jitted
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _max_2x2(x3, y3, am3, W, Q, has_am):  # pragma: no cover - jitted
+def _max_2x2(x3, y3, am3, W, Q, has_am, parts):  # pragma: no cover - jitted
     """The 2x2, stride-2, unpadded max pool (LeNet's, VGG's, U-Net's): x3 (N*C, H*W), y3 and am3
-    (N*C, P*Q) with 2P <= H and 2Q <= W, so every tap lies inside; argmax only when ``has_am``.
+    (N*C, P*Q) with 2P <= H and 2Q <= W, so every tap lies inside; argmax only when ``has_am``
+    (else ``am3`` is a (0, 0) array). The planes are cut into ``parts`` contiguous ranges (one per
+    thread), each run by ``_max_2x2_planes``: written inside the ``prange`` body, the same loops
+    compiled into much slower code than in a function of their own (docs/kernels.md, Pooling, has
+    the timings).
+    """
+    n = x3.shape[0]
+    parts = min(n, parts)
+    for part in prange(parts):
+        lo = n * part // parts
+        hi = n * (part + 1) // parts
+        _max_2x2_planes(x3[lo:hi], y3[lo:hi], am3[lo:hi], W, Q, has_am)
+
+
+@njit(cache=True, nogil=True)
+def _max_2x2_planes(x3, y3, am3, W, Q, has_am):  # pragma: no cover - jitted
+    """``_max_2x2`` on the planes of x3, one after another on the calling thread.
 
     First the values: a window's four taps read by arithmetic index and compared in scan order
     by the rule of the other forms (the first tap, then any strictly greater value or any NaN),
@@ -222,7 +239,7 @@ def _max_2x2(x3, y3, am3, W, Q, has_am):  # pragma: no cover - jitted
     w = uint64(W)
     one = uint64(1)
     zero = uint64(0)
-    for task in prange(x3.shape[0]):
+    for task in range(x3.shape[0]):
         xp = x3[task]
         yp = y3[task]
         for p in range(uint64(P)):
@@ -535,7 +552,8 @@ def maxpool2d_forward(x, kernel_size, stride, padding, dilation=(1, 1), need_arg
         # without argmax one kernel, so inference between training epochs compiles nothing new
         am = _memory.empty((N, C, P, Q), np.int64) if need_argmax else None
         _threads.run(_max_2x2, x.reshape(N * C, H * W), y.reshape(N * C, P * Q),
-                     _NO_ARGMAX_2D if am is None else am.reshape(N * C, P * Q), W, Q, am is not None, work=y.size * 4)
+                     _NO_ARGMAX_2D if am is None else am.reshape(N * C, P * Q), W, Q, am is not None,
+                     numba.get_num_threads(), work=y.size * 4)
         return y, am
     if Q < ROWS_MIN_Q and R * S * P * Q <= TABLE_MAX and H * W <= PLANE_MAX:
         # small planes go through the table with or without argmax: inference on them (a
